@@ -1,0 +1,105 @@
+"""Inference backends behind :class:`smis.pipeline.SMISPipeline`.
+
+A backend runs the two networks on numpy arrays, so the pipeline and every front end stay the
+same whether PyTorch or ONNX Runtime does the work:
+
+- ``generate(labels, z)``: labels (N, H, W) int64 class ids, z (N, 8C, H/64, W/64) float32
+  -> images (N, 3, H, W) float32 in [-1, 1];
+- ``encode(photos, labels)``: photos (N, 3, H, W) float32 in [-1, 1] -> (mu, logvar) maps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .config import SMISConfig
+from .model import GroupDNet, bake_spectral_norm
+
+logger = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    config: SMISConfig
+    #: "pytorch" or "onnxruntime"
+    name: str
+    #: Where it runs, in words a visitor understands ("cpu", "cuda:0", "CUDAExecutionProvider").
+    device: str
+
+    def generate(self, labels: np.ndarray, z: np.ndarray) -> np.ndarray: ...
+
+    def encode(self, photos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def auto_device() -> str:
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
+           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+class TorchBackend:
+    """PyTorch eager (optionally ``torch.compile``) on any device, fp32 / fp16 / bf16."""
+
+    name = "pytorch"
+
+    def __init__(self, model: GroupDNet, device: str | torch.device | None = None,
+                 dtype: str | torch.dtype | None = None, compile: bool = False):
+        self.config = model.config
+        self.torch_device = torch.device(device or auto_device())
+        self.dtype = parse_dtype(dtype)
+        if self.dtype != torch.float32 and self.torch_device.type == "cpu" and self.dtype == torch.float16:
+            raise ValueError("float16 is not supported on CPU; use float32 or bfloat16")
+        # The backend owns its model: bake spectral norm (no per-call power iteration / vdot).
+        self.model = bake_spectral_norm(model.eval()).to(self.torch_device, self.dtype)
+        if self.torch_device.type == "cuda":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._gen = torch.compile(self.model.forward) if compile else self.model.forward
+        self.device = str(self.torch_device)
+        if self.torch_device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+
+    @torch.inference_mode()
+    def generate(self, labels: np.ndarray, z: np.ndarray) -> np.ndarray:
+        lab = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.torch_device)
+        zt = torch.from_numpy(np.array(z, dtype=np.float32)).to(self.torch_device, self.dtype)
+        return self._gen(zt, lab).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def encode(self, photos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.array(photos, dtype=np.float32)).to(self.torch_device, self.dtype)
+        lab = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.torch_device)
+        mu, logvar = self.model.encode(x, lab)
+        return mu.float().cpu().numpy(), logvar.float().cpu().numpy()
+
+
+def load_backend(kind: str, name_or_path: str | os.PathLike | None, device: str | None = None,
+                 dtype: str | torch.dtype | None = None, revision: str | None = None,
+                 **kwargs) -> Backend:
+    """Build a backend by name: ``"torch"`` or ``"onnx"``."""
+    if kind in ("torch", "pytorch"):
+        return TorchBackend(GroupDNet.from_pretrained(name_or_path, revision=revision), device, dtype, **kwargs)
+    if kind in ("onnx", "onnxruntime"):
+        from .onnx_backend import OnnxBackend
+
+        return OnnxBackend.from_pretrained(name_or_path, device=device, dtype=dtype, revision=revision, **kwargs)
+    raise ValueError(f"unknown backend {kind!r}; use 'torch' or 'onnx'")

@@ -1,0 +1,54 @@
+"""The GroupDNet decoder: grouped conv on Z, seven CG-Blocks with decreasing groups, RGB head."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import SMISConfig
+from .layers import CGBlock, init_weights
+
+BLOCK_NAMES = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3")
+
+
+class Generator(nn.Module):
+    """G(Z, M): latent maps (N, 8C, H/64, W/64) + label tensor (N, label_channels, H, W) -> RGB.
+
+    The label tensor is the one-hot map (``smis.functional.one_hot``), with instance edges
+    interleaved when the config asks for them (``smis.functional.label_input``).
+    """
+
+    def __init__(self, config: SMISConfig):
+        super().__init__()
+        self.config = config
+        g = config.generator
+        c = config.num_classes
+        ch = g.channels
+        self.fc = nn.Conv2d(config.z_channels * c, ch[0], 3, padding=1, groups=c)
+        # Block names follow the reference code so official checkpoints map one-to-one.
+        for i, name in enumerate(BLOCK_NAMES):
+            self.add_module(name, CGBlock(
+                ch[i], ch[i + 1], g.groups[i], config.label_channels, c,
+                g.norm_layout, g.norm_hidden, g.param_free_norm, g.spectral_norm))
+        self.conv_img = nn.Conv2d(ch[-1], 3, 3, padding=1)
+        init_weights(self)
+
+    @property
+    def blocks(self) -> list[CGBlock]:
+        return [getattr(self, n) for n in BLOCK_NAMES]
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        h, w = label.shape[-2:]
+        if z.shape[-2:] != (h // 64, w // 64):
+            raise ValueError(
+                f"latent grid {tuple(z.shape[-2:])} does not match a {h}x{w} label map "
+                f"(expected {(h // 64, w // 64)})"
+            )
+        x = self.fc(z)
+        for i, block in enumerate(self.blocks):
+            if i > 0:  # six nearest x2 upsamplings: before every block but the head
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+            x = block(x, label)
+        x = self.conv_img(F.leaky_relu(x, 0.2))
+        return torch.tanh(x)

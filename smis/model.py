@@ -1,0 +1,71 @@
+"""GroupDNet = generator + encoder, saved and loaded as one model folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from . import hub
+from .config import SMISConfig
+from .encoder import Encoder
+from .functional import label_input, one_hot
+from .generator import Generator
+
+
+class GroupDNet(nn.Module):
+    """The inference-time model: G and E (the discriminator lives in train/)."""
+
+    def __init__(self, config: SMISConfig):
+        super().__init__()
+        self.config = config
+        self.generator = Generator(config)
+        self.encoder = Encoder(config)
+
+    def label_tensor(self, labels: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+        """Class ids (N, H, W) or (N, 1, H, W) -> the generator's label input."""
+        onehot = one_hot(labels, self.config.num_classes)
+        if self.config.instance_edges and edges is None:
+            # Without an instance map, class boundaries are the best available edges.
+            from .functional import instance_edges
+            edges = instance_edges(labels.view(onehot.shape[0], 1, *onehot.shape[-2:]))
+        return label_input(onehot, edges if self.config.instance_edges else None)
+
+    def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.generator(z, self.label_tensor(labels))
+
+    def encode(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.encoder(image, one_hot(labels, self.config.num_classes, image.dtype))
+
+    # -- persistence ---------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
+                        max_shard_bytes: int | None = None,
+                        metadata: dict[str, str] | None = None) -> list[Path]:
+        """Write ``config.json`` + safetensors (``dtype=torch.float16`` halves the size)."""
+        return hub.save_state(folder, self.config, self.state_dict(), dtype, max_shard_bytes, metadata)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None,
+                        revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None) -> GroupDNet:
+        """Load from a local folder or a Hub repo id (``None``: ``$SMIS_MODEL`` or the bundled one)."""
+        folder = hub.resolve_model_dir(name_or_path, revision, cache_dir)
+        config = SMISConfig.load(folder / hub.CONFIG_NAME)
+        model = cls(config)
+        hub.load_into(model, hub.load_state(folder), str(folder))
+        return model.eval()
+
+
+def bake_spectral_norm(module: nn.Module) -> nn.Module:
+    """Replace spectral-norm parametrizations by their current normalised weight, in place.
+
+    For inference and export only: the result has plain conv weights (no power iteration, no
+    ``vdot``), and gives the same outputs as the parametrized module in eval mode.
+    """
+    for m in list(module.modules()):
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return module

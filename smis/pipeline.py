@@ -1,0 +1,268 @@
+"""SMISPipeline: the one inference API every front end (demo, export checks, scripts) uses.
+
+    pipe = SMISPipeline.from_pretrained()                  # bundled CCP model, PyTorch on CPU/GPU
+    out = pipe.generate("mask.png", seed=3)                # out.image, out.codes, out.labels
+    out2 = pipe.reroll(out.labels, out.codes, ["upper clothes"], seed=7)
+    out2.save("result.png")                                # codes + mask in the PNG metadata
+    again = SMISResult.load("result.png")                  # ... to continue editing later
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+from tqdm.auto import tqdm
+
+from .backends import Backend, load_backend
+from .codes import ClassCodes
+from .config import SMISConfig
+from .labels import ids_to_color, load_mask, load_photo
+
+logger = logging.getLogger(__name__)
+
+META_CODES = "smis:codes"
+META_LABELS = "smis:labels"
+META_SEED = "smis:seed"
+META_MODEL = "smis:model"
+
+ClassRef = int | str
+
+
+@dataclass
+class SMISResult:
+    """One generated image with everything needed to reproduce or keep editing it."""
+
+    image: Image.Image
+    labels: np.ndarray
+    codes: ClassCodes
+    seed: int | None = None
+    model: str = ""
+
+    def pnginfo(self) -> PngImagePlugin.PngInfo:
+        info = PngImagePlugin.PngInfo()
+        info.add_text(META_CODES, self.codes.to_json(), zip=True)
+        info.add_text(META_LABELS, _labels_to_b64(self.labels), zip=True)
+        if self.seed is not None:
+            info.add_text(META_SEED, str(self.seed))
+        if self.model:
+            info.add_text(META_MODEL, self.model)
+        return info
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """PNG with the mask and the codes in its metadata (re-open with :meth:`load`)."""
+        path = Path(path)
+        self.image.save(path, format="PNG", pnginfo=self.pnginfo())
+        return path
+
+    def to_png_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        self.image.save(buf, format="PNG", pnginfo=self.pnginfo())
+        return buf.getvalue()
+
+    @classmethod
+    def load(cls, source: str | os.PathLike | bytes | Image.Image) -> SMISResult:
+        """Re-open a PNG saved by :meth:`save`."""
+        if isinstance(source, Image.Image):
+            img = source
+        else:
+            try:
+                img = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+                img.load()
+            except (OSError, ValueError) as err:
+                raise ValueError(f"could not read the result image: {err}") from err
+        text = getattr(img, "text", None) or {}
+        if META_CODES not in text or META_LABELS not in text:
+            raise ValueError(
+                "this image carries no SMIS metadata (codes and mask); open a PNG saved by the "
+                "SMIS demo or SMISResult.save — metadata is lost if the PNG was re-encoded")
+        seed = text.get(META_SEED)
+        return cls(img.convert("RGB"), _labels_from_b64(text[META_LABELS]),
+                   ClassCodes.from_json(text[META_CODES]),
+                   int(seed) if seed not in (None, "") else None, text.get(META_MODEL, ""))
+
+
+def _labels_to_b64(labels: np.ndarray) -> str:
+    mode = "L" if labels.max(initial=0) < 256 else "I"
+    buf = io.BytesIO()
+    Image.fromarray(labels.astype(np.uint8 if mode == "L" else np.int32), mode).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _labels_from_b64(s: str) -> np.ndarray:
+    try:
+        return np.asarray(Image.open(io.BytesIO(base64.b64decode(s)))).astype(np.int64)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"corrupt mask in the image metadata: {err}") from err
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest resize of a class-id map (exact ids, no blending)."""
+    h, w = labels.shape
+    if (h, w) == (height, width):
+        return labels
+    rows = (np.arange(height) * h) // height
+    cols = (np.arange(width) * w) // width
+    return labels[rows[:, None], cols[None, :]]
+
+
+class SMISPipeline:
+    """Generate, re-roll, encode, mix and morph with one GroupDNet, on any backend."""
+
+    #: Images per backend call for morphing and batches.
+    batch_size = 8
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.config: SMISConfig = backend.config
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, backend: str = "torch",
+                        device: str | None = None, dtype: str | None = None,
+                        revision: str | None = None, **backend_kwargs) -> SMISPipeline:
+        """A model folder or Hub repo id (``None``: ``$SMIS_MODEL`` or the bundled CCP model).
+
+        ``backend``: ``"torch"`` (PyTorch) or ``"onnx"`` (ONNX Runtime); ``device``: ``"cpu"``,
+        ``"cuda"``... (auto when omitted); ``dtype``: ``"float32"`` (default), ``"float16"``,
+        ``"bfloat16"``.
+        """
+        pipe = cls(load_backend(backend, name_or_path, device=device, dtype=dtype,
+                                revision=revision, **backend_kwargs))
+        logger.info("SMIS pipeline: %s on %s (%s)", pipe.backend.name, pipe.backend.device,
+                    pipe.config.name)
+        return pipe
+
+    # -- inputs ----------------------------------------------------------------------------
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.config.class_names
+
+    def prepare_mask(self, mask: object, snap_colors: bool = False) -> np.ndarray:
+        """Any accepted mask -> class ids (H, W) at the model's size (nearest resize)."""
+        ids = load_mask(mask, self.config.num_classes, self.config.palette, snap_colors=snap_colors)
+        return resize_labels(ids, self.config.height, self.config.width)
+
+    def prepare_photo(self, photo: object) -> np.ndarray:
+        """Any accepted photo -> RGB uint8 (H, W, 3) at the model's size."""
+        arr = load_photo(photo)
+        if arr.shape[:2] != (self.config.height, self.config.width):
+            img = Image.fromarray(arr).resize((self.config.width, self.config.height), Image.BICUBIC)
+            arr = np.asarray(img)
+        return arr
+
+    def class_ids(self, classes: ClassRef | Iterable[ClassRef]) -> list[int]:
+        if isinstance(classes, (int, str, np.integer)):
+            classes = [classes]
+        return [self.config.class_id(c) for c in classes]
+
+    def sample_codes(self, seed: int | None = None) -> tuple[ClassCodes, int]:
+        seed = _seed(seed)
+        return ClassCodes.sample(self.class_names, self.config.z_channels,
+                                 self.config.latent_grid(), seed), seed
+
+    def colorize(self, labels: np.ndarray) -> Image.Image:
+        """A class-id map in the model's palette, for display."""
+        return Image.fromarray(ids_to_color(labels, self.config.palette))
+
+    # -- operations ------------------------------------------------------------------------
+    def generate(self, mask: object, seed: int | None = None,
+                 codes: ClassCodes | None = None) -> SMISResult:
+        """One image for ``mask``: codes from ``seed`` (random if omitted) or the given codes."""
+        labels = self.prepare_mask(mask)
+        used_seed = None
+        if codes is None:
+            codes, used_seed = self.sample_codes(seed)
+        else:
+            self._check_codes(codes)
+        image = self.render(labels, [codes])[0]
+        return SMISResult(image, labels, codes, used_seed, self.config.name)
+
+    def reroll(self, mask: object, codes: ClassCodes, classes: ClassRef | Iterable[ClassRef],
+               seed: int | None = None) -> SMISResult:
+        """New codes for ``classes`` only; every other class keeps its code exactly."""
+        self._check_codes(codes)
+        ids = self.class_ids(classes)
+        if not ids:
+            raise ValueError("choose at least one class to re-roll")
+        seed = _seed(seed)
+        new = codes.resample(ids, seed)
+        labels = self.prepare_mask(mask)
+        return SMISResult(self.render(labels, [new])[0], labels, new, seed, self.config.name)
+
+    def encode(self, photo: object, mask: object) -> ClassCodes:
+        """Per-class codes (the encoder's mean maps) of a real photo and its mask."""
+        arr = load_photo(photo)
+        ids = load_mask(mask, self.config.num_classes, self.config.palette)
+        if arr.shape[:2] != ids.shape:
+            raise ValueError(
+                f"the photo is {arr.shape[0]}x{arr.shape[1]} but its mask is "
+                f"{ids.shape[0]}x{ids.shape[1]}; they must have the same size")
+        photo_arr = self.prepare_photo(arr)
+        labels = resize_labels(ids, self.config.height, self.config.width)
+        x = photo_arr.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
+        mu, _ = self.backend.encode(x, labels[None])
+        return ClassCodes.from_latent(mu, self.class_names)
+
+    def mix(self, sources: Mapping[ClassRef, ClassCodes], base: ClassCodes | None = None,
+            seed: int | None = None) -> ClassCodes:
+        """Codes whose class c comes from ``sources[c]``; other classes from ``base`` (or noise)."""
+        if base is None:
+            base, _ = self.sample_codes(seed)
+        self._check_codes(base)
+        return base.with_classes({self.config.class_id(k): v for k, v in sources.items()})
+
+    def morph(self, codes_a: ClassCodes, codes_b: ClassCodes, mask: object, steps: int = 8,
+              progress: bool = False) -> list[SMISResult]:
+        """``steps`` frames from codes_a to codes_b (both included), rendered on ``mask``."""
+        if not 2 <= int(steps) <= 240:
+            raise ValueError(f"steps must be between 2 and 240, got {steps}")
+        self._check_codes(codes_a)
+        self._check_codes(codes_b)
+        labels = self.prepare_mask(mask)
+        frames = [codes_a.lerp(codes_b, t) for t in np.linspace(0.0, 1.0, int(steps))]
+        images = self.render(labels, frames, progress=progress)
+        return [SMISResult(im, labels, c, None, self.config.name) for im, c in zip(images, frames)]
+
+    def render(self, labels: np.ndarray, codes: Sequence[ClassCodes],
+               progress: bool = False) -> list[Image.Image]:
+        """The generator on one label map and several codes, in batches."""
+        out: list[Image.Image] = []
+        starts = range(0, len(codes), self.batch_size)
+        for i in tqdm(starts, disable=not progress, desc="rendering", unit="batch"):
+            chunk = codes[i:i + self.batch_size]
+            z = np.stack([c.latent() for c in chunk])
+            lab = np.broadcast_to(labels, (len(chunk), *labels.shape))
+            imgs = self.backend.generate(np.ascontiguousarray(lab), z)
+            out.extend(to_pil(im) for im in imgs)
+        return out
+
+    def _check_codes(self, codes: ClassCodes) -> None:
+        if not isinstance(codes, ClassCodes):
+            raise ValueError(f"expected ClassCodes, got {type(codes).__name__}")
+        want = (self.config.num_classes, self.config.z_channels, *self.config.latent_grid())
+        if codes.values.shape != want or codes.class_names != self.class_names:
+            raise ValueError(
+                f"these codes ({codes.values.shape}) were made for another model; this one needs {want}")
+
+
+def to_pil(image: np.ndarray) -> Image.Image:
+    """(3, H, W) float in [-1, 1] -> RGB image."""
+    arr = np.clip((image.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    return Image.fromarray(arr)
+
+
+def _seed(seed: int | None) -> int:
+    if seed is None:
+        return secrets.randbelow(2**31)
+    seed = int(seed)
+    if not 0 <= seed < 2**63:
+        raise ValueError(f"seed must be a non-negative integer, got {seed}")
+    return seed

@@ -93,8 +93,8 @@ ADE20K_CLASSES: tuple[str, ...] = ("other",) + tuple(
 ADE20K_CLASSES = tuple(n.replace("_", " ") for n in ADE20K_CLASSES)
 ADE20K_PALETTE = voc_palette(len(ADE20K_CLASSES))
 
-# CamVid (SegNet tutorial version), 11 classes; the void label is folded into class 0's slot
-# by the data reader, which says so.
+# CamVid (SegNet tutorial version), 11 classes; train/data.py fills the void label (11) from the
+# nearest labelled pixel by default (``camvid_void=`` maps it to a fixed class instead).
 CAMVID_CLASSES = (
     "sky", "building", "pole", "road", "pavement", "tree", "sign symbol", "fence", "car",
     "pedestrian", "bicyclist",

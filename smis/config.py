@@ -223,6 +223,9 @@ def validate(cfg: SMISConfig) -> None:
             if ch % gg:
                 raise ValueError(f"generator block {i}: {what} channels {ch} not divisible by {gg} groups")
     e = cfg.encoder
+    if e.norm == "instance" and cfg.height * cfg.width <= SIZE_MULTIPLE**2:
+        raise ValueError(f"a {cfg.height}x{cfg.width} model has a 1x1 latent grid, too small for the encoder's "
+                         "instance norm; use at least 64x128")
     if len(e.channels) != NUM_UPSAMPLINGS:
         raise ValueError(f"encoder.channels needs {NUM_UPSAMPLINGS} numbers")
     for ch in e.channels:
@@ -294,9 +297,9 @@ PRESETS: dict[str, Callable[..., SMISConfig]] = {
 
 #: Smallest widths each preset's group counts allow; for tests and smoke runs.
 TINY_WIDTHS: dict[str, dict[str, int]] = {
-    "deepfashion": dict(nf=8, ndf=8, norm_hidden=8, height=64, width=64),
+    "deepfashion": dict(nf=8, ndf=8, norm_hidden=8, height=64, width=128),
     "cityscapes": dict(nf=70, ndf=35, height=64, width=128),
-    "ade20k": dict(nf=8, ndf=151, height=64, width=64),
+    "ade20k": dict(nf=8, ndf=151, height=64, width=128),
     "demo": dict(nf=10, ndf=10, norm_hidden=10, height=128, width=64),
 }
 

@@ -10,8 +10,10 @@ same whether PyTorch or ONNX Runtime does the work:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import threading
 from typing import Protocol
 
 import numpy as np
@@ -58,12 +60,19 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
 
 
 class TorchBackend:
-    """PyTorch eager (optionally ``torch.compile``) on any device, fp32 / fp16 / bf16."""
+    """PyTorch eager (optionally ``torch.compile``) on any device, fp32 / fp16 / bf16.
+
+    The label-map branch of the generator (every CG-Norm's gamma and beta) does not depend on the
+    codes, so it is computed once per distinct mask and kept for the next call: a re-roll, a
+    mix or a morph on an unchanged mask runs only the code-dependent path, and a batch of codes
+    on one mask shares one label branch (``cache_label_features=False`` turns this off).
+    """
 
     name = "pytorch"
 
     def __init__(self, model: GroupDNet, device: str | torch.device | None = None,
-                 dtype: str | torch.dtype | None = None, compile: bool = False):
+                 dtype: str | torch.dtype | None = None, compile: bool = False,
+                 cache_label_features: bool = True):
         self.config = model.config
         self.torch_device = torch.device(device or auto_device())
         self.dtype = parse_dtype(dtype)
@@ -73,16 +82,37 @@ class TorchBackend:
         self.model = bake_spectral_norm(model.eval()).to(self.torch_device, self.dtype)
         if self.torch_device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._gen = torch.compile(self.model.forward) if compile else self.model.forward
+        gen = self.model.generator
+        self._gen = torch.compile(gen.forward) if compile else gen.forward
+        self.cache_label_features = cache_label_features
+        self._cached_key: tuple | None = None
+        self._cached_features: list | None = None
+        self._cache_lock = threading.Lock()
         self.device = str(self.torch_device)
         if self.torch_device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
 
     @torch.inference_mode()
     def generate(self, labels: np.ndarray, z: np.ndarray) -> np.ndarray:
-        lab = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.torch_device)
+        labels = np.asarray(labels, dtype=np.int64)
         zt = torch.from_numpy(np.array(z, dtype=np.float32)).to(self.torch_device, self.dtype)
-        return self._gen(zt, lab).float().cpu().numpy()
+        one_mask = bool(np.all(labels == labels[:1]))
+        if not (self.cache_label_features and one_mask):
+            label = self._label_tensor(labels)
+            return self._gen(zt, label).float().cpu().numpy()
+        key = (labels.shape[1:], hashlib.blake2b(labels[0].tobytes(), digest_size=16).digest())
+        label = self._label_tensor(labels[:1])
+        with self._cache_lock:  # the demo may call from several worker threads
+            if key != self._cached_key:
+                self._cached_features = None  # free the old maps before computing the new ones
+                self._cached_features = self.model.generator.label_features(label)
+                self._cached_key = key
+            features = self._cached_features
+        return self._gen(zt, label, features).float().cpu().numpy()
+
+    def _label_tensor(self, labels: np.ndarray) -> torch.Tensor:
+        lab = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.torch_device)
+        return self.model.label_tensor(lab).to(self.dtype)
 
     @torch.inference_mode()
     def encode(self, photos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

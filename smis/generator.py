@@ -38,7 +38,23 @@ class Generator(nn.Module):
     def blocks(self) -> list[CGBlock]:
         return [getattr(self, n) for n in BLOCK_NAMES]
 
-    def forward(self, z: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def label_features(self, label: torch.Tensor) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+        """All CG-Norm modulations for a label tensor: the part of G that ignores Z.
+
+        Pass the result as ``forward(z, label, label_features=...)`` to re-render the same mask
+        with other codes (re-roll, morph) without recomputing it; a batch-1 result broadcasts
+        over any batch of codes.
+        """
+        h, w = label.shape[-2:]
+        feats = []
+        for i, block in enumerate(self.blocks):
+            scale = 2 ** (i - len(self.blocks) + 1)  # the last block runs at full size
+            size = (int(h * scale), int(w * scale))
+            feats.append(block.modulations(F.interpolate(label, size=size, mode="nearest")))
+        return feats
+
+    def forward(self, z: torch.Tensor, label: torch.Tensor,
+                label_features: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None) -> torch.Tensor:
         h, w = label.shape[-2:]
         if z.shape[-2:] != (h // 64, w // 64):
             raise ValueError(
@@ -49,6 +65,6 @@ class Generator(nn.Module):
         for i, block in enumerate(self.blocks):
             if i > 0:  # six nearest x2 upsamplings: before every block but the head
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = block(x, label)
+            x = block(x, label, None if label_features is None else label_features[i])
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)

@@ -62,10 +62,14 @@ class CGNorm(nn.Module):
         actv = F.relu(self.shared(label))
         return self.gamma(actv), self.beta(actv)
 
-    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        if label.shape[-2:] != x.shape[-2:]:
-            label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
-        gamma, beta = self.modulation(label)
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None,
+                mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """``mod``: (gamma, beta) computed earlier for this label map (it does not depend on x)."""
+        if mod is None:
+            if label.shape[-2:] != x.shape[-2:]:
+                label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
+            mod = self.modulation(label)
+        gamma, beta = mod
         return self.norm(x) * (1 + gamma) + beta
 
 
@@ -90,13 +94,24 @@ class CGBlock(nn.Module):
             self.conv_s = maybe_spectral(
                 nn.Conv2d(fin, fout, 1, bias=False, groups=groups), spectral)
 
-    def forward(self, x: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        if label.shape[-2:] != x.shape[-2:]:
-            label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
+    def modulations(self, label: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Every CG-Norm's (gamma, beta) for a label map already at this block's size.
+
+        They depend on the label map alone, so a re-roll on an unchanged mask can reuse them.
+        """
+        names = ("norm_0", "norm_1", "norm_s") if self.learned_shortcut else ("norm_0", "norm_1")
+        return {n: getattr(self, n).modulation(label) for n in names}
+
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None,
+                mods: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
+        if mods is None:
+            if label.shape[-2:] != x.shape[-2:]:
+                label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
+            mods = self.modulations(label)
         if self.learned_shortcut:
-            x_s = self.conv_s(self.norm_s(x, label))
+            x_s = self.conv_s(self.norm_s(x, None, mods["norm_s"]))
         else:
             x_s = x
-        dx = self.conv_0(F.leaky_relu(self.norm_0(x, label), 0.2))
-        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, label), 0.2))
+        dx = self.conv_0(F.leaky_relu(self.norm_0(x, None, mods["norm_0"]), 0.2))
+        dx = self.conv_1(F.leaky_relu(self.norm_1(dx, None, mods["norm_1"]), 0.2))
         return x_s + dx

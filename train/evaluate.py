@@ -1,0 +1,387 @@
+"""Evaluate a GroupDNet model folder on a held-out split: FID / KID, diversity, mCSD / mOCD
+(and segmentation mIoU / accuracy when a parser is given).
+
+    python -m train.evaluate --model runs/ccp/model --data data/ccp --format ccp --split val \\
+        --num-masks 20 --n 100 --m 19 --out outputs/eval-ccp
+
+Writes ``metrics.json`` and ``metrics.md`` to ``--out``. Which networks were used is part of
+every number's name:
+
+- the distance for mCSD / mOCD / diversity is LPIPS v0.1 (AlexNet) when ``--alexnet-weights`` and
+  ``--lpips-weights`` are available, otherwise the shipped substitute "VGG-relu3 perceptual
+  distance" (not LPIPS; not comparable with the paper's numbers);
+- FID / KID use InceptionV3 pool3 features when ``--inception-weights`` are available, otherwise
+  the substitute Frechet distance on pooled VGG-relu3 features (not FID).
+
+Without a path, ImageNet weights are looked up in torchvision's cache (``$TORCH_HOME/hub/
+checkpoints``) and, with ``--download-weights``, downloaded there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import features as feat
+from . import metrics as M
+
+logger = logging.getLogger(__name__)
+
+#: A segmentation network for the mIoU hook: images (N, 3, H, W) in [-1, 1] -> class ids (N, H, W).
+Parser = Callable[[torch.Tensor], torch.Tensor]
+
+FID_SUBSTITUTE_NAME = ("Frechet distance on pooled VGG-relu3 features, not FID (normalised VGG19 relu1_1-relu3_1, "
+                       "global average pooled, 448-d)")
+KID_SUBSTITUTE_NAME = "KID on pooled VGG-relu3 features, not Inception KID"
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing the feature networks
+# ---------------------------------------------------------------------------------------------
+def load_distance_net(lpips_weights: str | None = None, alexnet_weights: str | None = None,
+                      download: bool = False, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """LPIPS (AlexNet) if its weights can be had, else the substitute VGG-relu3 network.
+
+    Explicit paths that do not load are errors; weights that are merely absent fall back to the
+    substitute with a warning. Returns the network and a description for the report.
+    """
+    heads = lpips_weights or feat.find_lpips_heads()
+    if heads is not None:
+        try:
+            net = feat.LPIPSAlex.from_pretrained(heads, alexnet_weights, download=download)
+            return net.to(device), {"name": M.LPIPS_NAME, "network": net.name, "substitute": False,
+                                    "lpips_weights": str(heads),
+                                    "alexnet_weights": alexnet_weights or "torch hub cache"}
+        except feat.FeatureWeightsUnavailable as err:
+            if lpips_weights or alexnet_weights:
+                raise
+            logger.warning("LPIPS unavailable (%s)", err)
+    elif alexnet_weights:
+        raise feat.FeatureWeightsUnavailable(f"--alexnet-weights needs the LPIPS heads too; {feat.LPIPS_HINT}")
+    logger.warning("using the substitute VGG-relu3 perceptual distance (not LPIPS) for mCSD/mOCD/diversity")
+    net = feat.NormalisedVGG19Relu31.from_pretrained()
+    return net.to(device), {"name": M.PERCEPTUAL_DISTANCE_NAME, "network": net.name, "substitute": True,
+                            "weights": str(feat.NORMALISED_VGG19_FILE.name)}
+
+
+def describe_fid_net(net: torch.nn.Module) -> dict:
+    """How the report names FID / KID computed on ``net``'s features (substitutes say so)."""
+    if isinstance(net, feat.InceptionV3Pool):
+        return {"fid_name": f"FID (InceptionV3 pool3, {net.variant} weights)", "kid_name": "KID (InceptionV3 pool3)",
+                "network": f"{net.name}-{net.variant}", "substitute": False}
+    if isinstance(net, feat.PooledFeatures) and isinstance(net.net, feat.NormalisedVGG19Relu31):
+        return {"fid_name": FID_SUBSTITUTE_NAME, "kid_name": KID_SUBSTITUTE_NAME, "network": net.name,
+                "substitute": True}
+    name = getattr(net, "name", type(net).__name__)
+    return {"fid_name": f"Frechet distance on {name} features, not Inception FID",
+            "kid_name": f"KID on {name} features, not Inception KID", "network": name, "substitute": True}
+
+
+def load_fid_net(inception_weights: str | None = None, download: bool = False,
+                 device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """InceptionV3 pool3 if its weights can be had, else pooled VGG-relu3 features (substitute)."""
+    try:
+        net = feat.InceptionV3Pool.from_pretrained(inception_weights, download=download)
+        return net.to(device), {**describe_fid_net(net), "weights": inception_weights or "torch hub cache"}
+    except feat.FeatureWeightsUnavailable as err:
+        if inception_weights:
+            raise
+        logger.warning("Inception weights unavailable (%s); reporting the substitute Frechet distance", err)
+    net = feat.PooledFeatures(feat.NormalisedVGG19Relu31.from_pretrained())
+    return net.to(device), describe_fid_net(net)
+
+
+# ---------------------------------------------------------------------------------------------
+# The evaluation
+# ---------------------------------------------------------------------------------------------
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> the nearest 8-bit value (as if saved to PNG), still in [-1, 1]."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def spread_indices(count: int, total: int) -> list[int]:
+    """``count`` indices spread evenly over ``range(total)`` (all of them if count >= total)."""
+    if count >= total:
+        return list(range(total))
+    return sorted({int(round(v)) for v in np.linspace(0, total - 1, count)})
+
+
+def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, distance_net: torch.nn.Module,
+             fid_net: torch.nn.Module, n: int = 100, m: int = 19, num_masks: int = 10,
+             num_fid: int | None = None, batch_size: int = 8, seed: int = 0,
+             device: str | torch.device = "cpu", parser: Parser | None = None,
+             kid_subsets: int = 100, kid_subset_size: int = 1000, fid_method: str = "auto",
+             progress: bool = True) -> dict:
+    """All metrics for one generator on one dataset split; returns the ``metrics.json`` content.
+
+    ``config``: the model's :class:`smis.config.SMISConfig`; ``dataset``: samples ``{"image",
+    "label"}`` at the model's size. FID / KID compare ``num_fid`` real photos (all by default) with
+    one generated image per label map (random codes). mCSD / mOCD and diversity use ``num_masks``
+    label maps spread over the split. ``parser`` (optional) labels generated and real images for
+    mIoU / accuracy against the ground-truth maps. FID / KID are named after ``fid_net``
+    (:func:`describe_fid_net`); ``fid_method`` picks the matrix square root (see
+    :func:`train.metrics.frechet_distance`).
+    """
+    dev = torch.device(device)
+    total = len(dataset)
+    if total == 0:
+        raise ValueError("the evaluation split is empty")
+    latent_shape = config.latent_shape()
+    out: dict[str, Any] = {}
+
+    # 1. FID / KID (and segmentation) over the split: real photos vs one generated image per mask.
+    count = total if num_fid is None else min(num_fid, total)
+    real_feats, fake_feats = [], []
+    conf_fake = torch.zeros(config.num_classes, config.num_classes, dtype=torch.int64)
+    conf_real = conf_fake.clone()
+    starts = range(0, count, batch_size)
+    for s in tqdm(starts, disable=not progress, desc="FID images", unit="batch"):
+        samples = [dataset[i] for i in range(s, min(s + batch_size, count))]
+        labels = torch.stack([torch.as_tensor(x["label"]) for x in samples]).long()
+        real = torch.stack([torch.as_tensor(x["image"]) for x in samples]).float()
+        z = np.stack([M.latent_noise(latent_shape, seed, 5, i) for i in range(s, s + len(samples))])
+        fake = quantize(torch.as_tensor(generate(labels.numpy(), z)).float())
+        real, fake = quantize(real).to(dev), fake.to(dev)
+        with torch.no_grad():
+            real_feats.append(fid_net(real).float().cpu())
+            fake_feats.append(fid_net(fake).float().cpu())
+            if parser is not None:
+                conf_fake += M.confusion_matrix(parser(fake), labels, config.num_classes)
+                conf_real += M.confusion_matrix(parser(real), labels, config.num_classes)
+    rf, ff = torch.cat(real_feats), torch.cat(fake_feats)
+    fid_info = describe_fid_net(fid_net)
+    if count >= 2:
+        if count <= rf.shape[1]:
+            logger.warning("FID from %d images of %d-d features: the covariances are singular and the value is "
+                           "strongly biased upwards; compare only runs with the same count", count, rf.shape[1])
+        out["fid"] = {"name": fid_info["fid_name"], "value": M.fid_from_features(rf, ff, fid_method),
+                      "num_real": len(rf), "num_fake": len(ff), "feature_dim": int(rf.shape[1]),
+                      "substitute": fid_info["substitute"],
+                      # The same distance between two halves of the real photos: the floor at this count.
+                      "real_halves": M.fid_from_features(rf[0::2], rf[1::2], fid_method) if count >= 4 else None}
+        kid = M.kid_from_features(rf, ff, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
+        out["kid"] = {"name": fid_info["kid_name"], **kid, "num_real": len(rf), "num_fake": len(ff),
+                      "substitute": fid_info["substitute"]}
+    else:
+        logger.warning("FID/KID need at least 2 images; skipped")
+        out["fid"] = out["kid"] = None
+
+    # 2. Diversity and mCSD / mOCD on a few label maps.
+    picks = spread_indices(num_masks, total)
+    masks = [torch.as_tensor(dataset[i]["label"]).long() for i in picks]
+    out["diversity"] = M.overall_diversity(generate, masks, distance_net, latent_shape, n=n, m=m, seed=seed,
+                                           batch_size=batch_size, device=dev, progress=progress)
+    smis = M.smis_diversity(generate, masks, distance_net, latent_shape, z_channels=config.z_channels, n=n, m=m,
+                            class_names=config.class_names, seed=seed, batch_size=batch_size, device=dev,
+                            progress=progress)
+    out["smis"] = smis.to_dict()
+    out["smis"]["mask_indices"] = picks
+
+    # 3. Segmentation (hook: the parser is optional).
+    if parser is not None:
+        out["segmentation"] = {
+            "generated": M.segmentation_scores(conf_fake, config.class_names),
+            "real_photos": M.segmentation_scores(conf_real, config.class_names),
+            "num_images": count,
+        }
+    else:
+        out["segmentation"] = None
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reports
+# ---------------------------------------------------------------------------------------------
+def _fmt(v: float | None, digits: int = 4) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "n/a"
+    return f"{v:.{digits}f}"
+
+
+def to_markdown(results: dict) -> str:
+    """The human-readable table of ``metrics.json``."""
+    r = results
+    dist = r["distance"]["name"]
+    lines = [f"# Evaluation of `{r['model']['path']}` ({r['model']['name']})", "",
+             f"Data: `{r['data']['root']}` ({r['data']['format']}, split `{r['data']['split']}`, "
+             f"{r['data']['num_images']} images at {r['model']['height']}x{r['model']['width']}); seed {r['seed']}.",
+             "", f"Distance for diversity / mCSD / mOCD: **{dist}**.", ""]
+    if r["distance"].get("substitute") or (r.get("fid") and r["fid"].get("substitute")):
+        lines += ["> Substitute networks were used (no ImageNet AlexNet / Inception weights): these numbers "
+                  "are not comparable with the paper's LPIPS / FID.", ""]
+    lines += ["| metric | value | computed on |", "|---|---|---|"]
+    if r.get("fid"):
+        f = r["fid"]
+        lines.append(f"| {f['name']} (lower is better) | {_fmt(f['value'], 3)} | {f['num_real']} real vs "
+                     f"{f['num_fake']} generated images, {f['feature_dim']}-d features; real half vs real half: "
+                     f"{_fmt(f.get('real_halves'), 3)} |")
+    if r.get("kid"):
+        k = r["kid"]
+        lines.append(f"| {k['name']} (lower is better) | {_fmt(k['mean'], 5)} ± {_fmt(k['std'], 5)} | "
+                     f"{k['num_subsets']} subsets of {k['subset_size']} |")
+    d = r["diversity"]
+    lines.append(f"| overall diversity (higher is better) | {_fmt(d['mean'])} | {d['num_pairs']} pairs "
+                 f"({d['m']} per mask of n={d['n']} samples, {d['num_masks']} masks), all codes re-drawn |")
+    s = r["smis"]
+    pairs = sum(c["num_pairs"] for c in s["per_class"].values())
+    lines.append(f"| mCSD (higher is better) | {_fmt(s['mcsd'])} | {len(s['per_class'])} classes, "
+                 f"{s['num_masks']} masks, n={s['n']}, m={s['m']} ({pairs} pairs) |")
+    lines.append(f"| mOCD (lower is better) | {_fmt(s['mocd'])} | same pairs, outside each class |")
+    seg = r.get("segmentation")
+    if seg:
+        g, rp = seg["generated"], seg["real_photos"]
+        lines.append(f"| mIoU, generated (parser) | {_fmt(g['mean_iou'])} | {seg['num_images']} images, "
+                     f"{g['num_classes_in_mean']} classes (real photos: {_fmt(rp['mean_iou'])}) |")
+        lines.append(f"| pixel accuracy, generated | {_fmt(g['pixel_accuracy'])} | real photos: "
+                     f"{_fmt(rp['pixel_accuracy'])} |")
+    lines += ["", "## Per class", "", "| class | L_c (inside) | L_≠c (outside) | masks | pairs |",
+              "|---|---|---|---|---|"]
+    for name, c in s["per_class"].items():
+        lines.append(f"| {name} | {_fmt(c['csd'])} | {_fmt(c['ocd'])} | {c['num_masks']} | {c['num_pairs']} |")
+    if seg:
+        lines += ["", "| class | IoU generated | IoU real | accuracy generated |", "|---|---|---|---|"]
+        for name, c in seg["generated"]["per_class"].items():
+            lines.append(f"| {name} | {_fmt(c['iou'])} | {_fmt(seg['real_photos']['per_class'][name]['iou'])} | "
+                         f"{_fmt(c['accuracy'])} |")
+        absent = seg["generated"]["absent_classes"]
+        if absent:
+            lines += ["", f"Absent from both prediction and truth (not in the mean): {', '.join(absent)}."]
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def write_reports(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    j, md = out / "metrics.json", out / "metrics.md"
+    j.write_text(json.dumps(_json_safe(results), indent=2) + "\n")
+    md.write_text(to_markdown(results))
+    return j, md
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------------
+def build_arg_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True, help="GroupDNet model folder (config.json + safetensors) or Hub id")
+    p.add_argument("--data", required=True, help="dataset root")
+    p.add_argument("--format", default="generic", help="dataset layout, see train/data.py (default: generic)")
+    p.add_argument("--split", default="val", help="held-out split (default: val)")
+    p.add_argument("--out", default="outputs/eval",
+                   help="folder for metrics.json and metrics.md (default: outputs/eval)")
+    p.add_argument("--lpips-weights", help="lpips' weights/v0.1/alex.pth (found automatically if lpips is installed)")
+    p.add_argument("--alexnet-weights", help="torchvision alexnet-owt-7be5be79.pth (.pth or .safetensors)")
+    p.add_argument("--inception-weights", help="pytorch-fid pt_inception-2015-12-05-6726825d.pth or torchvision "
+                                               "inception_v3_google-0cc3c7bd.pth")
+    p.add_argument("--download-weights", action="store_true",
+                   help="download missing AlexNet / Inception weights into torchvision's cache")
+    p.add_argument("--parser", help="human-parser folder (smis.parsing.HumanParser) for mIoU / accuracy")
+    p.add_argument("--n", type=int, default=100,
+                   help="samples per (mask, class) for mCSD/mOCD and per mask for diversity (default and paper: 100)")
+    p.add_argument("--m", type=int, default=19, help="pairs among those samples (default and paper: 19)")
+    p.add_argument("--num-masks", type=int, default=10,
+                   help="label maps, spread over the split, for mCSD/mOCD and diversity (default: 10)")
+    p.add_argument("--num-fid", type=int, default=None, help="images for FID/KID (default: the whole split)")
+    p.add_argument("--fid-method", default="auto", choices=["auto", "scipy", "eigh"],
+                   help="matrix square root: scipy.linalg.sqrtm (pytorch-fid's; auto = if scipy is installed) or "
+                        "torch eigen-decompositions (exact for covariances, faster) (default: auto)")
+    p.add_argument("--kid-subsets", type=int, default=100, help="random subsets for KID (default: 100)")
+    p.add_argument("--kid-subset-size", type=int, default=1000,
+                   help="images per KID subset, capped at the set size (default: 1000)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per generator / feature call (default: 8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of every code and pair drawn (default: 0)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
+    p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference backend (default: torch)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_arg_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name, v in (("--n", args.n), ("--m", args.m), ("--num-masks", args.num_masks),
+                    ("--batch-size", args.batch_size)):
+        if v < 1:
+            print(f"error: {name} must be positive, got {v}", file=sys.stderr)
+            return 2
+    if args.m > args.n * (args.n - 1) // 2:
+        print(f"error: --m {args.m} pairs cannot be drawn from --n {args.n} samples; raise --n or lower --m",
+              file=sys.stderr)
+        return 2
+    from smis.backends import auto_device
+    from smis.pipeline import SMISPipeline
+
+    from .data import build_dataset
+
+    t0 = time.time()
+    device = args.device or auto_device()
+    try:
+        # Feature networks first: a wrong weights path fails before the model and data are read.
+        distance_net, distance_info = load_distance_net(args.lpips_weights, args.alexnet_weights,
+                                                        args.download_weights, device)
+        fid_net, fid_info = load_fid_net(args.inception_weights, args.download_weights, device)
+        pipe = SMISPipeline.from_pretrained(args.model, backend=args.backend, device=device)
+        config = pipe.config
+        dataset = build_dataset(args.format, args.data, args.split, config.height, config.width,
+                                augment=False, on_bad="skip")
+        if dataset.num_classes != config.num_classes:
+            raise ValueError(f"the dataset has {dataset.num_classes} classes but the model {config.num_classes}; "
+                             "pass the --format the model was trained on")
+        if tuple(dataset.class_names) != tuple(config.class_names):
+            logger.warning("dataset class names differ from the model's; assuming the same ids")
+        parser = None
+        if args.parser:
+            from smis.parsing import HumanParser
+
+            parser = HumanParser.from_pretrained(args.parser, device=device)
+            if tuple(parser.class_names) != tuple(config.class_names):
+                raise ValueError(f"the parser's classes {parser.class_names} differ from the model's "
+                                 f"{config.class_names}; use a parser trained on the same label set")
+        results = evaluate(pipe.backend.generate, config, dataset, distance_net=distance_net, fid_net=fid_net,
+                           n=args.n, m=args.m, num_masks=args.num_masks, num_fid=args.num_fid,
+                           batch_size=args.batch_size, seed=args.seed, device=device, parser=parser,
+                           kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
+                           fid_method=args.fid_method, progress=not args.quiet)
+    except (ValueError, feat.FeatureWeightsUnavailable) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    report = {
+        "model": {"path": str(args.model), "name": config.name, "classes": list(config.class_names),
+                  "height": config.height, "width": config.width, "backend": pipe.backend.name,
+                  "device": pipe.backend.device},
+        "data": {"root": str(args.data), "format": args.format, "split": args.split, "num_images": len(dataset)},
+        "seed": args.seed,
+        "distance": distance_info,
+        "fid_features": fid_info,
+        **results,
+        "seconds": round(time.time() - t0, 1),
+    }
+    j, md = write_reports(report, args.out)
+    print(to_markdown(report))
+    logger.info("wrote %s and %s", j, md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 
-import pytest
-import torch
-
+# One intra-op thread per process: tests launch subprocesses (torchrun, the app) on 2 cores, and
+# oversubscribed threads made them up to 10x slower. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

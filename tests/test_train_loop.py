@@ -1,0 +1,148 @@
+"""The training loop in-process on CPU: resume exactness, checkpoint format, guards, data errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+
+import pytest
+import torch
+from test_train_support import BlobDataset, tiny_options, write_generic
+
+from smis import GroupDNet
+from train import checkpoint as ckpt
+from train.loop import render_sample_grid, train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: on 2 shared cores, two spinning OpenMP threads make these runs ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _sigterm_at(step_to_stop: int):
+    def callback(step: int) -> None:
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return callback
+
+
+def _assert_same_tensors(a, b, where=""):
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), f"{where} differs"
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            _assert_same_tensors(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same_tensors(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a} != {b}"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """4 steps in one go (4 steps/epoch), checkpoints at 2 and 4, a sample grid at 0, 2 and 4."""
+    out = tmp_path_factory.mktemp("straight")
+    result = train(tiny_options(outdir=str(out), sample_every=2, sample_count=2), dataset=BlobDataset(8))
+    assert result.status == "finished" and result.step == 4
+    return result
+
+
+def test_stop_and_resume_gives_the_same_weights_as_one_run(straight, tmp_path):
+    """The straight run == 2 steps, SIGTERM, --resume auto, 2 more (a stop in mid-epoch)."""
+    data = BlobDataset(8)
+    first = train(tiny_options(outdir=str(tmp_path)), dataset=data, step_callback=_sigterm_at(2))
+    assert first.status == "interrupted" and first.step == 2
+    assert ckpt.list_checkpoints(tmp_path)[-1][0] == 2
+    second = train(tiny_options(outdir=str(tmp_path), resume="auto"), dataset=data)
+    assert second.status == "finished" and second.step == 4
+
+    a = ckpt.load_state(straight.checkpoint)
+    b = ckpt.load_state(second.checkpoint)
+    for key in ("model", "D", "ema", "opt_G", "opt_D", "step", "epoch", "batch_in_epoch", "rng"):
+        _assert_same_tensors(a[key], b[key], key)
+    opts = json.loads((tmp_path / "training_options.json").read_text())
+    assert opts["resolved"]["start_step"] == 2 and opts["resolved"]["resumed_from"].endswith("00000002.pt")
+
+
+def test_training_state_is_weights_only_and_snapshot_is_a_model_folder(straight):
+    state = torch.load(straight.checkpoint, map_location="cpu", weights_only=True)
+    assert state["step"] == 4 and state["epoch"] == 1 and state["batch_in_epoch"] == 0
+    rng = state["rng"][0]
+    assert isinstance(rng["torch"], torch.Tensor) and isinstance(rng["numpy"]["keys"], torch.Tensor)
+    assert {"opt_G", "opt_D", "scaler_G", "scaler_D", "ema", "D", "model"} <= state.keys()
+    model = GroupDNet.from_pretrained(straight.snapshot)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["ema"][k]), k
+    run = straight.run_dir
+    assert json.loads((run / "status.json").read_text())["status"] == "finished"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("G/feat" in x and "D/total" in x for x in lines)
+    assert [s for s, _ in ckpt.list_snapshots(run)] == [2, 4]
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [
+        "samples-00000000.png", "samples-00000002.png", "samples-00000004.png"]
+
+
+def test_resume_auto_skips_a_corrupt_newest_checkpoint(straight, tmp_path):
+    for step, path in ckpt.list_checkpoints(straight.run_dir):
+        data = path.read_bytes()
+        (tmp_path / "checkpoints").mkdir(exist_ok=True)
+        (tmp_path / "checkpoints" / path.name).write_bytes(data[:1000] if step == 4 else data)
+    path, state = ckpt.find_resume(tmp_path)
+    assert state["step"] == 2 and path.name.endswith("00000002.pt")
+
+
+def test_non_finite_loss_stops_without_saving_the_bad_state(tmp_path, caplog):
+    data = BlobDataset(4, nan_after=4)  # batch 2: steps 1-2 are clean, step 3 sees NaN photos
+    with caplog.at_level(logging.ERROR, logger="train.loop"):
+        result = train(tiny_options(outdir=str(tmp_path), steps=8, ckpt_every=1), dataset=data)
+    assert result.status == "diverged"
+    saved = [s for s, _ in ckpt.list_checkpoints(tmp_path)]
+    assert result.step == 3 and saved == [1, 2]
+    state = ckpt.load_state(result.checkpoint)
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert "non-finite loss" in caplog.text and str(result.checkpoint) in caplog.text
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
+
+
+def test_time_budget_checkpoints_and_pauses_then_resume_finishes(tmp_path):
+    opts = tiny_options(outdir=str(tmp_path), steps=3, ckpt_every=0, max_minutes=1e-4)
+    paused = train(opts, dataset=BlobDataset(4))
+    assert paused.status == "paused" and paused.step == 1
+    assert ckpt.list_checkpoints(tmp_path)[-1][0] == 1
+    done = train(tiny_options(outdir=str(tmp_path), steps=3, ckpt_every=0, resume="auto"), dataset=BlobDataset(4))
+    assert done.status == "finished" and done.step == 3
+
+
+def test_bf16_autocast_and_double_fm_run_on_cpu(tmp_path):
+    result = train(tiny_options(outdir=str(tmp_path), steps=1, amp="bf16", vgg="double-fm"), dataset=BlobDataset(2))
+    assert result.status == "finished"
+    opts = json.loads((tmp_path / "training_options.json").read_text())
+    assert opts["resolved"]["feature_matching_weight"] == 20.0
+    assert "doubling" in opts["resolved"]["perceptual_loss"]
+
+
+def test_sample_grid_layout():
+    model = GroupDNet(tiny_options().model_config()).eval()
+    samples = [BlobDataset(3)[i] for i in range(3)]
+    grid = render_sample_grid(model, samples, reroll_class=3)
+    assert grid.size == (3 * 64, (2 + 3 + 1) * 128)
+
+
+def test_bad_files_go_through_train_data_on_bad(tmp_path, caplog):
+    root = write_generic(tmp_path / "data", n=4)  # batch 2: two steps read every pair
+    (root / "images" / "0002.png").write_bytes(b"not a png")
+    with caplog.at_level(logging.WARNING):
+        result = train(tiny_options(data=str(root), outdir=str(tmp_path / "skip"), steps=2, on_bad="skip"))
+    assert result.status == "finished"
+    assert "0002.png" in caplog.text
+    with pytest.raises(ValueError, match="0002.png"):
+        train(tiny_options(data=str(root), outdir=str(tmp_path / "error"), steps=2, on_bad="error"))

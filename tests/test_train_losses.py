@@ -1,0 +1,155 @@
+"""The objective's pieces and the CLI's early refusals (fast, no training)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch import nn
+
+from train import losses
+from train.options import TrainOptions, parse_args
+
+
+# -- losses ------------------------------------------------------------------------------------
+def _outs(values: list[list[float]], n: int = 2) -> list[list[torch.Tensor]]:
+    """D outputs with constant maps: per scale, per layer."""
+    return [[torch.full((n, 1, 4, 4), v) for v in scale] for scale in values]
+
+
+def test_hinge_losses_match_their_formulas():
+    fake = _outs([[0.0, 0.5], [0.0, -2.0]])
+    real = _outs([[0.0, 0.25], [0.0, 3.0]])
+    lf, lr = losses.d_hinge_loss(fake, real)
+    # fake: relu(1 + 0.5) = 1.5 and relu(1 - 2) = 0 -> mean over scales 0.75
+    # real: relu(1 - 0.25) = 0.75 and relu(1 - 3) = 0 -> 0.375
+    assert lf.item() == pytest.approx(0.75)
+    assert lr.item() == pytest.approx(0.375)
+    assert losses.g_hinge_loss(fake).item() == pytest.approx(-(0.5 - 2.0) / 2)
+
+
+def test_feature_matching_sums_layers_averages_scales_and_skips_logits():
+    fake = _outs([[1.0, 2.0, 100.0], [0.0, 0.0, 100.0]])
+    real = _outs([[0.0, 0.0, -100.0], [0.5, 0.5, -100.0]])
+    # scale 0: |1-0| + |2-0| = 3; scale 1: 0.5 + 0.5 = 1; logits ignored -> (3 + 1) / 2
+    assert losses.feature_matching_loss(fake, real).item() == pytest.approx(2.0)
+
+
+def test_split_halves_separates_fake_and_real():
+    out = [[torch.arange(4.0).view(4, 1, 1, 1)]]
+    fake, real = losses.split_halves(out)
+    assert fake[0][0].flatten().tolist() == [0.0, 1.0] and real[0][0].flatten().tolist() == [2.0, 3.0]
+
+
+class _TwoMaps(nn.Module):
+    def forward(self, x):
+        return [x, 2 * x]
+
+
+def test_perceptual_loss_weights_layers_and_only_trains_the_fake():
+    loss = losses.PerceptualLoss(_TwoMaps(), weights=(0.5, 1.0))
+    fake = torch.zeros(1, 3, 4, 4, requires_grad=True)
+    real = torch.ones(1, 3, 4, 4, requires_grad=True)
+    value = loss(fake, real)
+    assert value.item() == pytest.approx(0.5 * 1 + 1.0 * 2)
+    value.backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert real.grad is None or not real.grad.any()
+
+
+def test_full_vgg_without_weights_stops_with_the_options(monkeypatch):
+    from train import features
+
+    def unavailable(path=None, download=True):
+        raise features.FeatureWeightsUnavailable("vgg19-dcbb9e9d.pth could not be downloaded")
+
+    monkeypatch.setattr(features.VGG19Features, "from_pretrained", staticmethod(unavailable))
+    with pytest.raises(losses.VggUnavailable) as err:
+        losses.build_perceptual("full", None)
+    msg = str(err.value)
+    for hint in ("--vgg-weights", "--vgg partial", "--vgg none", "--vgg double-fm", "could not be downloaded"):
+        assert hint in msg
+
+
+def test_full_vgg_from_a_local_file(tmp_path):
+    from train.features import VGG19Features
+
+    torch.manual_seed(0)
+    path = tmp_path / "vgg19.safetensors"
+    save_file({k: v.contiguous() for k, v in VGG19Features().state_dict().items()}, str(path))
+    loss, desc = losses.build_perceptual("full", str(path))
+    assert "relu5_1" in desc and str(path) in desc
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert loss(x, x).item() == 0.0
+    assert loss(x, -x).item() > 0.0
+
+
+def test_partial_and_off_perceptual_losses_describe_themselves():
+    loss, desc = losses.build_perceptual("partial")
+    assert "relu3_1" in desc and loss.weights == losses.VGG_LAYER_WEIGHTS[:3]
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    assert loss(x, x).item() == 0.0 and loss(x, x.flip(-1)).item() > 0.0
+    assert losses.build_perceptual("none")[0] is None
+    none, desc = losses.build_perceptual("double-fm")
+    assert none is None and "doubling the feature-matching" in desc
+
+
+# -- options -----------------------------------------------------------------------------------
+def test_schedule_is_constant_then_linear_to_zero():
+    opts = TrainOptions(data=".", decay_fraction=0.4)
+    total = 100
+    assert opts.lr_factor(0, total) == opts.lr_factor(59, total) == 1.0
+    assert opts.lr_factor(60, total) == 1.0
+    assert opts.lr_factor(80, total) == pytest.approx(0.5)
+    assert opts.lr_factor(100, total) == 0.0
+    assert opts.total_steps(steps_per_epoch=7) == 700  # 100 epochs
+    assert TrainOptions(data=".", steps=123).total_steps(7) == 123
+
+
+def test_cli_resolves_and_round_trips(tmp_path):
+    opts = parse_args(["--data", str(tmp_path), "--no-vgg", "--widths", "nf=20,ndf=20", "--tiny",
+                       "--outdir", str(tmp_path / "run")])
+    assert opts.vgg == "none" and opts.widths == {"nf": 20, "ndf": 20}
+    assert TrainOptions.from_dict(json.loads(opts.to_json())) == opts
+    cfg = opts.model_config()
+    assert cfg.generator.channels[-1] == 20 and cfg.encoder.channels[0] == 20
+    assert TrainOptions(data=".", vgg="double-fm").feat_weight == 20.0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--data", "/no/such/folder"], "no such folder"),
+    (["--batch-size", "0"], "--batch-size must be positive"),
+    (["--amp", "fp16", "--device", "cpu"], "fp16 needs CUDA"),
+    (["--widths", "nf=ten"], "KEY=INT"),
+    (["--widths", "bogus=3"], "valid 'demo' model"),
+    (["--height", "100"], "valid 'demo' model"),
+    (["--vgg", "partial", "--vgg-weights", "/no/such.pth"], "no such file"),
+    (["--decay-fraction", "1.5"], "decay-fraction"),
+    (["--resume", "/no/such/state.pt"], "no such checkpoint"),
+    (["--vgg", "alexnet"], "invalid choice"),
+])
+def test_cli_refuses_bad_arguments_early(tmp_path, capsys, args, message):
+    argv = ["--data", str(tmp_path), *args] if "--data" not in args else args
+    with pytest.raises(SystemExit) as exc:
+        parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_refuses_a_batch_that_does_not_split(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(tmp_path), "--batch-size", "32"])
+    assert "does not split evenly over 3" in capsys.readouterr().err
+
+
+def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "checkpoints" / "training-state-00000002.pt").write_bytes(b"x")
+    with pytest.raises(SystemExit):
+        parse_args(["--data", str(tmp_path), "--outdir", str(run)])
+    assert "--resume auto" in capsys.readouterr().err
+    assert parse_args(["--data", str(tmp_path), "--outdir", str(run), "--resume", "auto"]).resume == "auto"

@@ -1,0 +1,131 @@
+"""python -m train.publish: the Hub-ready folder round-trips, the upload call, a missing token."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from test_train_support import BlobDataset, tiny_options
+
+from smis import SMISPipeline
+from smis.hub import INDEX_NAME, WEIGHTS_NAME
+from train import publish
+from train.loop import train
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread (the pipeline's backend keeps it when OMP_NUM_THREADS is set)."""
+    n = torch.get_num_threads()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", "1")
+        torch.set_num_threads(1)
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    result = train(tiny_options(outdir=str(out), steps=2, sample_every=2, sample_count=2), dataset=BlobDataset(4))
+    (out / "metrics.json").write_text(json.dumps({"fid": 123.4, "mcsd": {"mean": 0.02}, "note": "substitute"}))
+    return result.run_dir
+
+
+def _mask() -> np.ndarray:
+    return BlobDataset(1)[0]["label"].numpy()
+
+
+def test_dry_run_folder_loads_back_to_the_same_outputs(run, tmp_path):
+    out = tmp_path / "pub"
+    assert publish.main([str(run), "--dry-run", "--out", str(out)]) == 0
+    names = {p.name for p in out.iterdir()}
+    assert {"config.json", WEIGHTS_NAME, "README.md", "samples.png", "training_options.json", "metrics.json"} <= names
+    mask = _mask()
+    ours = SMISPipeline.from_pretrained(out, device="cpu").generate(mask, seed=5)
+    ema = SMISPipeline.from_pretrained(run / "snapshots" / "model-00000002", device="cpu").generate(mask, seed=5)
+    assert np.array_equal(np.asarray(ours.image), np.asarray(ema.image))
+    assert ours.codes == ema.codes
+
+
+def test_model_card_has_front_matter_classes_training_metrics_and_citations(run, tmp_path):
+    out = publish.build_folder(run, tmp_path / "pub", repo_id="me/groupdnet-tiny")
+    card = (out / "README.md").read_text()
+    front = card.split("---")[1]
+    assert "license: apache-2.0" in front and "pipeline_tag: image-to-image" in front
+    assert "| 3 | upper clothes | `#dc143c` | 220, 20, 60 |" in card  # the CCP10 palette as a table
+    assert "| steps (this snapshot) | 2 |" in card and "| total steps | 2 |" in card
+    assert "perceptual loss | off (--vgg none)" in card and "was not used for this model" in card
+    assert "| fid | 123.4 |" in card and "| mcsd.mean | 0.02 |" in card
+    assert "![samples](samples.png)" in card
+    assert "zhu2020semantically" in card and "yang2014clothing" in card
+    assert 'SMISPipeline.from_pretrained("me/groupdnet-tiny")' in card
+
+
+def test_fp16_and_small_shards(run, tmp_path):
+    out = publish.build_folder(run, tmp_path / "pub", fp16=True, max_shard_mb=0.25)
+    index = json.loads((out / INDEX_NAME).read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).stat().st_size <= 0.25 * 2**20 + 50_000 for s in shards)
+    mask = _mask()
+    half = SMISPipeline.from_pretrained(out, device="cpu").generate(mask, seed=1)
+    full = SMISPipeline.from_pretrained(run / "snapshots" / "model-00000002", device="cpu").generate(mask, seed=1)
+    diff = np.abs(np.asarray(half.image, np.int16) - np.asarray(full.image, np.int16))
+    assert diff.mean() < 2.0
+
+
+class _FakeApi:
+    def __init__(self):
+        self.calls = []
+
+    def create_repo(self, repo_id, **kw):
+        self.calls.append(("create_repo", repo_id, kw))
+        return f"https://hub.example/{repo_id}"
+
+    def create_branch(self, repo_id, **kw):
+        self.calls.append(("create_branch", repo_id, kw))
+
+    def upload_folder(self, **kw):
+        self.calls.append(("upload_folder", kw["repo_id"], kw))
+        assert (Path(kw["folder_path"]) / "config.json").is_file()
+        return type("Commit", (), {"commit_url": "https://hub.example/commit/1"})()
+
+
+def test_upload_creates_repo_and_branch_then_uploads(run, tmp_path, monkeypatch):
+    api = _FakeApi()
+    monkeypatch.setattr("huggingface_hub.HfApi", lambda token=None: api)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    code = publish.main([str(run), "--repo-id", "me/groupdnet-tiny", "--out", str(tmp_path / "pub"), "--private",
+                         "--revision", "v1", "--commit-message", "first model"])
+    assert code == 0
+    (c1, r1, k1), (c2, _, k2), (c3, _, k3) = api.calls
+    assert (c1, r1, k1["private"], k1["exist_ok"]) == ("create_repo", "me/groupdnet-tiny", True, True)
+    assert c2 == "create_branch" and k2["branch"] == "v1"
+    assert c3 == "upload_folder" and k3["revision"] == "v1" and k3["commit_message"] == "first model"
+
+
+def test_missing_token_says_how_to_log_in(run, tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr("huggingface_hub.get_token", lambda: None)
+    folder = publish.build_folder(run, tmp_path / "pub")
+    with pytest.raises(publish.PublishError, match="hf auth login.*HF_TOKEN.*--dry-run"):
+        publish.upload(folder, "me/groupdnet-tiny")
+
+
+def test_publish_refuses_a_folder_that_is_not_a_run(tmp_path, caplog):
+    assert publish.main([str(tmp_path), "--dry-run"]) == 1
+    assert "no model snapshot" in caplog.text
+
+
+def test_card_embeds_the_evaluation_report(run, tmp_path):
+    ev = tmp_path / "eval"
+    ev.mkdir()
+    (ev / "metrics.json").write_text(json.dumps({"smis": {"mcsd": 0.03, "mocd": 0.004}}))
+    (ev / "metrics.md").write_text("# Evaluation of x\n\n| metric | value |\n|---|---|\n| mCSD | 0.0300 |\n")
+    out = publish.build_folder(run, tmp_path / "pub", metrics=ev / "metrics.json")
+    card = (out / "README.md").read_text()
+    assert "### Evaluation of x" in card and "| mCSD | 0.0300 |" in card
+    assert (out / "metrics.md").is_file() and json.loads((out / "metrics.json").read_text())["smis"]["mcsd"] == 0.03

@@ -1,0 +1,1 @@
+"""Training, evaluation and metrics for GroupDNet (not needed at inference time)."""

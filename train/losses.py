@@ -1,0 +1,107 @@
+"""GroupDNet's objective (SPADE's): hinge GAN, feature matching, VGG19 perceptual loss, KL.
+
+Losses are pure functions of network outputs; the only module is the perceptual loss, which owns a
+frozen feature network. Everything is computed in float32 whatever the autocast dtype.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: Weights of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 in the perceptual loss (SPADE's VGGLoss).
+VGG_LAYER_WEIGHTS: tuple[float, ...] = (1.0 / 32, 1.0 / 16, 1.0 / 8, 1.0 / 4, 1.0)
+
+Features = list[list[torch.Tensor]]  # per D scale, per layer; the last layer is the patch logits
+
+
+def split_halves(outputs: Features) -> tuple[Features, Features]:
+    """D's outputs on ``cat([fake, real])`` -> (fake outputs, real outputs)."""
+    fake, real = [], []
+    for scale in outputs:
+        fake.append([t[: t.shape[0] // 2] for t in scale])
+        real.append([t[t.shape[0] // 2:] for t in scale])
+    return fake, real
+
+
+def d_hinge_loss(fake: Features, real: Features) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss on fakes, loss on reals): mean(relu(1 + D(fake))), mean(relu(1 - D(real))), averaged over scales."""
+    lf = sum(F.relu(1.0 + s[-1].float()).mean() for s in fake) / len(fake)
+    lr = sum(F.relu(1.0 - s[-1].float()).mean() for s in real) / len(real)
+    return lf, lr
+
+
+def g_hinge_loss(fake: Features) -> torch.Tensor:
+    """The generator's hinge loss: -mean(D(fake)), averaged over scales."""
+    return -sum(s[-1].float().mean() for s in fake) / len(fake)
+
+
+def feature_matching_loss(fake: Features, real: Features) -> torch.Tensor:
+    """L1 between D's intermediate features of fake and real, summed over layers, averaged over scales."""
+    total = fake[0][0].new_zeros((), dtype=torch.float32)
+    for f_scale, r_scale in zip(fake, real):
+        for f, r in zip(f_scale[:-1], r_scale[:-1]):
+            total = total + F.l1_loss(f.float(), r.detach().float())
+    return total / len(fake)
+
+
+class PerceptualLoss(nn.Module):
+    """sum_i w_i * L1(phi_i(fake), phi_i(real)) over a frozen feature network's outputs.
+
+    ``features``: a module mapping images in [-1, 1] to a list of feature maps (relu1_1 first).
+    """
+
+    def __init__(self, features: nn.Module, weights: Sequence[float] = VGG_LAYER_WEIGHTS):
+        super().__init__()
+        self.features = features.eval().requires_grad_(False)
+        self.weights = tuple(float(w) for w in weights)
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([fake, real], dim=0)
+        feats = self.features(x)
+        if len(feats) < len(self.weights):
+            raise RuntimeError(f"the feature network gave {len(feats)} maps, the loss needs {len(self.weights)}")
+        total = fake.new_zeros((), dtype=torch.float32)
+        for w, f in zip(self.weights, feats):
+            a, b = f.float().chunk(2, dim=0)
+            total = total + w * F.l1_loss(a, b.detach())
+        return total
+
+
+class VggUnavailable(RuntimeError):
+    """The full VGG19 weights could not be loaded (no download, no ``--vgg-weights``)."""
+
+
+def build_perceptual(kind: str, weights_path: str | None = None) -> tuple[PerceptualLoss | None, str]:
+    """The perceptual loss for ``--vgg`` and a one-line description for logs and model cards."""
+    if kind in ("none", "double-fm"):
+        what = ("off (--vgg none)" if kind == "none"
+                else "off, replaced by doubling the feature-matching weight (--vgg double-fm)")
+        return None, what
+    from . import features as feat
+
+    if kind == "full":
+        try:
+            net = feat.VGG19Features.from_pretrained(weights_path)
+        except feat.FeatureWeightsUnavailable as err:
+            raise VggUnavailable(
+                "the VGG19 perceptual loss needs torchvision's ImageNet VGG19 weights and they could not be "
+                f"loaded ({err}). Pass a local copy with --vgg-weights PATH (torchvision's "
+                "vgg19-dcbb9e9d.pth or the same tensors as safetensors), or train without the full loss: "
+                "--vgg partial (offline VGG19 up to relu3_1), --vgg none, or --vgg double-fm "
+                "(feature matching x2). The choice is written to training_options.json and the model card."
+            ) from err
+        src = weights_path or "torchvision ImageNet weights"
+        return PerceptualLoss(net, VGG_LAYER_WEIGHTS), f"VGG19 relu1_1..relu5_1 ({src}), weights 1/32..1"
+    if kind == "partial":
+        net = feat.NormalisedVGG19Relu31.from_pretrained(weights_path)
+        return (PerceptualLoss(net, VGG_LAYER_WEIGHTS[:3]),
+                "partial: normalised VGG19 (Gatys et al.) relu1_1..relu3_1 only, weights 1/32, 1/16, 1/8 "
+                "(offline substitute for the full VGG19 loss)")
+    raise ValueError(f"unknown perceptual loss {kind!r}")

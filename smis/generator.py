@@ -45,12 +45,11 @@ class Generator(nn.Module):
         with other codes (re-roll, morph) without recomputing it; a batch-1 result broadcasts
         over any batch of codes.
         """
-        h, w = label.shape[-2:]
         feats = []
+        n = len(self.blocks)
         for i, block in enumerate(self.blocks):
-            scale = 2 ** (i - len(self.blocks) + 1)  # the last block runs at full size
-            size = (int(h * scale), int(w * scale))
-            feats.append(block.modulations(F.interpolate(label, size=size, mode="nearest")))
+            k = 2 ** (n - 1 - i)  # the last block runs at full size; striding = nearest downsampling
+            feats.append(block.modulations(label[:, :, ::k, ::k]))
         return feats
 
     def forward(self, z: torch.Tensor, label: torch.Tensor,

@@ -35,7 +35,7 @@ class GroupDNet(nn.Module):
         return label_input(onehot, edges if self.config.instance_edges else None)
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return self.generator(z, self.label_tensor(labels))
+        return self.generator(z, self.label_tensor(labels).to(z.dtype))
 
     def encode(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(image, one_hot(labels, self.config.num_classes, image.dtype))

@@ -35,8 +35,6 @@ def calibrate_batchnorm(model, steps: int = 4, batch: int = 4, seed: int = 0) ->
     A freshly initialised model in eval mode uses mean 0 / var 1 and saturates tanh everywhere;
     calibrated, its outputs are smooth, so numeric comparisons in tests mean something.
     """
-    from smis.functional import one_hot
-
     cfg = model.config
     gen = torch.Generator().manual_seed(seed)
     for m in model.modules():
@@ -49,7 +47,7 @@ def calibrate_batchnorm(model, steps: int = 4, batch: int = 4, seed: int = 0) ->
             labels = torch.randint(0, cfg.num_classes, (batch, cfg.height // 8, cfg.width // 8), generator=gen)
             labels = labels.repeat_interleave(8, 1).repeat_interleave(8, 2)
             z = torch.randn(batch, *cfg.latent_shape(), generator=gen)
-            model.generator(z, one_hot(labels, cfg.num_classes))
+            model.generator(z, model.label_tensor(labels))
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.momentum = 0.1

@@ -1,0 +1,481 @@
+"""The ONNX Runtime backend: the exported graphs behind the same API as the PyTorch backend.
+
+    pipe = SMISPipeline.from_pretrained("path/to/model", backend="onnx")   # CPU, CUDA or TensorRT
+
+A model folder may hold ``generator.onnx`` / ``encoder.onnx`` and the generator's halves
+``generator-label.onnx`` / ``generator-render.onnx`` (``*-fp16.onnx`` for float16), written by
+``python -m export onnx``; when it only has safetensors, the graphs are exported on first use into a
+cache folder keyed by the weights' hash (``$SMIS_CACHE``, else ``$XDG_CACHE_HOME/smis`` or
+``~/.cache/smis``, then ``onnx/<hash>``). A folder with the .onnx files alone works too: the
+config comes from their metadata.
+
+Execution providers are tried in the order TensorRT -> CUDA -> CPU among those this onnxruntime
+build lists; what a session *actually* got is read back from ``session.get_providers()``
+(``get_available_providers()`` lists GPU providers even where their libraries are missing).
+
+Every exported file is self-describing: its ``metadata_props`` hold
+
+==========================  ====================================================================
+``smis.format``             ``smis-onnx/1``
+``smis.graph``              ``generator``, ``encoder``, ``generator_label`` or ``generator_render``
+``smis.config``             ``SMISConfig.to_json()`` (rebuild with :func:`config_from_metadata`)
+``smis.class_names``        JSON list of class names (class id = index)
+``smis.palette``            JSON list of [r, g, b], one per class
+``smis.latent_layout``      JSON: 8 channels per class, class c owns [8c, 8c+8), grid H/64 x W/64
+``smis.size_multiple``      ``64``: height and width must be multiples of it
+``smis.inputs/outputs``     JSON: name -> dtype, shape and meaning
+``smis.precision``          ``fp32`` or ``fp16`` (inputs and outputs are float32 either way)
+``smis.weights_sha256``     hash of the config and tensors the graph was exported from
+``smis.source_sha256``      (exports from a folder) hash of its config.json + safetensors files
+==========================  ====================================================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SIZE_MULTIPLE, SMISConfig
+
+logger = logging.getLogger(__name__)
+
+ONNX_FORMAT = "smis-onnx/1"
+GENERATOR_FILE = "generator.onnx"
+ENCODER_FILE = "encoder.onnx"
+#: The generator split in two: labels -> CG-Norm maps, and (z, maps) -> image (optional files).
+LABEL_FILE = "generator-label.onnx"
+RENDER_FILE = "generator-render.onnx"
+FP16_SUFFIX = "-fp16"
+#: Metadata key: sha256 of the model folder's config.json + safetensors the graph was exported from.
+SOURCE_KEY = "smis.source_sha256"
+#: Environment variable naming the cache folder for exported graphs and TensorRT engines.
+CACHE_ENV = "SMIS_CACHE"
+
+TENSORRT = "TensorrtExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+PROVIDER_ORDER = (TENSORRT, CUDA, CPU)
+
+
+def graph_file_name(kind: str, fp16: bool = False) -> str:
+    """``generator.onnx``, ``encoder-fp16.onnx``, ``generator-label.onnx``, ``generator-render.onnx``..."""
+    base = {"generator": GENERATOR_FILE, "encoder": ENCODER_FILE, "generator_label": LABEL_FILE,
+            "generator_render": RENDER_FILE}[kind]
+    return base.replace(".onnx", f"{FP16_SUFFIX}.onnx") if fp16 else base
+
+
+def latent_layout(config: SMISConfig) -> dict[str, Any]:
+    """How Z is laid out, in words and numbers (stored in every exported file)."""
+    zc, c = config.z_channels, config.num_classes
+    return {
+        "channels_per_class": zc,
+        "num_classes": c,
+        "channels": zc * c,
+        "class_channels": f"class c owns channels [{zc}c, {zc}c+{zc})",
+        "grid": f"H/{SIZE_MULTIPLE} x W/{SIZE_MULTIPLE}",
+        "native_grid": list(config.latent_grid()),
+        "native_size": [config.height, config.width],
+        "prior": "N(0, 1) per element at test time; the encoder's mu for a real photo",
+    }
+
+
+def cache_root() -> Path:
+    """``$SMIS_CACHE``, else ``$XDG_CACHE_HOME/smis``, else ``~/.cache/smis``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "smis"
+
+
+def cpu_cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sessions and providers
+# ---------------------------------------------------------------------------------------------
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError as err:
+        raise ImportError("the ONNX backend needs onnxruntime: pip install onnxruntime "
+                          "(or onnxruntime-gpu on a CUDA machine, never both)") from err
+    return ort
+
+
+def provider_candidates(device: str | None = None, fp16: bool = False,
+                        trt_cache: str | os.PathLike | None = None) -> list[str | tuple[str, dict]]:
+    """The providers to ask for, best first, among those this onnxruntime build lists.
+
+    ``device``: ``None`` / ``"auto"`` (TensorRT -> CUDA -> CPU), ``"cpu"``, ``"cuda"``,
+    ``"cuda:N"`` (CUDA -> CPU) or ``"tensorrt"`` / ``"tensorrt:N"`` (TensorRT -> CUDA -> CPU).
+    """
+    ort = _ort()
+    kind, _, index = (device or "auto").lower().partition(":")
+    if index and not index.isdigit():
+        raise ValueError(f"bad device {device!r}; use auto, cpu, cuda, cuda:N or tensorrt")
+    device_id = int(index or 0)
+    wanted = {"auto": PROVIDER_ORDER, "cpu": (CPU,), "cuda": (CUDA, CPU), "gpu": (CUDA, CPU),
+              "tensorrt": PROVIDER_ORDER, "trt": PROVIDER_ORDER}.get(kind)
+    if wanted is None:
+        raise ValueError(f"the ONNX backend runs on auto, cpu, cuda, cuda:N or tensorrt, not {device!r}")
+    available = set(ort.get_available_providers())
+    out: list[str | tuple[str, dict]] = []
+    for p in wanted:
+        if p not in available:
+            continue
+        if p == TENSORRT:
+            cache = Path(trt_cache) if trt_cache else cache_root() / "tensorrt"
+            cache.mkdir(parents=True, exist_ok=True)
+            out.append((p, {"device_id": device_id, "trt_fp16_enable": bool(fp16),
+                            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
+                            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}))
+        elif p == CUDA:
+            # TF32 off for fp32 graphs: "fp32" stays within the 1e-4 parity bound with PyTorch.
+            out.append((p, {"device_id": device_id, "use_tf32": 0 if not fp16 else 1}))
+        else:
+            out.append(p)
+    if CPU not in out:
+        out.append(CPU)
+    return out
+
+
+def session_options(threads: int | None = None, quiet: bool = False):
+    """Graph optimisation level "all", intra-op threads = cores (or ``threads``), one inter-op."""
+    ort = _ort()
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if threads is None and os.environ.get("OMP_NUM_THREADS", "").isdigit():
+        threads = int(os.environ["OMP_NUM_THREADS"])
+    so.intra_op_num_threads = int(threads) if threads else cpu_cores()
+    so.inter_op_num_threads = 1
+    if quiet:
+        # A GPU provider whose libraries are missing logs an [E] line and falls back to CPU; we
+        # read back and log what the session got instead.
+        so.log_severity_level = 4
+    return so
+
+
+def make_session(path: str | os.PathLike, providers: list | None = None, threads: int | None = None):
+    """An ``InferenceSession`` on ``path`` with a clear error for missing or corrupt files."""
+    ort = _ort()
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no ONNX graph at {path}; export one with `python -m export onnx`")
+    providers = providers or [CPU]
+    names = [p if isinstance(p, str) else p[0] for p in providers]
+    if any(n != CPU for n in names):
+        preload = getattr(ort, "preload_dlls", None)
+        if preload is not None:
+            try:  # CUDA / cuDNN from the pip wheels or torch, where present
+                preload()
+            except Exception:  # noqa: BLE001 - best effort; the session reports what it got
+                pass
+    while True:
+        try:
+            return ort.InferenceSession(str(path), session_options(threads, quiet=len(names) > 1),
+                                        providers=providers)
+        except Exception as err:  # onnxruntime raises its own pybind classes (InvalidProtobuf, Fail...)
+            if len(providers) > 1:  # a GPU provider that cannot start: try the next one
+                logger.warning("ONNX Runtime could not start %s (%s); trying %s", names[0],
+                               str(err).strip()[:200], names[1])
+                providers, names = providers[1:], names[1:]
+                continue
+            raise ValueError(
+                f"{path} is not a loadable ONNX graph ({type(err).__name__}: {str(err).strip()[:300]}); "
+                "delete it and export again with `python -m export onnx --model <model folder>`") from err
+
+
+def config_from_metadata(meta: dict[str, str], source: str = "the ONNX file") -> SMISConfig:
+    """Rebuild the :class:`SMISConfig` an exported graph carries."""
+    if meta.get("smis.format") != ONNX_FORMAT or "smis.config" not in meta:
+        raise ValueError(f"{source} was not exported by `python -m export` (no {ONNX_FORMAT} metadata); "
+                         "export it again from the model folder")
+    try:
+        return SMISConfig.from_dict(json.loads(meta["smis.config"]))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{source} has a corrupt smis.config entry: {err}") from err
+
+
+# ---------------------------------------------------------------------------------------------
+# Finding or making the graphs
+# ---------------------------------------------------------------------------------------------
+
+def weights_file_digest(folder: Path) -> str:
+    """sha256 of ``config.json`` and the safetensors files of a model folder (the cache key)."""
+    files = sorted(folder.glob("model*.safetensors")) + [folder / "model.safetensors.index.json"]
+    h = hashlib.sha256((folder / "config.json").read_bytes())
+    found = False
+    for f in files:
+        if f.is_file():
+            found = True
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+    if not found:
+        raise ValueError(f"{folder} has neither {GENERATOR_FILE} nor safetensors weights to export it from")
+    return h.hexdigest()
+
+
+def _resolve_folder(name_or_path: str | os.PathLike | None, revision: str | None) -> Path:
+    """A local folder with exported graphs as it is; anything else through the Hub resolver."""
+    if name_or_path is not None:
+        p = Path(name_or_path).expanduser()
+        if p.is_dir() and ((p / GENERATOR_FILE).is_file() or (p / graph_file_name("generator", True)).is_file()):
+            return p
+    from .hub import resolve_model_dir
+
+    return resolve_model_dir(name_or_path, revision)
+
+
+GRAPH_KINDS = ("generator", "encoder", "generator_label", "generator_render")
+
+
+def _graphs_in(folder: Path, fp16: bool) -> dict[str, Path]:
+    found = {k: folder / graph_file_name(k, fp16) for k in GRAPH_KINDS}
+    return {k: p for k, p in found.items() if p.is_file()}
+
+
+def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike | None = None,
+                  use_folder: bool = True) -> dict[str, Path]:
+    """The exported graphs of a model folder by kind (``generator``, ``encoder``, and the optional
+    halves ``generator_label`` / ``generator_render``), exporting them if the folder has none.
+
+    Graphs in the folder itself win; else the cache (``cache_dir``, default :func:`cache_root` /
+    onnx, then a folder named by the hash of the weights) is used, filled from the safetensors on
+    first use.
+    """
+    found = _graphs_in(folder, fp16) if use_folder else {}
+    if "generator" in found:
+        return found
+    digest = weights_file_digest(folder)
+    key = digest[:24]
+    target = (Path(cache_dir) if cache_dir else cache_root() / "onnx") / key
+    found = _graphs_in(target, fp16)
+    if set(found) != set(GRAPH_KINDS):
+        try:
+            from export.onnx import export_model
+        except ImportError as err:
+            raise ImportError("exporting on first use needs the `export` package and torch (installed "
+                              "with this project); or export elsewhere with `python -m export onnx`") from err
+        from .model import GroupDNet
+
+        logger.info("no %s in %s: exporting it once into %s", graph_file_name("generator", fp16), folder, target)
+        export_model(GroupDNet.from_pretrained(folder), target, fp16=fp16, metadata={SOURCE_KEY: digest})
+        found = _graphs_in(target, fp16)
+    return found
+
+
+def label_branch_bytes(config: SMISConfig, height: int, width: int, fp16: bool = False) -> int:
+    """Memory of one mask's label-branch maps (every CG-Norm's scale and shift), in bytes."""
+    ch = config.generator.channels
+    h, w = config.latent_grid(height, width)
+    total = 0
+    for i in range(len(ch) - 1):
+        fin, fout = ch[i], ch[i + 1]
+        norm_channels = fin + min(fin, fout) + (fin if fin != fout else 0)
+        total += 2 * norm_channels * (h << i) * (w << i)
+    return total * (2 if fp16 else 4)
+
+
+# ---------------------------------------------------------------------------------------------
+# The backend
+# ---------------------------------------------------------------------------------------------
+
+class OnnxBackend:
+    """GroupDNet through ONNX Runtime; implements :class:`smis.backends.Backend`.
+
+    Like the PyTorch backend, it keeps the label branch of the last mask (every CG-Norm's scale
+    and shift, which do not depend on the codes) when the split graphs ``generator-label.onnx`` /
+    ``generator-render.onnx`` are there: a re-roll, mix or morph on an unchanged mask then runs
+    only the render half. The maps stay in ONNX Runtime's memory (on the GPU with CUDA/TensorRT);
+    masks whose maps would exceed ``label_cache_mib`` take the one-graph path.
+    """
+
+    name = "onnxruntime"
+
+    def __init__(self, generator_path: str | os.PathLike, encoder_path: str | os.PathLike | None = None,
+                 config: SMISConfig | None = None, device: str | None = None, fp16: bool = False,
+                 threads: int | None = None, trt_cache: str | os.PathLike | None = None,
+                 label_path: str | os.PathLike | None = None, render_path: str | os.PathLike | None = None,
+                 label_cache_mib: float = 1024.0):
+        self.generator_path = Path(generator_path)
+        self.encoder_path = Path(encoder_path) if encoder_path else None
+        self.fp16 = fp16
+        self.threads = threads
+        self.providers = provider_candidates(device, fp16, trt_cache)
+        self.requested_device = device or "auto"
+        self.session = make_session(self.generator_path, self.providers, threads)
+        self.config = self._check_graph(self.session, self.generator_path, "generator", config)
+        got = self.session.get_providers()
+        self.device = got[0]
+        asked = [p if isinstance(p, str) else p[0] for p in self.providers]
+        if asked[0] != got[0]:
+            logger.warning("ONNX Runtime could not use %s here (missing libraries?): running on %s",
+                           asked[0], got[0])
+        elif got[0] == CPU and self.requested_device.split(":")[0] not in ("auto", "cpu"):
+            logger.warning("device=%r asked for, but this onnxruntime build has no GPU provider "
+                           "(install onnxruntime-gpu instead of onnxruntime): running on CPU", device)
+        # The other sessions ask only for what this one got (no second failed GPU start).
+        self.providers = [p for p, name in zip(self.providers, asked) if name in got] or [CPU]
+        logger.info("ONNX backend: %s on %s (%s, %d threads)", self.generator_path.name, self.device,
+                    "fp16" if fp16 else "fp32", self.session.get_session_options().intra_op_num_threads)
+        self._encoder = None
+        # The split generator for re-rendering one mask (optional).
+        self.label_cache_bytes = int(label_cache_mib * 2**20)
+        self._label = self._render = None
+        if label_path and render_path and Path(label_path).is_file() and Path(render_path).is_file():
+            self._label = make_session(label_path, self.providers, threads)
+            self._check_graph(self._label, Path(label_path), "generator_label", self.config)
+            self._render = make_session(render_path, self.providers, threads)
+            self._check_graph(self._render, Path(render_path), "generator_render", self.config)
+        self._lock = threading.Lock()
+        self._cached_key: tuple | None = None
+        self._cached_maps: list | None = None
+        # Where the cached maps live: on the GPU for the CUDA / TensorRT providers.
+        options = self.session.get_provider_options().get(self.device, {})
+        self._maps_device = ("cpu", 0) if self.device == CPU else ("cuda", int(options.get("device_id", 0)))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device: str | None = None,
+                        dtype: Any = None, revision: str | None = None,
+                        cache_dir: str | os.PathLike | None = None, threads: int | None = None,
+                        trt_cache: str | os.PathLike | None = None, label_cache_mib: float = 1024.0) -> OnnxBackend:
+        """A model folder (with ``generator.onnx`` or only safetensors), a Hub repo id, or ``None``
+        (``$SMIS_MODEL`` / the bundled model). ``dtype``: float32 (default) or float16 (fp16 graphs).
+        ``device``: auto (TensorRT -> CUDA -> CPU), cpu, cuda[:N] or tensorrt. ``threads``: CPU
+        intra-op threads (default: the cores). ``cache_dir``: where graphs exported on first use go.
+        """
+        fp16 = _is_fp16(dtype)
+        folder = _resolve_folder(name_or_path, revision)
+        config_file = folder / "config.json"
+        config = SMISConfig.load(config_file) if config_file.is_file() else None
+        graphs = ensure_graphs(folder, fp16, cache_dir)
+        backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
+                      graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
+        source = backend.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+        if source and graphs["generator"].parent == folder and any(folder.glob("model*.safetensors")) \
+                and source != weights_file_digest(folder):
+            logger.warning("%s was exported from other weights than the safetensors now in %s; using a "
+                           "fresh export instead (run `python -m export onnx --model %s` to replace it)",
+                           graphs["generator"].name, folder, folder)
+            graphs = ensure_graphs(folder, fp16, cache_dir, use_folder=False)
+            backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
+                          graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
+        return backend
+
+    # -- the Backend protocol --------------------------------------------------------------
+    def generate(self, labels: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """labels (N, H, W) int class ids, z (N, 8C, H/64, W/64) -> (N, 3, H, W) float32 in [-1, 1]."""
+        return self._generate(labels, z, "image")
+
+    def generate_uint8(self, labels: np.ndarray, z: np.ndarray) -> np.ndarray:
+        """As :meth:`generate`, but (N, H, W, 3) uint8 RGB straight from the graph."""
+        return self._generate(labels, z, "image_uint8")
+
+    def encode(self, photos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """photos (N, 3, H, W) float32 in [-1, 1], labels (N, H, W) -> (mu, logvar)."""
+        photos = np.ascontiguousarray(photos, dtype=np.float32)
+        lab = self._labels(labels)
+        if photos.ndim != 4 or photos.shape[1] != 3 or photos.shape[0] != lab.shape[0] \
+                or photos.shape[2:] != lab.shape[2:]:
+            raise ValueError(f"photos must be (N, 3, H, W) matching labels {lab.shape[:1] + lab.shape[2:]}, "
+                             f"got {photos.shape}")
+        mu, logvar = self.encoder_session.run(["mu", "logvar"], {"photo": photos, "labels": lab})
+        return mu, logvar
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _generate(self, labels: np.ndarray, z: np.ndarray, output: str) -> np.ndarray:
+        lab, zz = self._check(labels, z)
+        h, w = lab.shape[2:]
+        one_mask = bool(np.all(lab == lab[:1]))
+        if self._render is None or not one_mask or \
+                label_branch_bytes(self.config, h, w, self.fp16) > self.label_cache_bytes:
+            return self.session.run([output], {"labels": lab, "z": zz})[0]
+        key = (lab.shape[2:], hashlib.blake2b(lab[0].tobytes(), digest_size=16).digest())
+        kind, index = self._maps_device
+        with self._lock:  # front ends may call from several worker threads
+            if key != self._cached_key:
+                self._cached_maps = None  # free the old maps before computing the new ones
+                binding = self._label.io_binding()
+                binding.bind_cpu_input("labels", np.ascontiguousarray(lab[:1]))
+                for out in self._label.get_outputs():
+                    binding.bind_output(out.name, kind, index)
+                self._label.run_with_iobinding(binding)
+                self._cached_maps = binding.get_outputs()
+                self._cached_key = key
+            maps = self._cached_maps
+        binding = self._render.io_binding()
+        binding.bind_cpu_input("z", zz)
+        for inp, value in zip(self._render.get_inputs()[1:], maps):
+            binding.bind_ortvalue_input(inp.name, value)
+        binding.bind_output(output, "cpu")
+        self._render.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    @staticmethod
+    def _check_graph(session, path: Path, kind: str, config: SMISConfig | None) -> SMISConfig:
+        meta = session.get_modelmeta().custom_metadata_map
+        own = config_from_metadata(meta, str(path))
+        if config is not None and own != config:
+            raise ValueError(
+                f"{path} was exported from another model than its folder's config.json "
+                f"({own.name}, {own.num_classes} classes, {own.height}x{own.width} vs {config.name}, "
+                f"{config.num_classes} classes, {config.height}x{config.width}); export it again with "
+                "`python -m export onnx --model <folder>` or delete the stale .onnx files")
+        if meta.get("smis.graph") != kind:
+            raise ValueError(f"{path} holds the {meta.get('smis.graph')!r} graph, not the {kind}")
+        return own
+
+    @property
+    def encoder_session(self):
+        if self._encoder is None:
+            if self.encoder_path is None or not self.encoder_path.is_file():
+                raise ValueError(f"no {graph_file_name('encoder', self.fp16)} next to {self.generator_path}; "
+                                 "export the encoder too (`python -m export onnx` without --no-encoder)")
+            session = make_session(self.encoder_path, self.providers, self.threads)
+            self._check_graph(session, self.encoder_path, "encoder", self.config)
+            self._encoder = session
+        return self._encoder
+
+    def _labels(self, labels: np.ndarray) -> np.ndarray:
+        lab = np.asarray(labels)
+        if lab.ndim == 3:
+            lab = lab[:, None]
+        if lab.ndim != 4 or lab.shape[1] != 1:
+            raise ValueError(f"labels must be (N, H, W) class ids, got shape {np.shape(labels)}")
+        h, w = lab.shape[2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h == 0 or w == 0:
+            raise ValueError(f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {h}x{w}")
+        return np.ascontiguousarray(lab, dtype=np.int64)
+
+    def _check(self, labels: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lab = self._labels(labels)
+        zz = np.ascontiguousarray(z, dtype=np.float32)
+        n, _, h, w = lab.shape
+        want = (n, *self.config.latent_shape(h, w))
+        if zz.shape != want:
+            raise ValueError(f"z must be {want} for {n} label maps of {h}x{w}, got {zz.shape}")
+        return lab, zz
+
+
+def _is_fp16(dtype: Any) -> bool:
+    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
+    if name in ("float32", "fp32"):
+        return False
+    if name in ("float16", "fp16", "half"):
+        return True
+    raise ValueError(f"the ONNX backend runs float32 or float16 graphs, not {dtype!r}")

@@ -168,7 +168,11 @@ def _open_image(obj: str | os.PathLike | bytes | Image.Image, what: str) -> Imag
         src = path
     try:
         img = Image.open(src)
+        # Refuse absurd sizes from the header, before decoding a possible decompression bomb.
+        _check_side(img.size[::-1])
         img.load()
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"the {what} is far too large to decode ({err}); resize it first") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"the {what} could not be read as an image ({err}); upload a PNG") from err
     return img

@@ -212,3 +212,9 @@ def test_label_branch_cache_gives_identical_images(tiny_model_dir, mask):
     z = np.stack([a.codes.latent(), b.codes.latent()])
     both = np.stack([cached.prepare_mask(mask), cached.prepare_mask(other)])
     assert np.allclose(cached.backend.generate(both, z), plain.backend.generate(both, z), atol=1e-6)
+
+
+def test_huge_image_header_is_refused_before_decoding(pipe, tmp_path):
+    Image.new("L", (5000, 20)).save(tmp_path / "wide.png")
+    with pytest.raises(ValueError, match="outside 8..4096"):
+        pipe.prepare_mask(tmp_path / "wide.png")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
@@ -179,6 +179,16 @@ def _vgg_layers(cfg: tuple, padding_mode: str = "zeros", ceil_mode: bool = False
     return layers
 
 
+def _tapped(features: nn.Sequential, taps: Iterable[int], x: torch.Tensor) -> list[torch.Tensor]:
+    """Run ``features`` and keep the outputs of the layers whose index is in ``taps``."""
+    out = []
+    for i, layer in enumerate(features):
+        x = layer(x)
+        if i in taps:
+            out.append(x)
+    return out
+
+
 class VGG19Features(FrozenFeatureNet):
     """torchvision's VGG19 ``features.0`` ... ``features.29`` (relu5_1), ImageNet normalisation inside.
 
@@ -205,12 +215,7 @@ class VGG19Features(FrozenFeatureNet):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = ((x + 1) / 2 - self.mean) / self.std
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return _tapped(self.features, self.taps, x)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, download: bool = True) -> VGG19Features:
@@ -261,12 +266,7 @@ class NormalisedVGG19Relu31(FrozenFeatureNet):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.preprocess((x + 1) / 2)
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return _tapped(self.features, self.taps, x)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> NormalisedVGG19Relu31:
@@ -344,12 +344,7 @@ class AlexNetFeatures(FrozenFeatureNet):
         )
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        out = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in self.taps:
-                out.append(x)
-        return out
+        return _tapped(self.features, self.taps, x)
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, download: bool = False) -> AlexNetFeatures:

@@ -42,7 +42,7 @@ def generator_costs(config: SMISConfig, height: int | None = None, width: int | 
         px = (h << i) * (w << i)  # block i runs after i nearest x2 upsamplings
         fin, fout = ch[i], ch[i + 1]
         fmid = min(fin, fout)
-        hid, shared_groups, mod_groups = cgnorm_layout(g.norm_layout, lab, c, g.groups[i], g.norm_hidden)
+        hid, shared_groups, mod_groups = cgnorm_layout(g.norm_layout, c, g.groups[i], g.norm_hidden)
         norms = [("norm_0", fin), ("norm_1", fmid)] + ([("norm_s", fin)] if fin != fout else [])
         for norm, nch in norms:
             costs.append(_conv(f"{name}.{norm}.shared", lab, hid, shared_groups, 3, px))

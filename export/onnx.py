@@ -44,7 +44,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from smis.config import SIZE_MULTIPLE, SMISConfig
-from smis.functional import label_input, one_hot
+from smis.functional import fit_label, label_input, one_hot
 from smis.generator import BLOCK_NAMES
 from smis.layers import CGNorm
 from smis.model import GroupDNet, bake_spectral_norm
@@ -113,9 +113,7 @@ class FoldedCGNorm(nn.Module):
                 mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """As ``CGNorm.forward``; ``mod`` is this module's own :meth:`modulation` output."""
         if mod is None:
-            if label.shape[-2:] != x.shape[-2:]:
-                label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
-            mod = self.modulation(label)
+            mod = self.modulation(fit_label(label, x))
         scale, shift = mod
         return self.norm(x) * scale + shift
 

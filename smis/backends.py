@@ -76,7 +76,7 @@ class TorchBackend:
         self.config = model.config
         self.torch_device = torch.device(device or auto_device())
         self.dtype = parse_dtype(dtype)
-        if self.dtype != torch.float32 and self.torch_device.type == "cpu" and self.dtype == torch.float16:
+        if self.torch_device.type == "cpu" and self.dtype == torch.float16:
             raise ValueError("float16 is not supported on CPU; use float32 or bfloat16")
         # The backend owns its model: bake spectral norm (no per-call power iteration / vdot).
         self.model = bake_spectral_norm(model.eval()).to(self.torch_device, self.dtype)

@@ -183,8 +183,7 @@ def _sub(kind: type, d: dict[str, Any]) -> Any:
     return kind(**d)
 
 
-def cgnorm_layout(layout: NormLayout, label_channels: int, num_classes: int, groups: int,
-                  hidden: int) -> tuple[int, int, int]:
+def cgnorm_layout(layout: NormLayout, num_classes: int, groups: int, hidden: int) -> tuple[int, int, int]:
     """(hidden channels, groups of the shared conv, groups of the gamma/beta convs)."""
     if layout == "fixed":
         return hidden, groups, groups
@@ -215,7 +214,7 @@ def validate(cfg: SMISConfig) -> None:
     for i, grp in enumerate(g.groups):
         fin, fout = g.channels[i], g.channels[i + 1]
         fmid = min(fin, fout)
-        hid, sg, mg = cgnorm_layout(g.norm_layout, lab, c, grp, g.norm_hidden)
+        hid, sg, mg = cgnorm_layout(g.norm_layout, c, grp, g.norm_hidden)
         checks = {"block in": (fin, grp), "block out": (fout, grp), "block mid": (fmid, grp),
                   "label": (lab, sg), "hidden/shared": (hid, sg), "hidden/mod": (hid, mg),
                   "mod in": (fin, mg), "mod mid": (fmid, mg)}

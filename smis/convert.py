@@ -92,18 +92,14 @@ def convert_state(config: SMISConfig, generator_sd: dict[str, torch.Tensor],
         raise CheckpointError(
             f"{len(unknown)} tensors of the checkpoint have no place in preset {config.name!r}, e.g. "
             + "; ".join(unknown[:5]) + ". Is this the right preset?")
+    # Filled from the fresh model: BatchNorm step counters (older checkpoints lack them) and, when no
+    # encoder checkpoint was given, the encoder (left at its random init, with a note).
+    fill = [k for k in own if k not in out
+            and (k.endswith("num_batches_tracked") or (encoder_sd is None and k.startswith("encoder.")))]
+    if encoder_sd is None and any(k.startswith("encoder.") for k in fill):
+        notes.append("no encoder checkpoint: the encoder keeps its random init (encode/mix/morph unusable)")
+    out.update({k: own[k] for k in fill})
     missing = [k for k in own if k not in out]
-    for k in missing:
-        if k.endswith("num_batches_tracked"):
-            out[k] = own[k]
-    missing = [k for k in own if k not in out]
-    if encoder_sd is None:
-        enc_missing = [k for k in missing if k.startswith("encoder.")]
-        if enc_missing:
-            notes.append("no encoder checkpoint: the encoder keeps its random init (encode/mix/morph unusable)")
-            for k in enc_missing:
-                out[k] = own[k]
-        missing = [k for k in own if k not in out]
     if missing:
         raise CheckpointError(
             f"the checkpoint lacks {len(missing)} tensors preset {config.name!r} needs, e.g. "

@@ -101,5 +101,8 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
 
-def upsample_nearest(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    return F.interpolate(x, size=size, mode="nearest")
+def fit_label(label: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The label tensor nearest-resized to the spatial size of the features ``x`` (no-op if equal)."""
+    if label.shape[-2:] == x.shape[-2:]:
+        return label
+    return F.interpolate(label, size=x.shape[-2:], mode="nearest")

@@ -93,7 +93,8 @@ def save_state(folder: str | os.PathLike, config: SMISConfig, state: dict[str, t
     meta = {"format": "pt", "config": config.to_json(), **(metadata or {})}
     for old in list(folder.glob("model*.safetensors")) + [folder / INDEX_NAME]:
         old.unlink(missing_ok=True)
-    if max_shard_bytes is None or sum(t.numel() * t.element_size() for t in tensors.values()) <= max_shard_bytes:
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    if max_shard_bytes is None or total <= max_shard_bytes:
         save_file(tensors, str(folder / WEIGHTS_NAME), metadata=meta)
         return [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
     shards: list[dict[str, torch.Tensor]] = [{}]
@@ -112,7 +113,6 @@ def save_state(folder: str | os.PathLike, config: SMISConfig, state: dict[str, t
         save_file(shard, str(folder / name), metadata=meta)
         weight_map.update({k: name for k in shard})
         files.append(folder / name)
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
     (folder / INDEX_NAME).write_text(json.dumps(
         {"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2) + "\n")
     files.append(folder / INDEX_NAME)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.nn.utils import parametrizations
 
 from .config import NormKind, NormLayout, cgnorm_layout
+from .functional import fit_label
 
 
 def maybe_spectral(conv: nn.Module, enabled: bool) -> nn.Module:
@@ -51,7 +52,7 @@ class CGNorm(nn.Module):
     def __init__(self, channels: int, label_channels: int, num_classes: int, groups: int,
                  layout: NormLayout, hidden: int, norm: NormKind):
         super().__init__()
-        hid, shared_groups, mod_groups = cgnorm_layout(layout, label_channels, num_classes, groups, hidden)
+        hid, shared_groups, mod_groups = cgnorm_layout(layout, num_classes, groups, hidden)
         self.norm = param_free_norm(norm, channels)
         self.shared = nn.Conv2d(label_channels, hid, 3, padding=1, groups=shared_groups)
         self.gamma = nn.Conv2d(hid, channels, 3, padding=1, groups=mod_groups)
@@ -66,9 +67,7 @@ class CGNorm(nn.Module):
                 mod: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """``mod``: (gamma, beta) computed earlier for this label map (it does not depend on x)."""
         if mod is None:
-            if label.shape[-2:] != x.shape[-2:]:
-                label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
-            mod = self.modulation(label)
+            mod = self.modulation(fit_label(label, x))
         gamma, beta = mod
         return self.norm(x) * (1 + gamma) + beta
 
@@ -105,9 +104,7 @@ class CGBlock(nn.Module):
     def forward(self, x: torch.Tensor, label: torch.Tensor | None,
                 mods: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:
         if mods is None:
-            if label.shape[-2:] != x.shape[-2:]:
-                label = F.interpolate(label, size=x.shape[-2:], mode="nearest")
-            mods = self.modulations(label)
+            mods = self.modulations(fit_label(label, x))
         if self.learned_shortcut:
             x_s = self.conv_s(self.norm_s(x, None, mods["norm_s"]))
         else:

@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from . import hub
 from .config import SMISConfig
 from .encoder import Encoder
-from .functional import label_input, one_hot
+from .functional import instance_edges, label_input, one_hot
 from .generator import Generator
 
 
@@ -30,7 +30,6 @@ class GroupDNet(nn.Module):
         onehot = one_hot(labels, self.config.num_classes)
         if self.config.instance_edges and edges is None:
             # Without an instance map, class boundaries are the best available edges.
-            from .functional import instance_edges
             edges = instance_edges(labels.view(onehot.shape[0], 1, *onehot.shape[-2:]))
         return label_input(onehot, edges if self.config.instance_edges else None)
 

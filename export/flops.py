@@ -32,7 +32,7 @@ def _conv(name: str, cin: int, cout: int, groups: int, k: int, pixels: int) -> C
 
 def generator_costs(config: SMISConfig, height: int | None = None, width: int | None = None) -> list[ConvCost]:
     """Every convolution of the generator for one (height x width) image, in forward order."""
-    h, w = config.latent_grid(height, width)
+    h, w = config.base_grid(height, width)
     g = config.generator
     c = config.num_classes
     lab = config.label_channels

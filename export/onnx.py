@@ -345,7 +345,8 @@ KINDS = ("generator", "encoder", "generator_label", "generator_render")
 
 def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
     img = {0: "batch", 2: "height", 3: "width"}
-    grid = {0: "batch", 2: "grid_height", 3: "grid_width"}
+    grid = ({0: "batch"} if config.code_layout == "global"  # one code per class: 1 x 1, not dynamic
+            else {0: "batch", 2: "grid_height", 3: "grid_width"})
     image_out = (["image", "image_uint8"] if uint8 else ["image"])
     image_axes = {"image": img, "image_uint8": {0: "batch", 1: "height", 2: "width"}}
     if kind == "encoder":
@@ -366,14 +367,15 @@ def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], lis
 def _metadata(config: SMISConfig, kind: str, precision: str, digest: str, uint8: bool,
               opset: int) -> dict[str, str]:
     ins, outs, _ = _io_spec(kind, uint8, config)
+    grid = "1, 1" if config.code_layout == "global" else "H/64, W/64"
     describe = {
         "labels": "int64 (N, 1, H, W) class ids in [0, C)",
-        "z": "float32 (N, 8C, H/64, W/64); class c owns channels [8c, 8c+8); N(0, 1) at test time",
+        "z": f"float32 (N, 8C, {grid}); class c owns channels [8c, 8c+8); N(0, 1) at test time",
         "photo": "float32 (N, 3, H, W) RGB in [-1, 1]",
         "image": "float32 (N, 3, H, W) RGB in [-1, 1]",
         "image_uint8": "uint8 (N, H, W, 3) RGB, round((image + 1) * 127.5)",
-        "mu": "float32 (N, 8C, H/64, W/64) mean maps (the codes the pipeline uses)",
-        "logvar": "float32 (N, 8C, H/64, W/64) log-variance maps",
+        "mu": f"float32 (N, 8C, {grid}) means (the codes the pipeline uses)",
+        "logvar": f"float32 (N, 8C, {grid}) log-variances",
     }
     for n in feature_names(config):
         describe[n] = f"{'float16' if precision == 'fp16' else 'float32'} CG-Norm {n.rsplit('.', 1)[1]} map of {n}"

@@ -12,8 +12,13 @@ preset         classes  size (HxW)  nf    decoder groups              CG-Norm   
 deepfashion    8        256x256    160    8 8 4 4 2 2 1               fixed 128   ndf 256
 cityscapes     35       256x512    280    35 35 20 14 10 4 1          per-class   ndf 350
 ade20k         151      256x256    64     151 16 16 8 4 2 1           ade20k      ndf 604
-demo           10 (CCP) 384x256    see    10 10 5 5 2 2 1             fixed       ndf 80
+demo           10 (CCP) 384x256    40     10 10 5 5 2 2 1             fixed 60    ndf 80
+ccp-cpu        10 (CCP) 192x128    20     10 10 5 5 2 2 1             fixed 40    ndf 40
 =============  =======  =========  =====  ==========================  ==========  =========
+
+``ccp-cpu`` is the bundled default model: the ``demo`` architecture at half the width and half
+the size, with one global code per class, sized so ~100 CCP epochs fit in 8-10 hours of a 2-core
+CPU with bf16 (D: ndf 32).
 """
 
 from __future__ import annotations
@@ -29,6 +34,10 @@ from . import labels as L
 
 NormKind = Literal["batch", "syncbatch", "instance", "none"]
 NormLayout = Literal["fixed", "per_class", "ade20k"]
+#: ``grid``: each class's code is a (z, H/64, W/64) map, as in the paper; ``global``: one z-vector
+#: per class, broadcast over the generator's base grid (no blocks in large regions, 8 numbers per class).
+CodeLayout = Literal["grid", "global"]
+CODE_LAYOUTS: tuple[str, ...] = ("grid", "global")
 
 #: The generator upsamples the latent grid six times (SPADE's "more" setting): H/64 x W/64.
 NUM_UPSAMPLINGS = 6
@@ -93,6 +102,8 @@ class SMISConfig:
     z_channels: int = 8
     #: Feed a per-class instance-edge channel next to each class's one-hot (Cityscapes).
     instance_edges: bool = False
+    #: Shape of each class's code: a ``grid`` of H/64 x W/64 cells (paper) or one ``global`` vector.
+    code_layout: CodeLayout = "grid"
 
     def __post_init__(self) -> None:
         validate(self)
@@ -107,10 +118,17 @@ class SMISConfig:
         """Channels of the label input to CG-Norm and D (one-hot, plus edges if enabled)."""
         return self.num_classes * (2 if self.instance_edges else 1)
 
-    def latent_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+    def base_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """The generator's first feature map: H/64 x W/64 (what the label branch is sized from)."""
         h = self.height if height is None else height
         w = self.width if width is None else width
         return h // SIZE_MULTIPLE, w // SIZE_MULTIPLE
+
+    def latent_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """Spatial size of Z: the base grid, or (1, 1) for ``code_layout="global"``."""
+        if self.code_layout == "global":
+            return 1, 1
+        return self.base_grid(height, width)
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> tuple[int, int, int]:
         """Shape of Z for one image: (z_channels * classes, h, w)."""
@@ -221,6 +239,8 @@ def validate(cfg: SMISConfig) -> None:
         for what, (ch, gg) in checks.items():
             if ch % gg:
                 raise ValueError(f"generator block {i}: {what} channels {ch} not divisible by {gg} groups")
+    if cfg.code_layout not in CODE_LAYOUTS:
+        raise ValueError(f"code_layout must be one of {', '.join(CODE_LAYOUTS)}, got {cfg.code_layout!r}")
     e = cfg.encoder
     if e.norm == "instance" and cfg.height * cfg.width <= SIZE_MULTIPLE**2:
         raise ValueError(f"a {cfg.height}x{cfg.width} model has a 1x1 latent grid, too small for the encoder's "
@@ -287,11 +307,23 @@ def demo(nf: int = 40, ndf: int = 80, norm_hidden: int = 60, height: int = 384,
     )
 
 
+def ccp_cpu(nf: int = 20, ndf: int = 40, norm_hidden: int = 40, height: int = 192, width: int = 128,
+            d_ndf: int = 32) -> SMISConfig:
+    """The CPU-trained default model: ``demo`` at nf 20 / 192x128, one global code per class.
+
+    G 1.66 M, E 0.29 M, D 1.40 M parameters; the same tensor shapes as ``demo`` with
+    ``--widths nf=20,ndf=40,norm_hidden=40`` at 192x128 and ``--d-ndf 32``.
+    """
+    cfg = demo(nf=nf, ndf=ndf, norm_hidden=norm_hidden, height=height, width=width)
+    return cfg.replace(name="ccp-cpu", code_layout="global", discriminator=DiscriminatorConfig(ndf=d_ndf))
+
+
 PRESETS: dict[str, Callable[..., SMISConfig]] = {
     "deepfashion": deepfashion,
     "cityscapes": cityscapes,
     "ade20k": ade20k,
     "demo": demo,
+    "ccp-cpu": ccp_cpu,
 }
 
 #: Smallest widths each preset's group counts allow; for tests and smoke runs.
@@ -300,6 +332,7 @@ TINY_WIDTHS: dict[str, dict[str, int]] = {
     "cityscapes": dict(nf=70, ndf=35, height=64, width=128),
     "ade20k": dict(nf=8, ndf=151, height=64, width=128),
     "demo": dict(nf=10, ndf=10, norm_hidden=10, height=128, width=64),
+    "ccp-cpu": dict(nf=10, ndf=10, norm_hidden=10, height=128, width=64, d_ndf=16),
 }
 
 

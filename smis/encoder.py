@@ -12,10 +12,11 @@ from .layers import init_weights, maybe_spectral, param_free_norm
 
 
 class Encoder(nn.Module):
-    """E(X, M) -> (mu, logvar), each (N, 8C, H/64, W/64).
+    """E(X, M) -> (mu, logvar), each (N, 8C, H/64, W/64), or (N, 8C, 1, 1) for global codes.
 
     Every convolution has ``groups = C`` and the input is the photo split by class, so class c's
-    code depends on class c's pixels alone.
+    code depends on class c's pixels alone. With ``code_layout="global"`` the two maps are
+    averaged over the grid: one Gaussian per class.
     """
 
     def __init__(self, config: SMISConfig):
@@ -41,4 +42,7 @@ class Encoder(nn.Module):
         x = split_and_zoom(image, onehot)
         for layer in self.layers:
             x = F.leaky_relu(layer(x), 0.2)
-        return self.fc_mu(x), self.fc_var(x)
+        mu, logvar = self.fc_mu(x), self.fc_var(x)
+        if self.config.code_layout == "global":
+            mu, logvar = mu.mean((2, 3), keepdim=True), logvar.mean((2, 3), keepdim=True)
+        return mu, logvar

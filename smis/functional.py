@@ -101,6 +101,17 @@ def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
 
 
+def kl_per_class(mu: torch.Tensor, logvar: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, 1)) in nats for each (sample, class): (N, C).
+
+    Class c owns channels [z*c, z*c + z) of ``mu`` / ``logvar`` (any grid size); its KL sums those
+    channels over the grid.
+    """
+    n = mu.shape[0]
+    kl = -0.5 * (1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
+    return kl.reshape(n, num_classes, -1).sum(-1)
+
+
 def fit_label(label: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The label tensor nearest-resized to the spatial size of the features ``x`` (no-op if equal)."""
     if label.shape[-2:] == x.shape[-2:]:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import SMISConfig
+from .config import SIZE_MULTIPLE, SMISConfig
 from .layers import CGBlock, init_weights
 
 BLOCK_NAMES = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3")
@@ -14,6 +14,8 @@ BLOCK_NAMES = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up
 
 class Generator(nn.Module):
     """G(Z, M): latent maps (N, 8C, H/64, W/64) + label tensor (N, label_channels, H, W) -> RGB.
+
+    With ``code_layout="global"`` Z is (N, 8C, 1, 1) and is broadcast over the H/64 x W/64 grid.
 
     The label tensor is the one-hot map (``smis.functional.one_hot``), with instance edges
     interleaved when the config asks for them (``smis.functional.label_input``).
@@ -55,11 +57,16 @@ class Generator(nn.Module):
     def forward(self, z: torch.Tensor, label: torch.Tensor,
                 label_features: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None) -> torch.Tensor:
         h, w = label.shape[-2:]
-        if z.shape[-2:] != (h // 64, w // 64):
+        grid = self.config.latent_grid(h, w)
+        if z.shape[-2:] != grid:
             raise ValueError(
                 f"latent grid {tuple(z.shape[-2:])} does not match a {h}x{w} label map "
-                f"(expected {(h // 64, w // 64)})"
+                f"(expected {grid})"
             )
+        if self.config.code_layout == "global":
+            # One vector per class, broadcast over the base grid; the grid size is read off a strided
+            # slice of the label map, so exported graphs get no shape arithmetic.
+            z = z.expand(-1, -1, *label[:, :1, ::SIZE_MULTIPLE, ::SIZE_MULTIPLE].shape[-2:])
         x = self.fc(z)
         for i, block in enumerate(self.blocks):
             if i > 0:  # six nearest x2 upsamplings: before every block but the head

@@ -79,7 +79,8 @@ def latent_layout(config: SMISConfig) -> dict[str, Any]:
         "num_classes": c,
         "channels": zc * c,
         "class_channels": f"class c owns channels [{zc}c, {zc}c+{zc})",
-        "grid": f"H/{SIZE_MULTIPLE} x W/{SIZE_MULTIPLE}",
+        "grid": "1 x 1 (one vector per class)" if config.code_layout == "global"
+        else f"H/{SIZE_MULTIPLE} x W/{SIZE_MULTIPLE}",
         "native_grid": list(config.latent_grid()),
         "native_size": [config.height, config.width],
         "prior": "N(0, 1) per element at test time; the encoder's mu for a real photo",
@@ -282,7 +283,7 @@ def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike
 def label_branch_bytes(config: SMISConfig, height: int, width: int, fp16: bool = False) -> int:
     """Memory of one mask's label-branch maps (every CG-Norm's scale and shift), in bytes."""
     ch = config.generator.channels
-    h, w = config.latent_grid(height, width)
+    h, w = config.base_grid(height, width)
     total = 0
     for i in range(len(ch) - 1):
         fin, fout = ch[i], ch[i + 1]

@@ -50,6 +50,43 @@ def test_latent_grid_follows_aspect_ratio():
     assert get_config("demo").latent_grid() == (6, 4)
 
 
+def test_global_codes_are_one_vector_per_class_broadcast_over_the_grid():
+    """ccp-cpu = the demo architecture with one code per class: the same weights with a grid
+    config give the same image when every cell holds that vector, and the encoder's code is the
+    grid average of its maps."""
+    cfg = get_config("ccp-cpu", tiny=True)
+    grid_cfg = cfg.replace(code_layout="grid")
+    assert cfg.latent_grid() == (1, 1) and grid_cfg.latent_grid() == cfg.base_grid() == (2, 1)
+    assert cfg.latent_shape() == (8 * 10, 1, 1)
+    torch.manual_seed(0)
+    model = GroupDNet(cfg).eval()
+    twin = GroupDNet(grid_cfg).eval()
+    twin.load_state_dict(model.state_dict())
+    labels, _, image = _inputs(cfg)
+    z = torch.randn(2, *cfg.latent_shape())
+    with torch.no_grad():
+        assert torch.equal(model(z, labels), twin(z.expand(-1, -1, 2, 1).contiguous(), labels))
+        mu, logvar = model.encode(image, labels)
+        mu_grid, logvar_grid = twin.encode(image, labels)
+    assert mu.shape == (2, 80, 1, 1)
+    torch.testing.assert_close(mu, mu_grid.mean((2, 3), keepdim=True))
+    torch.testing.assert_close(logvar, logvar_grid.mean((2, 3), keepdim=True))
+    with pytest.raises(ValueError, match=r"latent grid \(2, 1\) does not match.*expected \(1, 1\)"):
+        model(torch.zeros(2, 80, 2, 1), labels)
+
+
+def test_ccp_cpu_preset_has_the_shapes_of_the_cpu_pilot():
+    """The pilot run (demo, widths nf=20,ndf=40,norm_hidden=40 at 192x128, D ndf 32) warm-starts it."""
+    cfg = get_config("ccp-cpu")
+    pilot = get_config("demo", nf=20, ndf=40, norm_hidden=40, height=192, width=128)
+    assert (cfg.height, cfg.width, cfg.discriminator.ndf, cfg.code_layout) == (192, 128, 32, "global")
+    a, b = GroupDNet(cfg).state_dict(), GroupDNet(pilot).state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert SMISConfig.from_dict(json.loads(cfg.to_json())) == cfg
+    with pytest.raises(ValueError, match="code_layout"):
+        cfg.replace(code_layout="pooled")
+
+
 @pytest.mark.parametrize("name", ["demo", "deepfashion"])
 def test_gradient_reaches_every_parameter(name):
     cfg = get_config(name, tiny=True)
@@ -129,8 +166,9 @@ def test_split_and_zoom_matches_a_per_class_loop():
     assert torch.equal(fast, slow)
 
 
-def test_encoder_class_code_depends_only_on_its_own_pixels():
-    cfg = get_config("demo", tiny=True)
+@pytest.mark.parametrize("name", ["demo", "ccp-cpu"])
+def test_encoder_class_code_depends_only_on_its_own_pixels(name):
+    cfg = get_config(name, tiny=True)
     torch.manual_seed(0)
     model = GroupDNet(cfg).eval()
     labels, _, image = _inputs(cfg, n=1)

@@ -149,8 +149,11 @@ def load_state(folder: str | os.PathLike) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with a message that names missing, unexpected and mis-shaped tensors."""
+def check_state(module: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str | None = None) -> None:
+    """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped tensors (none: return).
+
+    ``hint``: the message's last sentence (what to do); by default, use the matching config.json.
+    """
     own = module.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
@@ -165,7 +168,13 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
         if shapes:
             parts.append(f"{len(shapes)} with other shapes (e.g. {'; '.join(shapes[:3])})")
         raise CheckpointError(
-            f"the weights in {source} do not match its config.json: " + ", ".join(parts)
-            + ". Use the config.json saved with these weights.")
+            f"the weights in {source} do not match {'the model' if hint else 'its config.json'}: "
+            + ", ".join(parts) + ". " + (hint or "Use the config.json saved with these weights."))
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str, hint: str | None = None) -> None:
+    """Strict load after :func:`check_state` (nothing is changed if it fails)."""
+    check_state(module, state, source, hint)
+    own = module.state_dict()
     cast = {k: v.to(own[k].dtype) for k, v in state.items()}
     module.load_state_dict(cast, strict=True)

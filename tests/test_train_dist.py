@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -89,10 +90,12 @@ def test_sigkill_at_any_moment_then_resume_auto_and_sigterm(data, tmp_path):
     assert status["status"] == "paused" and status["step"] == newest + 1
     assert ckpt.list_checkpoints(out)[-1][0] == newest + 1
 
-    # 3. SIGTERM (a preempted node): saves at the current step and exits 0.
-    proc = subprocess.Popen([*base, "--resume", "auto"], cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+    # 3. SIGTERM to the whole process group (a preempted node), data-loader workers included:
+    #    saves at the current step and exits 0.
+    proc = subprocess.Popen([*base, "--resume", "auto", "--workers", "1"], cwd=REPO, env=env,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     _wait_for(lambda: _logged_step(out) >= newest + 3, proc)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err[-4000:]
     status = json.loads((out / "status.json").read_text())

@@ -146,3 +146,87 @@ def test_bad_files_go_through_train_data_on_bad(tmp_path, caplog):
     assert "0002.png" in caplog.text
     with pytest.raises(ValueError, match="0002.png"):
         train(tiny_options(data=str(root), outdir=str(tmp_path / "error"), steps=2, on_bad="error"))
+
+
+# -- --init-from -----------------------------------------------------------------------------------
+def _fresh_networks(opts):
+    from smis import MultiscaleDiscriminator
+
+    cfg = opts.model_config()
+    torch.manual_seed(123)
+    return GroupDNet(cfg), MultiscaleDiscriminator(cfg), GroupDNet(cfg)
+
+
+def test_init_from_a_model_folder_or_a_training_state(straight):
+    net, disc, ema = _fresh_networks(tiny_options())
+    d_before = {k: v.clone() for k, v in disc.state_dict().items()}
+    what = ckpt.load_init(str(straight.snapshot), net, disc, ema)
+    assert "D fresh" in what
+    snap = GroupDNet.from_pretrained(straight.snapshot).state_dict()
+    for m in (net, ema):
+        _assert_same_tensors(m.state_dict(), snap, "G+E")
+    _assert_same_tensors(disc.state_dict(), d_before, "D")  # untouched
+
+    what = ckpt.load_init(str(straight.checkpoint), net, disc, ema)
+    state = ckpt.load_state(straight.checkpoint)
+    assert "step 4" in what
+    _assert_same_tensors(net.state_dict(), state["model"], "model")
+    _assert_same_tensors(disc.state_dict(), state["D"], "D")
+    _assert_same_tensors(ema.state_dict(), state["ema"], "ema")
+
+
+def test_init_from_other_shapes_or_nothing_changes_nothing_and_says_why(straight, tmp_path):
+    opts = tiny_options(widths={"nf": 20})  # another width: same names, other shapes
+    net, disc, ema = _fresh_networks(opts)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with pytest.raises(ckpt.TrainingStateError, match="other shapes.*same architecture"):
+        ckpt.load_init(str(straight.checkpoint), net, disc, ema)
+    _assert_same_tensors(net.state_dict(), before, "G+E")
+    with pytest.raises(ckpt.TrainingStateError, match="no model folder"):
+        ckpt.load_init(str(tmp_path / "nowhere"), net, disc, ema)
+    with pytest.raises(ckpt.TrainingStateError, match="Hub is unreachable|HF_HUB_OFFLINE"):
+        ckpt.load_init("someone/not-cached-model", net, disc, ema)
+    # Through the loop: the run folder is left without a checkpoint or options file.
+    out = tmp_path / "run"
+    with pytest.raises(ckpt.TrainingStateError):
+        train(tiny_options(outdir=str(out), widths={"nf": 20}, init_from=str(straight.checkpoint)),
+              dataset=BlobDataset(4))
+    assert not ckpt.list_checkpoints(out) and not (out / "training_options.json").exists()
+
+
+def test_init_from_starts_a_new_run_and_resume_auto_continues_it(straight, tmp_path):
+    opts = tiny_options(outdir=str(tmp_path), steps=2, ckpt_every=1, init_from=str(straight.snapshot),
+                        resume="auto")
+    first = train(opts, dataset=BlobDataset(4), step_callback=_sigterm_at(1))
+    assert first.status == "interrupted" and first.step == 1
+    resolved = json.loads((tmp_path / "training_options.json").read_text())["resolved"]
+    assert resolved["start_step"] == 0 and str(straight.snapshot) in resolved["initialised_from"]
+    second = train(opts, dataset=BlobDataset(4))  # same command: resumes, does not re-initialise
+    assert second.status == "finished" and second.step == 2
+    resolved = json.loads((tmp_path / "training_options.json").read_text())["resolved"]
+    assert resolved["start_step"] == 1 and str(straight.snapshot) in resolved["initialised_from"]
+
+
+# -- the val probe ---------------------------------------------------------------------------------
+def test_val_probe_measures_reconstruction_and_per_class_reroll_locality():
+    from train.monitor import val_probe
+
+    cfg = tiny_options(preset="ccp-cpu").model_config()
+    torch.manual_seed(0)
+    model = GroupDNet(cfg).eval()
+    samples = [BlobDataset(4)[i] for i in range(4)]
+    probe = val_probe(model, samples)
+    real = torch.stack([s["image"] for s in samples])
+    labels = torch.stack([s["label"] for s in samples])
+    with torch.no_grad():
+        fake = model(model.encode(real, labels)[0], labels)
+    assert probe["val/rec_l1"] == pytest.approx(float((fake - real).abs().mean()), rel=1e-5)
+    assert probe["val/kl_nats_per_image"] >= 0
+    assert {f"val/reroll_in/{n}" for n in cfg.class_names} <= probe.keys()
+    assert probe["val/reroll_in_mean"] > 0
+    # A generator that ignores Z: no class's re-roll changes anything.
+    with torch.no_grad():
+        model.generator.fc.weight.zero_()
+        model.generator.fc.bias.zero_()
+    dead = val_probe(model, samples)
+    assert dead["val/reroll_in_mean"] == 0 and dead["val/reroll_out_mean"] == 0

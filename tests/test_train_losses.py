@@ -59,6 +59,56 @@ def test_perceptual_loss_weights_layers_and_only_trains_the_fake():
     assert real.grad is None or not real.grad.any()
 
 
+def _codes(kl_per_class: list[float], z: int = 8):
+    """(1, C*z, 1, 1) mu / logvar=0 whose class c has KL ``kl_per_class[c]`` nats (mu^2 / 2 summed)."""
+    mu = torch.zeros(1, len(kl_per_class) * z, 1, 1)
+    for c, kl in enumerate(kl_per_class):
+        mu[0, c * z] = (2 * kl) ** 0.5
+    return mu.requires_grad_(True), torch.zeros_like(mu)
+
+
+def test_kl_loss_is_spades_sum_by_default_and_reports_nats_per_image():
+    from smis.functional import kl_divergence
+
+    torch.manual_seed(0)
+    mu, logvar = torch.randn(4, 24, 2, 1), torch.randn(4, 24, 2, 1) * 0.3
+    onehot = torch.ones(4, 3, 8, 4)
+    loss, nats = losses.kl_loss(mu, logvar, onehot)
+    torch.testing.assert_close(loss, kl_divergence(mu, logvar))
+    torch.testing.assert_close(nats, kl_divergence(mu, logvar) / 4)
+    per_image, _ = losses.kl_loss(mu, logvar, onehot, per_image=True)
+    torch.testing.assert_close(per_image, loss / 4)
+
+
+def test_kl_free_bits_charge_each_present_class_at_least_the_floor_and_skip_absent_ones():
+    mu, logvar = _codes([0.5, 3.0, 7.0])
+    onehot = torch.zeros(1, 3, 4, 4)
+    onehot[:, 0, :2] = 1
+    onehot[:, 1, 2:] = 1  # class 2 is absent
+    loss, nats = losses.kl_loss(mu, logvar, onehot, free_bits=2.0)
+    assert loss.item() == pytest.approx(2.0 + 3.0)  # class 0 is charged the floor, class 2 nothing
+    assert nats.item() == pytest.approx(0.5 + 3.0 + 7.0)  # the log shows what the codes really carry
+    loss.backward()
+    per_class = mu.grad.view(3, 8)[:, 0]
+    assert per_class[0] == 0 and per_class[2] == 0 and per_class[1] > 0  # only class 1 is pushed
+
+
+def test_class_appearance_loss_weighs_every_present_class_the_same():
+    real = torch.zeros(1, 3, 16, 16)
+    onehot = torch.zeros(1, 3, 16, 16)
+    onehot[:, 0] = 1
+    onehot[:, 0, :4, :4] = 0
+    onehot[:, 1, :4, :4] = 1  # class 1: one pooled cell (16 pixels); class 2 absent
+    fake = real.clone()
+    assert losses.class_appearance_loss(fake, real, onehot).item() == 0
+    fake[:, :, :4, :4] = 1.0  # only the small class is wrong, by 1 everywhere
+    small = losses.class_appearance_loss(fake, real, onehot).item()
+    assert small == pytest.approx(0.5)  # (1 + 0) / 2 present classes, whatever the areas
+    fake = real.clone()
+    fake[:, :, 4:] = 1.0  # the large class is wrong (3/4 of its area)
+    assert losses.class_appearance_loss(fake, real, onehot).item() == pytest.approx((192 / 240) / 2)
+
+
 def test_full_vgg_without_weights_stops_with_the_options(monkeypatch):
     from train import features
 

@@ -129,3 +129,35 @@ def test_card_embeds_the_evaluation_report(run, tmp_path):
     card = (out / "README.md").read_text()
     assert "### Evaluation of x" in card and "| mCSD | 0.0300 |" in card
     assert (out / "metrics.md").is_file() and json.loads((out / "metrics.json").read_text())["smis"]["mcsd"] == 0.03
+
+
+def test_history_chain_through_a_published_folder(run, tmp_path):
+    """publish writes D, the merged training log and the curves; --init-from that folder loads D and
+    carries the log on, so the next publish plots the whole life of the weights."""
+    from safetensors.torch import load_file
+
+    from train import checkpoint as ckpt
+    from train import history
+
+    first = publish.build_folder(run, tmp_path / "pub1", fp16=True)
+    names = {p.name for p in first.iterdir()}
+    assert {ckpt.DISCRIMINATOR_NAME, "training_curves.png", history.MODEL_LOG_DIR} <= names
+    d = load_file(str(first / ckpt.DISCRIMINATOR_NAME))
+    state = ckpt.load_state(ckpt.state_path(run, 2))
+    assert d.keys() == state["D"].keys() and all(v.dtype == torch.float16 for v in d.values())
+    log = history.read_log_dir(first / history.MODEL_LOG_DIR)
+    assert [r["step"] for r in log.train] == [1, 2] and len(log.runs) == 1
+    assert log.runs[0]["command"].startswith("python -m train --data")
+    card = (first / "README.md").read_text()
+    assert "![training curves](training_curves.png)" in card and log.runs[0]["command"] in card
+
+    second_run = tmp_path / "run2"
+    train(tiny_options(outdir=str(second_run), steps=2, init_from=str(first)), dataset=BlobDataset(4))
+    resolved = json.loads((second_run / "training_options.json").read_text())["resolved"]
+    assert ckpt.DISCRIMINATOR_NAME in resolved["initialised_from"]
+    merged = history.run_history(second_run)
+    assert [r["step"] for r in merged.train] == [1, 2, 1, 2]
+    assert [r["epoch"] for r in merged.train] == [0.5, 1.0, 1.5, 2.0]  # absolute epochs
+    assert [r["name"] for r in merged.runs] == [run.name, "run2"] and merged.runs[1]["epoch"] == 1.0
+    out = history.plot_history(merged, tmp_path / "curves.png")
+    assert out.stat().st_size > 10_000

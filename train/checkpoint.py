@@ -23,10 +23,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "checkpoints"
+#: The discriminator's weights in a published model folder (read by ``--init-from``, not by inference).
+DISCRIMINATOR_NAME = "discriminator.safetensors"
 SNAPSHOT_DIR = "snapshots"
 _STATE_RE = re.compile(r"^training-state-(\d{8,})\.pt$")
 _SNAP_RE = re.compile(r"^model-(\d{8,})$")
@@ -159,6 +163,56 @@ def find_resume(run_dir: str | os.PathLike) -> tuple[Path, dict[str, Any]] | Non
         except TrainingStateError as err:
             logger.warning("skipping checkpoint of step %d: %s", step, err)
     return None
+
+
+def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
+              ema: torch.nn.Module | None) -> str:
+    """``--init-from``: load weights into a new run's networks; returns a one-line description.
+
+    ``source``: a training-state file (G + E, D and EMA are loaded; optimisers start fresh) or a
+    model folder / Hub repo id (its G + E go into the live and EMA networks; D starts fresh).
+    Tensor names and shapes must match the run's model; its config may differ in fields that do
+    not change shapes (name, code layout). Raises :class:`TrainingStateError` naming what is
+    wrong, before any weight is changed.
+    """
+    from smis import hub
+
+    hint = ("--init-from needs weights of the same architecture: use the preset and widths they were "
+            "trained with, or start without --init-from")
+    path = Path(source).expanduser()
+    if path.is_file():
+        state = load_state(path)
+        parts = [("G + E", net, state["model"]), ("D", disc, state.get("D"))]
+        if ema is not None:
+            parts.append(("EMA", ema, state.get("ema", state["model"])))
+        what = f"training state {path} (step {state.get('step')}): G, E, D and EMA; optimisers fresh"
+    else:
+        try:
+            folder = hub.resolve_model_dir(source)
+            weights = hub.load_state(folder)
+        except hub.CheckpointError as err:
+            raise TrainingStateError(f"--init-from {source}: {err}") from err
+        parts = [("G + E", net, weights)] + ([("EMA", ema, weights)] if ema is not None else [])
+        d_file = folder / DISCRIMINATOR_NAME
+        if d_file.is_file():  # published for fine-tuning (python -m train.publish)
+            try:
+                parts.append(("D", disc, load_file(str(d_file), device="cpu")))
+            except (SafetensorError, OSError) as err:
+                raise TrainingStateError(f"--init-from {source}: {d_file} is corrupt ({err})") from err
+            what = f"model {folder}: G + E (EMA weights) and D ({DISCRIMINATOR_NAME})"
+        else:
+            what = f"model {folder}: G + E (EMA weights); D fresh (the folder has no {DISCRIMINATOR_NAME})"
+    # Check everything first, then load: a mismatch changes nothing.
+    for name, module, tensors in parts:
+        if tensors is None:
+            raise TrainingStateError(f"--init-from {source}: it has no {name} weights")
+        try:
+            hub.check_state(module, tensors, f"{source} ({name})", hint)
+        except hub.CheckpointError as err:
+            raise TrainingStateError(str(err)) from err
+    for name, module, tensors in parts:
+        hub.load_into(module, tensors, f"{source} ({name})", hint)
+    return what
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,25 +38,31 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import smis
 from smis import GroupDNet, MultiscaleDiscriminator, SMISConfig
 from smis.codes import ClassCodes
-from smis.functional import instance_edges, kl_divergence, label_input, one_hot, reparameterize
+from smis.functional import instance_edges, label_input, one_hot, reparameterize
 from smis.labels import ids_to_color
 
 from . import checkpoint as ckpt
-from . import dist
+from . import dist, history
 from .losses import (
     build_perceptual,
+    class_appearance_loss,
     d_hinge_loss,
     feature_matching_loss,
     g_hinge_loss,
+    kl_loss,
     split_halves,
 )
+from .monitor import val_probe
 from .options import TrainOptions
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "smis-training-state/1"
+#: Per-sample-grid measurements on val images (``train.monitor.val_probe``), one JSON line each.
+VAL_METRICS = "val_metrics.jsonl"
 #: Scalars logged per step (averaged over the steps of a log interval and over processes).
-LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/total", "G/l1", "D/fake", "D/real", "D/total")
+LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/rec", "G/total", "G/l1", "KL/nats_per_image",
+              "D/fake", "D/real", "D/total")
 
 
 @dataclass
@@ -138,6 +144,16 @@ class _StopSignals:
             signal.signal(sig, old)
 
 
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave SIGTERM / SIGINT to the main process.
+
+    A preempted job or ``kill -- -PGID`` signals the whole process group; a worker that died of it
+    would crash the main process before it could save. The main process saves, then stops them.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _ema_update(ema: nn.Module, live: nn.Module, decay: float) -> None:
     """EMA of parameters; buffers (BatchNorm statistics, spectral-norm vectors) copied."""
     with torch.no_grad():
@@ -202,6 +218,19 @@ def render_sample_grid(model: GroupDNet, samples: list[dict[str, Any]], reroll_c
     model.train(was_training)
     tiles = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
     return Image.fromarray(tiles)
+
+
+def _val_samples(opts: TrainOptions, config: SMISConfig) -> list[dict[str, Any]]:
+    """Up to ``opts.val_count`` val images for :func:`train.monitor.val_probe` (none if no val split)."""
+    from .data import build_dataset
+
+    try:
+        val = build_dataset(opts.format, opts.data, "val", config.height, config.width, augment=False,
+                            on_bad="skip", seed=opts.seed)
+    except (ValueError, OSError) as err:
+        logger.warning("no val split for the reconstruction / re-roll probe (%s); it is skipped", err)
+        return []
+    return _fixed_samples(val, opts.val_count)
 
 
 def _reroll_class(label: torch.Tensor, num_classes: int) -> int:
@@ -289,7 +318,8 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
         loader = DataLoader(
             _EpochIndexed(dataset), batch_size=local_batch, sampler=sampler, num_workers=opts.workers,
             pin_memory=cuda, drop_last=True, persistent_workers=opts.workers > 0,
-            generator=torch.Generator().manual_seed(opts.seed))  # keeps the global RNG untouched
+            generator=torch.Generator().manual_seed(opts.seed),  # keeps the global RNG untouched
+            worker_init_fn=_ignore_stop_signals if opts.workers > 0 else None)
 
         # -- 4. Networks, optimisers, grad scalers -------------------------------------------
         torch.manual_seed(opts.seed)  # identical initial weights on every rank
@@ -357,6 +387,17 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                 logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, start_step,
                             state.get("epoch", -1), state.get("batch_in_epoch", -1))
                 del state
+        initialised_from = None
+        if opts.init_from and not resumed_from:
+            # Every rank loads the same file: identical weights without a broadcast.
+            initialised_from = ckpt.load_init(opts.init_from, net, disc, ema)
+            logger.info("initialised from %s", initialised_from)
+            if main:  # the curves of the weights' earlier life, for the model card's plot
+                inherited = history.history_of_init_source(opts.init_from)
+                if inherited:
+                    history.write_log_dir(inherited, run_dir / history.HISTORY_DIR)
+                    logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
+                                run_dir / history.HISTORY_DIR)
         if not resumed_from:
             torch.manual_seed(opts.seed + rank)
             np.random.seed((opts.seed + rank) % 2**32)
@@ -378,9 +419,16 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
 
         # -- 7. Run folder: options, logs, fixed samples -------------------------------------
         samples = _fixed_samples(dataset, opts.sample_count) if main and opts.sample_every else []
+        val_samples = _val_samples(opts, config) if main and opts.sample_every and opts.val_count else []
         reroll = _reroll_class(samples[0]["label"], config.num_classes) if samples else 0
         tb = None
         if main:
+            if initialised_from is None and resumed_from and (run_dir / "training_options.json").is_file():
+                try:  # a resumed chunk keeps saying what the run grew from
+                    prior = json.loads((run_dir / "training_options.json").read_text())
+                    initialised_from = prior.get("resolved", {}).get("initialised_from")
+                except (OSError, ValueError):
+                    pass
             resolved = {
                 "options": opts.to_dict(),
                 "resolved": {
@@ -392,6 +440,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                     "channels_last": channels_last, "sync_batchnorm": world > 1 and cuda,
                     "sample_reroll_class": config.class_names[reroll],
                     "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
+                    "initialised_from": initialised_from,
                     "torch": torch.__version__, "smis": smis.__version__, "python": platform.python_version(),
                 },
                 "config": config.to_dict(),
@@ -441,6 +490,17 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
             return time.monotonic() - t
 
         def write_samples(step: int) -> None:
+            if val_samples:
+                with autocast():
+                    probe = val_probe(ema, val_samples, perceptual)
+                with open(run_dir / VAL_METRICS, "a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": step, "epoch": round(step / steps_per_epoch, 4),
+                                        **{k: round(v, 6) for k, v in probe.items()}}) + "\n")
+                logger.info("step %d val: reconstruction L1 %.4f, KL %.2f nats/image, re-roll change inside "
+                            "the class %.4f (weakest class %.4f) vs outside %.4f", step, probe["val/rec_l1"],
+                            probe["val/kl_nats_per_image"], probe.get("val/reroll_in_mean", float("nan")),
+                            probe.get("val/reroll_in_min", float("nan")),
+                            probe.get("val/reroll_out_mean", float("nan")))
             img = render_sample_grid(ema, samples, reroll)
             info = PngImagePlugin.PngInfo()
             info.add_text("smis:rows", f"mask; photo; fixed codes seeds 0-2; re-roll {config.class_names[reroll]!r}")
@@ -501,8 +561,11 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                     l_gan = g_hinge_loss(fake_out)
                     l_feat = feature_matching_loss(fake_out, real_out) * feat_weight
                     l_vgg = perceptual(fake, real) * opts.lambda_vgg if perceptual is not None else l_gan.new_zeros(())
-                    l_kl = kl_divergence(mu, logvar) * opts.lambda_kl
-                    loss_g = l_gan + l_feat + l_vgg + l_kl
+                    l_kl, kl_nats = kl_loss(mu, logvar, onehot, opts.kl_free_bits, opts.kl_per_image)
+                    l_kl = l_kl * opts.lambda_kl
+                    l_rec = (class_appearance_loss(fake, real, onehot, opts.rec_pool) * opts.lambda_rec
+                             if opts.lambda_rec > 0 else l_gan.new_zeros(()))
+                    loss_g = l_gan + l_feat + l_vgg + l_kl + l_rec
                 opt_g.zero_grad(set_to_none=True)
                 scaler_g.scale(loss_g).backward()
                 if opts.grad_clip > 0:
@@ -541,7 +604,8 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                     _ema_update(ema, net, min(opts.ema_decay, (1 + step) / (10 + step)))
                 with torch.no_grad():
                     l1 = (fake.detach().float() - real.float()).abs().mean()
-                    vals = torch.stack([l_gan, l_feat, l_vgg, l_kl, loss_g, l1, l_dfake, l_dreal, loss_d]).detach()
+                    vals = torch.stack([l_gan, l_feat, l_vgg, l_kl, l_rec, loss_g, l1, kl_nats,
+                                        l_dfake, l_dreal, loss_d]).detach()
                     sums += vals
                 n_logged += 1
 

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from smis.functional import kl_per_class
+
 logger = logging.getLogger(__name__)
 
 #: Weights of relu1_1, relu2_1, relu3_1, relu4_1, relu5_1 in the perceptual loss (SPADE's VGGLoss).
@@ -49,6 +51,47 @@ def feature_matching_loss(fake: Features, real: Features) -> torch.Tensor:
         for f, r in zip(f_scale[:-1], r_scale[:-1]):
             total = total + F.l1_loss(f.float(), r.detach().float())
     return total / len(fake)
+
+
+def kl_loss(mu: torch.Tensor, logvar: torch.Tensor, onehot: torch.Tensor, free_bits: float = 0.0,
+            per_image: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The KL term and the KL in nats per image (for logs).
+
+    ``free_bits = 0`` and ``per_image = False`` is SPADE's term: the KL summed over every element
+    of the batch. ``free_bits > 0``: each present class of each image may use that many nats for
+    free, ``max(KL_ic, free_bits)`` (Kingma et al. 2016), so no class's code is squeezed back onto
+    the prior while the decoder still ignores it; absent classes are left out. ``per_image``:
+    averaged over the batch instead of summed (the weight then does not depend on the batch size).
+    """
+    n, c = onehot.shape[:2]
+    kl = kl_per_class(mu, logvar, c)  # (N, C) nats
+    nats = kl.sum(1).mean().detach()
+    if free_bits > 0:
+        present = onehot.detach().flatten(2).amax(-1) > 0
+        kl = torch.where(present, kl.clamp_min(free_bits), torch.zeros_like(kl))
+    total = kl.sum()
+    return (total / n if per_image else total), nats
+
+
+def class_appearance_loss(fake: torch.Tensor, real: torch.Tensor, onehot: torch.Tensor,
+                          pool: int = 4) -> torch.Tensor:
+    """Class-balanced reconstruction: L1 of ``pool``-times average-pooled colours inside each class.
+
+    Every class present in an image counts the same, whatever its area, so the shoes' and the hair's
+    appearance (which their own codes must carry) weigh as much as the background's. Pooling keeps
+    the term about colour and shading, leaving texture to the GAN and perceptual terms. Classes
+    smaller than one pooled cell are left out.
+    """
+    f = F.avg_pool2d(fake.float(), pool)
+    r = F.avg_pool2d(real.float(), pool)
+    m = F.avg_pool2d(onehot.float(), pool)  # (N, C, h, w) class fraction of each cell
+    d = (f - r.detach()).abs().mean(1, keepdim=True)  # (N, 1, h, w)
+    area = m.sum((2, 3))
+    per_class = (m * d).sum((2, 3)) / area.clamp_min(1e-6)
+    present = area >= 1.0
+    if not bool(present.any()):
+        return per_class.sum() * 0.0
+    return per_class[present].mean()
 
 
 class PerceptualLoss(nn.Module):

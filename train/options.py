@@ -75,6 +75,14 @@ class TrainOptions:
     lambda_feat: float = 10.0
     lambda_vgg: float = 10.0
     lambda_kl: float = 0.05
+    #: Nats each present class of each image may use without a KL cost (0: paper's KL).
+    kl_free_bits: float = 0.0
+    #: Average the KL over the batch instead of summing it (SPADE sums).
+    kl_per_image: bool = False
+    #: Weight of the class-balanced appearance reconstruction (0: off, the paper's objective).
+    lambda_rec: float = 0.0
+    #: Average-pooling factor of that reconstruction term.
+    rec_pool: int = 4
     #: Perceptual loss: ``full`` VGG19 relu1_1..relu5_1 (ImageNet weights), ``partial`` (the
     #: offline normalised VGG19 up to relu3_1), ``none``, or ``double-fm`` (no VGG, feature
     #: matching weight doubled).
@@ -105,6 +113,11 @@ class TrainOptions:
     outdir: str | None = None
     #: ``None`` (fresh run), ``auto`` (newest complete checkpoint in outdir, fresh if none) or a path.
     resume: str | None = None
+    #: Start a new run from these weights: a model folder or Hub repo id (G + E; D fresh) or a
+    #: training-state file (G, E, D, EMA; optimisers fresh). Ignored when ``resume`` finds a checkpoint.
+    init_from: str | None = None
+    #: Val images whose reconstruction distance (encode -> generate) is logged with every sample grid.
+    val_count: int = 16
     log_every: int = 50
     #: Checkpoint every N steps and/or every M minutes (0 disables either).
     ckpt_every: int = 1000
@@ -195,7 +208,8 @@ class TrainOptions:
         non_negative = {"workers": self.workers, "ckpt_every": self.ckpt_every,
                         "ckpt_minutes": self.ckpt_minutes, "sample_every": self.sample_every,
                         "grad_clip": self.grad_clip, "lambda_feat": self.lambda_feat,
-                        "lambda_vgg": self.lambda_vgg, "lambda_kl": self.lambda_kl}
+                        "lambda_vgg": self.lambda_vgg, "lambda_kl": self.lambda_kl,
+                        "kl_free_bits": self.kl_free_bits, "lambda_rec": self.lambda_rec, "val_count": self.val_count}
         for k, v in non_negative.items():
             if not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {v}")
@@ -221,6 +235,8 @@ class TrainOptions:
             raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
+        if self.rec_pool < 1:
+            raise ValueError(f"--rec-pool must be >= 1, got {self.rec_pool}")
         for k in ("height", "width", "d_ndf", "d_layers", "d_scales"):
             v = getattr(self, k)
             if v is not None and v <= 0:
@@ -294,6 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lambda-feat", type=float, default=d.lambda_feat)
     g.add_argument("--lambda-vgg", type=float, default=d.lambda_vgg)
     g.add_argument("--lambda-kl", type=float, default=d.lambda_kl)
+    g.add_argument("--kl-free-bits", type=float, default=d.kl_free_bits,
+                   help="nats per present class and image the KL does not charge (0: the paper's KL)")
+    g.add_argument("--kl-per-image", type=_bool, default=d.kl_per_image,
+                   help="average the KL over the batch instead of summing it (SPADE sums)")
+    g.add_argument("--lambda-rec", type=float, default=d.lambda_rec,
+                   help="class-balanced appearance reconstruction weight (0: off)")
+    g.add_argument("--rec-pool", type=int, default=d.rec_pool, help="average pooling of that term")
     g.add_argument("--vgg", choices=VGG_CHOICES, default=d.vgg,
                    help="perceptual loss: full VGG19 (ImageNet weights), partial (offline relu1_1-relu3_1), "
                         "none, or double-fm (no VGG, feature matching x2)")
@@ -313,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("run folder")
     g.add_argument("--outdir", default=None, help="run folder (default runs/<preset>)")
     g.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --outdir) or a checkpoint file")
+    g.add_argument("--init-from", default=None,
+                   help="start a new run from a model folder / Hub repo id (G + E, D fresh) or a training-state "
+                        "file (G, E, D, EMA); ignored once --resume auto finds a checkpoint")
+    g.add_argument("--val-count", type=int, default=d.val_count,
+                   help="val images for the reconstruction distance logged with each sample grid (0: off)")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
     g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints (0: off)")
     g.add_argument("--ckpt-minutes", type=float, default=d.ckpt_minutes,
@@ -325,6 +353,39 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false")
     return p
+
+
+def options_to_cli(options: dict[str, Any]) -> str:
+    """The ``python -m train`` command line that gives these options (non-default ones only).
+
+    Inverse of :func:`parse_args` for the model card and logs: ``parse_args`` of the result's
+    arguments gives the same :class:`TrainOptions`.
+    """
+    parser = build_parser()
+    defaults = TrainOptions()
+    args = ["python -m train"]
+    by_dest: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if action.option_strings and action.dest not in by_dest and action.dest != "help":
+            by_dest[action.dest] = action
+    for f in dataclasses.fields(TrainOptions):
+        if f.name not in options or f.name not in by_dest:
+            continue
+        value, default = options[f.name], getattr(defaults, f.name)
+        action = by_dest[f.name]
+        flag = action.option_strings[0]
+        if f.name in ("data", "preset") or value != default:
+            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+                args.append(flag)
+            elif isinstance(action, argparse._StoreConstAction):
+                args.append(f"--{f.name.replace('_', '-')} {value}")
+            elif isinstance(value, dict):
+                args.append(f"{flag} " + ",".join(f"{k}={v}" for k, v in value.items()))
+            elif isinstance(value, bool):
+                args.append(f"{flag} {str(value).lower()}")
+            elif value is not None:
+                args.append(f"{flag} {value}")
+    return " ".join(args)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainOptions:

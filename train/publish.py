@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import history
+
 logger = logging.getLogger(__name__)
 
 #: Hub limit the project keeps every file under.
@@ -104,7 +106,8 @@ DATASETS: dict[str, DatasetInfo] = {
 }"""),
 }
 #: Dataset a preset is trained on when the data format does not say (``generic`` folders).
-PRESET_DATASET = {"demo": "ccp", "deepfashion": "deepfashion", "cityscapes": "cityscapes", "ade20k": "ade20k"}
+PRESET_DATASET = {"demo": "ccp", "ccp-cpu": "ccp", "deepfashion": "deepfashion", "cityscapes": "cityscapes",
+                  "ade20k": "ade20k"}
 
 
 class PublishError(RuntimeError):
@@ -129,6 +132,9 @@ class RunInfo:
     metrics_path: Path | None
     #: ``metrics.md`` written next to ``metrics.json`` by ``python -m train.evaluate``.
     metrics_md: str | None
+    #: Set by :func:`build_folder` once it has drawn ``training_curves.png``.
+    history_plot: bool = False
+    history_runs: tuple[dict[str, Any], ...] = ()
 
 
 def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = None,
@@ -159,7 +165,8 @@ def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = No
                 continue
     grids = sorted((run / "samples").glob("samples-*.png")) if (run / "samples").is_dir() else []
     mpath = Path(metrics) if metrics else next(
-        (p for p in (run / "metrics.json", run / "eval" / "metrics.json", snap / "metrics.json") if p.is_file()), None)
+        (p for p in (run / "evals" / snap.name / "metrics.json", run / "metrics.json", run / "eval" / "metrics.json",
+                     snap / "metrics.json") if p.is_file()), None)
     if metrics and not mpath.is_file():
         raise PublishError(f"--metrics {metrics}: no such file")
     mdata = json.loads(mpath.read_text()) if mpath else None
@@ -222,7 +229,15 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
         ("LR schedule", f"constant, then linear decay to 0 over the last {o.get('decay_fraction')} of the run"),
         ("loss", f"hinge GAN + {r.get('feature_matching_weight', o.get('lambda_feat'))} x feature matching + "
                  + (f"{o.get('lambda_vgg')} x perceptual + " if o.get("vgg") in ("full", "partial") else "")
-                 + f"{o.get('lambda_kl')} x KL"),
+                 + f"{o.get('lambda_kl')} x KL"
+                 + (f" (free bits: {o.get('kl_free_bits')} nats per present class and image)"
+                    if o.get("kl_free_bits") else "")
+                 + (" averaged over the batch" if o.get("kl_per_image") else " summed over the batch (SPADE)")
+                 + (f" + {o.get('lambda_rec')} x class-balanced appearance L1 ({o.get('rec_pool')}x pooled)"
+                    if o.get("lambda_rec") else "")),
+        ("code layout", "one code per class (global)" if config.code_layout == "global"
+         else "a grid of codes per class (H/64 x W/64)"),
+        ("initialised from", r.get("initialised_from")),
         ("perceptual loss", perceptual),
         ("mixed precision", o.get("amp")), ("EMA decay (published weights)", o.get("ema_decay")),
         ("gradient clipping", o.get("grad_clip") or "off"),
@@ -257,6 +272,21 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
         lines += [f"Losses averaged over the last logged interval (step {info.last_losses.get('step')}):", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
                   "| " + " | ".join(_fmt(info.last_losses[k]) for k in keys) + " |", ""]
+    if info.history_plot:
+        lines += ["## Training history", "", "![training curves](training_curves.png)", "",
+                  "Every run (chunk) the weights went through, oldest first; the curves above cover all of them "
+                  "(`training_log/`: losses, the val probe, evaluations, as JSON lines).", "",
+                  "| run | from epoch | initialised from | recipe |", "|---|---:|---|---|"]
+        for run in info.history_runs:
+            recipe = ", ".join(f"{k}={_fmt(v)}" for k, v in run.get("options", {}).items())
+            lines.append(f"| {run.get('name')} | {_fmt(run.get('epoch'))} | {_fmt(run.get('initialised_from'))} "
+                         f"| {recipe} |")
+        commands = [(run.get("name"), run.get("command")) for run in info.history_runs if run.get("command")]
+        if commands:
+            lines += ["", "The commands, in order (each chunk was repeated with `--resume auto` until it ended; "
+                      "`--max-minutes` only splits a run into chunks):", "", "```bash"]
+            lines += [f"# {name}\n{cmd}" for name, cmd in commands] + ["```"]
+        lines.append("")
     lines += ["## Metrics", ""]
     if info.metrics_md:  # the evaluation's own table, headings moved below this section's
         lines += [f"From `python -m train.evaluate` (`{info.metrics_path.name}`, `metrics.md`):", ""]
@@ -321,6 +351,14 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
                           metadata={"step": str(info.step), "source": "train.publish"})
     if info.samples is not None:
         shutil.copyfile(info.samples, out / "samples.png")
+    _write_discriminator(info, out, dtype)
+    hist = history.run_history(info.run_dir, upto_step=info.step)
+    if hist:
+        history.write_log_dir(hist, out / history.MODEL_LOG_DIR)
+        history.plot_history(hist, out / "training_curves.png",
+                             title=f"{model.config.name}: training history up to step {info.step} "
+                                   f"of {info.run_dir.name}")
+        info.history_plot, info.history_runs = True, tuple(hist.runs)
     if (info.run_dir / "training_options.json").is_file():
         shutil.copyfile(info.run_dir / "training_options.json", out / "training_options.json")
     if info.metrics_path is not None:
@@ -331,6 +369,25 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
     (out / "README.md").write_text(card, encoding="utf-8")
     logger.info("wrote %s (step %d, %s)", out, info.step, ", ".join(sorted(p.name for p in out.iterdir())))
     return out
+
+
+def _write_discriminator(info: RunInfo, out: Path, dtype: Any) -> None:
+    """D of the training state saved with the snapshot, for fine-tuning with ``--init-from``."""
+    from safetensors.torch import save_file
+
+    from .checkpoint import DISCRIMINATOR_NAME, list_checkpoints, load_state
+
+    match = [p for step, p in list_checkpoints(info.run_dir) if step == info.step]
+    if not match:
+        logger.warning("no training state of step %d in %s: the folder gets no %s (fine-tuning from it starts "
+                       "D fresh)", info.step, info.run_dir, DISCRIMINATOR_NAME)
+        return
+    d = load_state(match[0]).get("D")
+    if d is None:
+        return
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in d.items()}
+    save_file(tensors, str(out / DISCRIMINATOR_NAME), metadata={"step": str(info.step), "role": "discriminator"})
 
 
 def upload(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,

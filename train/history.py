@@ -1,0 +1,237 @@
+"""A model's training history across runs and machines, and its plot.
+
+A long CPU run is trained in chunks, and a chunk may start on a fresh machine from a shipped model
+(``--init-from``). So that the curves of the model card cover the whole life of the weights, every
+run keeps the history of the weights it started from in ``RUN/history/`` (copied at
+``--init-from``), and ``python -m train.publish`` writes the merged history into the model folder
+as ``training_log/``, which the next ``--init-from`` copies again.
+
+A log folder holds, as JSON lines with **absolute** epochs (counted from the first run):
+
+- ``metrics.jsonl``: the training losses the loop logs (``G/*``, ``D/*``, ``KL/nats_per_image``);
+- ``val_metrics.jsonl``: the loop's val probe (``train.monitor.val_probe``) at every sample grid;
+- ``evals.jsonl``: ``python -m train.evaluate`` results of snapshots (Frechet distance, mCSD / mOCD);
+- ``runs.jsonl``: one line per run (chunk) of the history: where it started, its recipe options.
+
+A run folder's own ``metrics.jsonl`` / ``val_metrics.jsonl`` count epochs from its own start; its
+evaluations live in ``RUN/evals/model-<step>/metrics.json`` (``train.evaluate --out``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+LOG_FILES = {"train": "metrics.jsonl", "val": "val_metrics.jsonl", "evals": "evals.jsonl", "runs": "runs.jsonl"}
+#: Options of a run worth showing where the curves change (recipe changes between chunks).
+RECIPE_KEYS = ("preset", "batch_size", "lambda_feat", "lambda_vgg", "lambda_kl", "kl_free_bits", "kl_per_image",
+               "lambda_rec", "vgg", "amp", "lr_g", "lr_d", "epochs", "augment")
+HISTORY_DIR = "history"
+MODEL_LOG_DIR = "training_log"
+_EVAL_RE = re.compile(r"model-(\d{8,})$")
+
+
+@dataclass
+class History:
+    """Records with absolute epochs, oldest first."""
+
+    train: list[dict[str, Any]] = field(default_factory=list)
+    val: list[dict[str, Any]] = field(default_factory=list)
+    evals: list[dict[str, Any]] = field(default_factory=list)
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def last_epoch(self) -> float:
+        return max((float(r.get("epoch", 0.0)) for r in self.train + self.val + self.evals), default=0.0)
+
+    def __bool__(self) -> bool:
+        return bool(self.train or self.val or self.evals)
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    out = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a kill
+                continue
+    return out
+
+
+def read_log_dir(folder: str | Path) -> History:
+    """A ``training_log`` / ``history`` folder (absolute epochs); empty if it is not there."""
+    folder = Path(folder)
+    return History(*(_read_jsonl(folder / LOG_FILES[k]) for k in ("train", "val", "evals", "runs")))
+
+
+def write_log_dir(history: History, folder: str | Path) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for key, name in LOG_FILES.items():
+        rows = getattr(history, key)
+        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return folder
+
+
+def eval_record(metrics: dict[str, Any], step: int, epoch: float) -> dict[str, Any]:
+    """The numbers of one ``train.evaluate`` ``metrics.json`` that the history keeps."""
+    s = metrics.get("smis") or {}
+    fid = metrics.get("fid") or {}
+    per_class = {name: {"csd": c.get("csd"), "ocd": c.get("ocd")} for name, c in (s.get("per_class") or {}).items()}
+    mcsd, mocd = s.get("mcsd"), s.get("mocd")
+    return {"step": step, "epoch": round(epoch, 4), "frechet": fid.get("value"),
+            "frechet_real_halves": fid.get("real_halves"), "frechet_name": fid.get("name"),
+            "mcsd": mcsd, "mocd": mocd, "ratio": (mcsd / mocd) if mcsd and mocd else None,
+            "diversity": (metrics.get("diversity") or {}).get("mean"), "per_class": per_class}
+
+
+def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
+    """The run's inherited history followed by its own records (epochs made absolute).
+
+    ``upto_step``: leave out the run's records after that step (a state file of an older step).
+    """
+    run = Path(run_dir)
+    hist = read_log_dir(run / HISTORY_DIR)
+    offset = hist.last_epoch
+    steps_per_epoch = None
+    own_train, own_val = [], []
+    for rec in _read_jsonl(run / LOG_FILES["train"]):
+        if upto_step is not None and rec.get("step", 0) > upto_step:
+            continue
+        if "val/rec_l1" in rec:  # early runs wrote the val probe into metrics.jsonl
+            own_val.append(rec)
+            continue
+        own_train.append(rec)
+        if rec.get("step") and rec.get("epoch"):
+            steps_per_epoch = rec["step"] / rec["epoch"]
+    own_val += [r for r in _read_jsonl(run / LOG_FILES["val"]) if upto_step is None or r.get("step", 0) <= upto_step]
+    for rec in own_train + own_val:
+        rec["epoch"] = round(float(rec.get("epoch", 0.0)) + offset, 4)
+    own_val.sort(key=lambda r: r["step"])
+    evals = []
+    for path in sorted((run / "evals").glob("model-*/metrics.json")):
+        step = int(_EVAL_RE.search(path.parent.name).group(1))
+        if upto_step is not None and step > upto_step:
+            continue
+        epoch = offset + (step / steps_per_epoch if steps_per_epoch else 0.0)
+        evals.append(eval_record(json.loads(path.read_text()), step, epoch))
+    runs = list(hist.runs)
+    opts_file = run / "training_options.json"
+    if opts_file.is_file() and (own_train or own_val):
+        d = json.loads(opts_file.read_text())
+        o = d.get("options", {})
+        from .options import options_to_cli
+
+        try:
+            command = options_to_cli(o)
+        except (TypeError, ValueError):
+            command = None
+        runs.append({"name": run.name, "epoch": round(offset, 4),
+                     "initialised_from": d.get("resolved", {}).get("initialised_from"),
+                     "options": {k: o.get(k) for k in RECIPE_KEYS if k in o}, "command": command})
+    return History(hist.train + own_train, hist.val + own_val, hist.evals + evals, runs)
+
+
+def history_of_init_source(source: str | Path) -> History:
+    """The history behind ``--init-from source``: a model folder's ``training_log``, or the log of
+    the run a training-state file belongs to (up to that state's step)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return read_log_dir(path / MODEL_LOG_DIR)
+    if path.is_file():
+        m = re.search(r"(\d{8,})\.pt$", path.name)
+        step = int(m.group(1)) if m else None
+        for run in (path.parent, path.parent.parent):  # a copied state / RUN/checkpoints/state
+            if (run / LOG_FILES["train"]).is_file():
+                return run_history(run, upto_step=step)
+    return History()
+
+
+# ---------------------------------------------------------------------------------------------
+# The plot
+# ---------------------------------------------------------------------------------------------
+def _smooth(values: list[float], k: int) -> list[float]:
+    out, acc = [], []
+    for v in values:
+        acc.append(v)
+        if len(acc) > k:
+            acc.pop(0)
+        out.append(sum(acc) / len(acc))
+    return out
+
+
+def plot_history(history: History, out_png: str | Path, title: str = "", smooth: int = 8) -> Path:
+    """Losses, KL, val reconstruction, per-class re-roll change and evaluations against epochs.
+
+    A vertical line marks where each run (chunk) after the first started, labelled with its name.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    ax = axes.ravel()
+    tr, va, ev = history.train, history.val, history.evals
+
+    def line(a, rows, key, label=None, smooth_k=1, **kw):
+        pts = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        if pts:
+            x, y = zip(*pts)
+            a.plot(x, _smooth(list(y), smooth_k), label=label or key, **kw)
+
+    for key in ("G/feat", "G/vgg", "G/rec", "G/kl", "G/gan"):
+        line(ax[0], tr, key, smooth_k=smooth)
+    ax[0].set_title("generator losses (weighted)")
+    for key in ("D/real", "D/fake"):
+        line(ax[1], tr, key, smooth_k=smooth)
+    ax[1].set_title("discriminator hinge losses")
+    line(ax[2], tr, "KL/nats_per_image", "train batches", smooth_k=smooth)
+    line(ax[2], va, "val/kl_nats_per_image", "val photos", marker=".")
+    ax[2].set_title("KL in nats per image (what the codes carry)")
+    line(ax[3], tr, "G/l1", "train L1 (sampled codes)", smooth_k=smooth)
+    line(ax[3], va, "val/rec_l1", "val L1 (encode -> generate)", marker=".")
+    line(ax[3], va, "val/rec_perceptual", "val perceptual", marker=".")
+    ax[3].set_title("reconstruction distance")
+    names = sorted({k.split("/", 2)[2] for r in va for k in r if k.startswith("val/reroll_in/")})
+    for name in names:
+        line(ax[4], va, f"val/reroll_in/{name}", name)
+    line(ax[4], va, "val/reroll_out_mean", "outside (mean)", color="black", linestyle="--")
+    ax[4].set_title("val: change inside a class when only its code is re-rolled")
+    if ev:
+        line(ax[5], ev, "frechet", "Frechet distance (substitute, lower is better)", marker="o", color="tab:red")
+        floor = [r.get("frechet_real_halves") for r in ev if r.get("frechet_real_halves")]
+        if floor:
+            ax[5].axhline(floor[-1], color="tab:red", linestyle=":", label="real vs real")
+        ax[5].set_ylabel("Frechet distance")
+        twin = ax[5].twinx()
+        line(twin, ev, "ratio", "mCSD / mOCD (higher is better)", marker="s", color="tab:blue")
+        twin.set_ylabel("mCSD / mOCD")
+        twin.legend(loc="upper right", fontsize=8)
+        ax[5].legend(loc="upper left", fontsize=8)
+    else:
+        ax[5].text(0.5, 0.5, "no evaluations yet", ha="center", va="center", transform=ax[5].transAxes)
+    ax[5].set_title("python -m train.evaluate on val")
+    for i, a in enumerate(ax):
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+        for run in history.runs[1:]:
+            a.axvline(run["epoch"], color="grey", linestyle="-.", linewidth=0.8)
+            if i == 0:
+                a.text(run["epoch"], a.get_ylim()[1], f" {run['name']}", fontsize=7, va="top", color="grey")
+        if i not in (5,) and a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=7, ncol=2 if i == 4 else 1)
+    fig.suptitle(title or "training history")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png

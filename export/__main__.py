@@ -41,7 +41,7 @@ def cmd_onnx(args: argparse.Namespace) -> int:
         raise SystemExit("error: --out is required unless --model is a local folder")
     metadata = None
     if args.model and Path(args.model).is_dir():
-        from smis.onnx_backend import SOURCE_KEY, weights_file_digest
+        from smis.onnx_format import SOURCE_KEY, weights_file_digest
 
         # Lets the ONNX backend notice graphs left behind after the weights changed.
         metadata = {SOURCE_KEY: weights_file_digest(Path(args.model))}
@@ -98,7 +98,7 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from smis.onnx_backend import config_from_metadata
+    from smis.onnx_format import config_from_metadata
 
     from .onnx import op_types, read_metadata
 

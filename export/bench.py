@@ -260,7 +260,8 @@ class ModeFactory:
         return call, lambda: call().float().cpu().numpy()
 
     def _ort(self, mode: str, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
-        from smis.onnx_backend import OnnxBackend, graph_file_name
+        from smis.onnx_backend import OnnxBackend
+        from smis.onnx_format import graph_file_name
 
         fp16 = mode.endswith("fp16")
         device = {"ort-fp32": "cpu", "ort-fp16": "cpu", "ort-cuda-fp32": "cuda", "ort-cuda-fp16": "cuda",

@@ -15,7 +15,7 @@ Batch, height and width are dynamic; height and width must be multiples of 64. B
 the model is copied and simplified for inference: spectral norm is baked into the weights, and the
 eval-mode, parameter-free BatchNorm of every CG-Norm is folded into its modulation convs, so the
 graph has no power iteration and no BatchNormalization op. Every file carries its config, class
-names, palette and latent layout in ``metadata_props`` (see :mod:`smis.onnx_backend`).
+names, palette and latent layout in ``metadata_props`` (the contract: :mod:`smis.onnx_format`).
 
 The TorchScript exporter (``dynamo=False``) is used: on these graphs it is about 4x faster than
 the dynamo exporter, gives fewer ops, and handles dynamic height/width without derived-dim
@@ -44,15 +44,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from smis.config import SIZE_MULTIPLE, SMISConfig
-from smis.functional import fit_label, label_input, one_hot
+from smis.functional import fit_label, to_uint8
 from smis.generator import BLOCK_NAMES
-from smis.layers import CGNorm
+from smis.layers import CGNorm, cgnorm_channels
 from smis.model import GroupDNet, bake_spectral_norm
-from smis.onnx_backend import (
-    ONNX_FORMAT,
-    graph_file_name,
-    latent_layout,
-)
+from smis.onnx_backend import make_session
+from smis.onnx_format import GRAPH_KEY, GRAPH_KINDS, graph_file_name, model_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -181,9 +178,8 @@ def inference_copy(model: GroupDNet) -> GroupDNet:
     copy.eval()
     bake_spectral_norm(copy)  # a no-op unless the config's spectral norm was not honoured above
     for block in copy.generator.blocks:
-        for name in ("norm_0", "norm_1", "norm_s"):
-            if hasattr(block, name):
-                setattr(block, name, FoldedCGNorm(getattr(block, name)))
+        for name in block.norm_names:
+            setattr(block, name, FoldedCGNorm(getattr(block, name)))
     for i, layer in enumerate(copy.encoder.layers):
         conv, norm = layer[0], layer[1]
         if isinstance(norm, nn.BatchNorm2d):
@@ -195,22 +191,11 @@ def inference_copy(model: GroupDNet) -> GroupDNet:
 # 2. The graph modules: what a deployer feeds in, what they get back
 # ---------------------------------------------------------------------------------------------
 
-def edges_of(labels: torch.Tensor) -> torch.Tensor:
-    """:func:`smis.functional.instance_edges` without in-place slice updates (exports cleanly)."""
-    dx = (labels[..., :, 1:] != labels[..., :, :-1]).float()
-    dy = (labels[..., 1:, :] != labels[..., :-1, :]).float()
-    e = torch.maximum(F.pad(dx, (1, 0)), F.pad(dx, (0, 1)))
-    return torch.maximum(e, torch.maximum(F.pad(dy, (0, 0, 1, 0)), F.pad(dy, (0, 0, 0, 1))))
-
-
 def feature_names(config: SMISConfig) -> list[str]:
     """Names of the label-branch tensors (every CG-Norm's scale and shift), in forward order."""
-    names = []
     ch = config.generator.channels
-    for i, block in enumerate(BLOCK_NAMES):
-        norms = ("norm_0", "norm_1", "norm_s") if ch[i] != ch[i + 1] else ("norm_0", "norm_1")
-        names += [f"{block}.{n}.{part}" for n in norms for part in ("scale", "shift")]
-    return names
+    return [f"{block}.{n}.{part}" for i, block in enumerate(BLOCK_NAMES)
+            for n in cgnorm_channels(ch[i], ch[i + 1]) for part in ("scale", "shift")]
 
 
 class _GeneratorPart(nn.Module):
@@ -218,23 +203,17 @@ class _GeneratorPart(nn.Module):
         super().__init__()
         self.config = model.config
         self.generator = model.generator
+        self.model_label_tensor = model.label_tensor  # a plain attribute: the module is self.generator
         self.dtype = dtype
         self.uint8 = uint8
 
     def label_tensor(self, labels: torch.Tensor) -> torch.Tensor:
-        onehot = one_hot(labels, self.config.num_classes, self.dtype)
-        if not self.config.instance_edges:
-            return onehot
-        # No instance map at inference: class boundaries are the edges (as GroupDNet.label_tensor).
-        return label_input(onehot, edges_of(labels).to(self.dtype))
+        # No instance map at inference: class boundaries are the edges.
+        return self.model_label_tensor(labels, dtype=self.dtype)
 
     def outputs(self, image: torch.Tensor):
         image = image.float()
-        if not self.uint8:
-            return image
-        # As smis.pipeline.to_pil: round half up, clip, NHWC.
-        u8 = ((image + 1.0) * 127.5 + 0.5).clamp(0.0, 255.0).to(torch.uint8).permute(0, 2, 3, 1)
-        return image, u8
+        return (image, to_uint8(image)) if self.uint8 else image
 
 
 class GeneratorGraph(_GeneratorPart):
@@ -252,32 +231,16 @@ class LabelBranchGraph(_GeneratorPart):
     """
 
     def forward(self, labels: torch.Tensor):
-        label = self.label_tensor(labels)
-        blocks = self.generator.blocks
-        out: list[torch.Tensor] = []
-        for i, block in enumerate(blocks):
-            # Block i runs at 1/2^(6-i) of the output size. Nearest resizing by an integer factor
-            # is a strided slice: exact, and it keeps the sizes dynamic in the traced graph.
-            step = 2 ** (len(blocks) - 1 - i)
-            for mod in block.modulations(label[:, :, ::step, ::step]).values():
-                out.extend(mod)
-        return tuple(out)
+        features = self.generator.label_features(self.label_tensor(labels))
+        return tuple(t for block in features for mod in block.values() for t in mod)
 
 
 class RenderGraph(_GeneratorPart):
     """(z, *label-branch tensors) -> image; label tensors of batch 1 broadcast over N codes."""
 
     def forward(self, z: torch.Tensor, *features: torch.Tensor):
-        names = feature_names(self.config)
-        feats: list[dict] = []
-        it = iter(features)
-        for name in names[::2]:
-            block, norm, _ = name.split(".")
-            if not feats or block not in feats[-1]["_block"]:
-                feats.append({"_block": block})
-            feats[-1][norm] = (next(it), next(it))
-        for f in feats:
-            del f["_block"]
+        ch, it = self.config.generator.channels, iter(features)
+        feats = [{n: (next(it), next(it)) for n in cgnorm_channels(ch[i], ch[i + 1])} for i in range(len(ch) - 1)]
         # The generator reads the label map only for its size check: the last scale map has the
         # output size and stands in for it (no op in the graph).
         return self.outputs(self.generator(z.to(self.dtype), features[-2], feats))
@@ -290,11 +253,11 @@ class EncoderGraph(nn.Module):
         super().__init__()
         self.config = model.config
         self.encoder = model.encoder
+        self.model_encode = model.encode  # a plain attribute: the module is self.encoder
         self.dtype = dtype
 
     def forward(self, photo: torch.Tensor, labels: torch.Tensor):
-        onehot = one_hot(labels, self.config.num_classes, self.dtype)
-        mu, logvar = self.encoder(photo.to(self.dtype), onehot)
+        mu, logvar = self.model_encode(photo.to(self.dtype), labels)
         return mu.float(), logvar.float()
 
 
@@ -340,7 +303,6 @@ def _example_inputs(net: GroupDNet, kind: str, dtype: torch.dtype, batch: int = 
     return labels, z
 
 
-KINDS = ("generator", "encoder", "generator_label", "generator_render")
 
 
 def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], list[str], dict[str, dict[int, str]]]:
@@ -361,7 +323,7 @@ def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], lis
         return ["labels"], names, {"labels": {**img, 0: "label_batch"}, **feat_axes}
     if kind == "generator_render":
         return ["z", *names], image_out, {"z": grid, **feat_axes, **{k: image_axes[k] for k in image_out}}
-    raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    raise ValueError(f"kind must be one of {', '.join(GRAPH_KINDS)}, got {kind!r}")
 
 
 def _metadata(config: SMISConfig, kind: str, precision: str, digest: str, uint8: bool,
@@ -380,13 +342,7 @@ def _metadata(config: SMISConfig, kind: str, precision: str, digest: str, uint8:
     for n in feature_names(config):
         describe[n] = f"{'float16' if precision == 'fp16' else 'float32'} CG-Norm {n.rsplit('.', 1)[1]} map of {n}"
     return {
-        "smis.format": ONNX_FORMAT,
-        "smis.graph": kind,
-        "smis.config": config.to_json(),
-        "smis.class_names": json.dumps(list(config.class_names)),
-        "smis.palette": json.dumps([list(c) for c in config.palette]),
-        "smis.latent_layout": json.dumps(latent_layout(config)),
-        "smis.size_multiple": str(SIZE_MULTIPLE),
+        **model_metadata(config, kind),
         "smis.inputs": json.dumps({k: describe[k] for k in ins}),
         "smis.outputs": json.dumps({k: describe[k] for k in outs}),
         "smis.precision": precision,
@@ -419,8 +375,8 @@ def export_graph(model: GroupDNet, path: str | os.PathLike, kind: str = "generat
     ``prepared``: an :func:`inference_copy` of ``model`` to reuse across calls. ``metadata``: extra
     ``metadata_props`` (e.g. ``smis.source_sha256``, the hash of the weight files exported from).
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in GRAPH_KINDS:
+        raise ValueError(f"kind must be one of {', '.join(GRAPH_KINDS)}, got {kind!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -604,9 +560,7 @@ def torch_reference(model: GroupDNet, inputs: dict[str, np.ndarray], kind: str =
 def parity(model: GroupDNet, path: str | os.PathLike, batch: int = 2, height: int | None = None,
            width: int | None = None, seed: int = 0, threads: int | None = None) -> float:
     """Max abs difference between ONNX Runtime (CPU) running ``path`` and PyTorch on ``model``."""
-    from smis.onnx_backend import make_session
-
-    kind = read_metadata(path).get("smis.graph", "generator")
+    kind = read_metadata(path).get(GRAPH_KEY, "generator")
     inputs = random_inputs(model.config, batch, height, width, seed)
     session = make_session(path, providers=["CPUExecutionProvider"], threads=threads)
     names = [i.name for i in session.get_inputs()]

@@ -21,7 +21,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smis.onnx_backend import CPU, CUDA, TENSORRT, cache_root, config_from_metadata, make_session
+from smis.onnx_backend import CPU, CUDA, TENSORRT, cache_root, make_session
+from smis.onnx_format import config_from_metadata
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ import hashlib
 import logging
 import os
 import threading
-from typing import Protocol
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -45,18 +46,52 @@ def auto_device() -> str:
     return "cpu"
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
-           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``None`` (float32), a ``torch.dtype``, or a name: float32 / fp32, float16 / fp16 / half, bfloat16 / bf16."""
     if dtype is None:
         return torch.float32
     if isinstance(dtype, torch.dtype):
         return dtype
-    if dtype not in _DTYPES:
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(_DTYPES)}")
-    return _DTYPES[dtype]
+    return _DTYPES[name]
+
+
+T = TypeVar("T")
+
+
+class LabelBranchCache(Generic[T]):
+    """The label branch (every CG-Norm's scale and shift maps) of the last mask a backend rendered.
+
+    Those maps do not depend on the codes, so a re-roll, mix or morph on an unchanged mask, or a
+    batch of codes on one mask, reuses them. Thread-safe: front ends call from several workers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        #: (size, hash) of the cached mask; ``None`` while nothing is cached.
+        self.key: tuple | None = None
+        self._value: T | None = None
+
+    @staticmethod
+    def one_mask(labels: np.ndarray) -> bool:
+        """Whether every label map of the batch (N, ...) is the same (so one label branch serves all)."""
+        return bool(np.all(labels == labels[:1]))
+
+    def get(self, mask: np.ndarray, compute: Callable[[], T]) -> T:
+        """The maps of ``mask`` (one label map): cached, or ``compute()`` replacing the old ones."""
+        key = (mask.shape, hashlib.blake2b(np.ascontiguousarray(mask).tobytes(), digest_size=16).digest())
+        with self._lock:
+            if key != self.key:
+                self._value = None  # free the old maps before computing the new ones
+                self._value = compute()
+                self.key = key
+            return self._value
 
 
 class TorchBackend:
@@ -85,9 +120,7 @@ class TorchBackend:
         gen = self.model.generator
         self._gen = torch.compile(gen.forward) if compile else gen.forward
         self.cache_label_features = cache_label_features
-        self._cached_key: tuple | None = None
-        self._cached_features: list | None = None
-        self._cache_lock = threading.Lock()
+        self.label_cache: LabelBranchCache[list] = LabelBranchCache()
         self.device = str(self.torch_device)
         if self.torch_device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
             torch.set_num_threads(max(1, os.cpu_count() or 1))
@@ -96,23 +129,15 @@ class TorchBackend:
     def generate(self, labels: np.ndarray, z: np.ndarray) -> np.ndarray:
         labels = np.asarray(labels, dtype=np.int64)
         zt = torch.from_numpy(np.array(z, dtype=np.float32)).to(self.torch_device, self.dtype)
-        one_mask = bool(np.all(labels == labels[:1]))
-        if not (self.cache_label_features and one_mask):
-            label = self._label_tensor(labels)
-            return self._gen(zt, label).float().cpu().numpy()
-        key = (labels.shape[1:], hashlib.blake2b(labels[0].tobytes(), digest_size=16).digest())
+        if not (self.cache_label_features and self.label_cache.one_mask(labels)):
+            return self._gen(zt, self._label_tensor(labels)).float().cpu().numpy()
         label = self._label_tensor(labels[:1])
-        with self._cache_lock:  # the demo may call from several worker threads
-            if key != self._cached_key:
-                self._cached_features = None  # free the old maps before computing the new ones
-                self._cached_features = self.model.generator.label_features(label)
-                self._cached_key = key
-            features = self._cached_features
+        features = self.label_cache.get(labels[0], lambda: self.model.generator.label_features(label))
         return self._gen(zt, label, features).float().cpu().numpy()
 
     def _label_tensor(self, labels: np.ndarray) -> torch.Tensor:
         lab = torch.from_numpy(np.array(labels, dtype=np.int64)).to(self.torch_device)
-        return self.model.label_tensor(lab).to(self.dtype)
+        return self.model.label_tensor(lab, dtype=self.dtype)
 
     @torch.inference_mode()
     def encode(self, photos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from . import labels as L
 
-NormKind = Literal["batch", "syncbatch", "instance", "none"]
+NormKind = Literal["batch", "instance", "none"]
 NormLayout = Literal["fixed", "per_class", "ade20k"]
 #: ``grid``: each class's code is a (z, H/64, W/64) map, as in the paper; ``global``: one z-vector
 #: per class, broadcast over the generator's base grid (no blocks in large regions, 8 numbers per class).
@@ -58,7 +58,7 @@ class GeneratorConfig:
     norm_layout: NormLayout = "fixed"
     #: Hidden channels of the CG-Norm label branch when ``norm_layout == "fixed"``.
     norm_hidden: int = 128
-    #: Parameter-free normalisation inside CG-Norm (``syncbatch`` = batch, synced by train/).
+    #: Parameter-free normalisation inside CG-Norm (``batch`` runs synchronised when train/ is distributed).
     param_free_norm: NormKind = "batch"
     #: Spectral norm on every CG-Block convolution (paper, Table 3: it lowers mOCD).
     spectral_norm: bool = True

@@ -18,16 +18,15 @@ def one_hot(labels: torch.Tensor, num_classes: int, dtype: torch.dtype = torch.f
 
 
 def instance_edges(instances: torch.Tensor) -> torch.Tensor:
-    """Boundary map of an instance-id map (N, 1, H, W): 1 where a 4-neighbour differs."""
+    """Boundary map of an instance-id map (N, 1, H, W): 1.0 where a 4-neighbour differs.
+
+    Written with padding and maxima (no in-place slice updates) so that it exports to ONNX cleanly.
+    """
     t = instances
-    dx = t[..., :, 1:] != t[..., :, :-1]
-    dy = t[..., 1:, :] != t[..., :-1, :]
-    edge = torch.zeros_like(t, dtype=torch.bool)
-    edge[..., :, 1:] |= dx
-    edge[..., :, :-1] |= dx
-    edge[..., 1:, :] |= dy
-    edge[..., :-1, :] |= dy
-    return edge.float()
+    dx = (t[..., :, 1:] != t[..., :, :-1]).float()
+    dy = (t[..., 1:, :] != t[..., :-1, :]).float()
+    e = torch.maximum(F.pad(dx, (1, 0)), F.pad(dx, (0, 1)))
+    return torch.maximum(e, torch.maximum(F.pad(dy, (0, 0, 1, 0)), F.pad(dy, (0, 0, 0, 1))))
 
 
 def label_input(onehot: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
@@ -110,6 +109,12 @@ def kl_per_class(mu: torch.Tensor, logvar: torch.Tensor, num_classes: int) -> to
     n = mu.shape[0]
     kl = -0.5 * (1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
     return kl.reshape(n, num_classes, -1).sum(-1)
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1], (..., 3, H, W) -> uint8 RGB (..., H, W, 3): round half up, then clip."""
+    d = image.dim()
+    return ((image + 1.0) * 127.5 + 0.5).clamp(0.0, 255.0).to(torch.uint8).permute(*range(d - 3), d - 2, d - 1, d - 3)
 
 
 def fit_label(label: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ def maybe_spectral(conv: nn.Module, enabled: bool) -> nn.Module:
 
 def param_free_norm(kind: NormKind, channels: int) -> nn.Module:
     """A normalisation without learned affine parameters."""
-    if kind in ("batch", "syncbatch"):
+    if kind == "batch":
         # train/ swaps these for SyncBatchNorm when it runs distributed on CUDA.
         return nn.BatchNorm2d(channels, affine=False)
     if kind == "instance":
@@ -72,24 +72,37 @@ class CGNorm(nn.Module):
         return self.norm(x) * (1 + gamma) + beta
 
 
+def cgnorm_channels(fin: int, fout: int) -> dict[str, int]:
+    """The CG-Norms of a CG-Block from ``fin`` to ``fout`` channels, in forward order, with the
+    channels each one normalises: ``norm_0`` (fin), ``norm_1`` (min(fin, fout)) and, for a block
+    with a learned shortcut (fin != fout), ``norm_s`` (fin)."""
+    norms = {"norm_0": fin, "norm_1": min(fin, fout)}
+    if fin != fout:
+        norms["norm_s"] = fin
+    return norms
+
+
 class CGBlock(nn.Module):
     """Conditional Group Block: a SPADE ResNet block whose convolutions are grouped."""
 
     def __init__(self, fin: int, fout: int, groups: int, label_channels: int, num_classes: int,
                  layout: NormLayout, hidden: int, norm: NormKind, spectral: bool):
         super().__init__()
-        fmid = min(fin, fout)
-        self.learned_shortcut = fin != fout
+        norms = cgnorm_channels(fin, fout)
+        #: This block's CG-Norms (``norm_0``, ``norm_1``[, ``norm_s``]), in forward order.
+        self.norm_names = tuple(norms)
+        self.learned_shortcut = "norm_s" in norms
+        fmid = norms["norm_1"]
 
         def cgnorm(ch: int) -> CGNorm:
             return CGNorm(ch, label_channels, num_classes, groups, layout, hidden, norm)
 
-        self.norm_0 = cgnorm(fin)
+        self.norm_0 = cgnorm(norms["norm_0"])
         self.conv_0 = maybe_spectral(nn.Conv2d(fin, fmid, 3, padding=1, groups=groups), spectral)
         self.norm_1 = cgnorm(fmid)
         self.conv_1 = maybe_spectral(nn.Conv2d(fmid, fout, 3, padding=1, groups=groups), spectral)
         if self.learned_shortcut:
-            self.norm_s = cgnorm(fin)
+            self.norm_s = cgnorm(norms["norm_s"])
             self.conv_s = maybe_spectral(
                 nn.Conv2d(fin, fout, 1, bias=False, groups=groups), spectral)
 
@@ -98,8 +111,7 @@ class CGBlock(nn.Module):
 
         They depend on the label map alone, so a re-roll on an unchanged mask can reuse them.
         """
-        names = ("norm_0", "norm_1", "norm_s") if self.learned_shortcut else ("norm_0", "norm_1")
-        return {n: getattr(self, n).modulation(label) for n in names}
+        return {n: getattr(self, n).modulation(label) for n in self.norm_names}
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None,
                 mods: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None) -> torch.Tensor:

@@ -25,13 +25,19 @@ class GroupDNet(nn.Module):
         self.generator = Generator(config)
         self.encoder = Encoder(config)
 
-    def label_tensor(self, labels: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
-        """Class ids (N, H, W) or (N, 1, H, W) -> the generator's label input."""
-        onehot = one_hot(labels, self.config.num_classes)
-        if self.config.instance_edges and edges is None:
-            # Without an instance map, class boundaries are the best available edges.
-            edges = instance_edges(labels.view(onehot.shape[0], 1, *onehot.shape[-2:]))
-        return label_input(onehot, edges if self.config.instance_edges else None)
+    def label_tensor(self, labels: torch.Tensor, instances: torch.Tensor | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Class ids (N, H, W) or (N, 1, H, W) -> the label input of G's CG-Norms and of D.
+
+        The one-hot; with ``config.instance_edges`` each class's channel is followed by the edges of
+        ``instances`` (an instance-id map like ``labels``), or of the class map when there is none.
+        """
+        onehot = one_hot(labels, self.config.num_classes, dtype)
+        if not self.config.instance_edges:
+            return onehot
+        ids = labels if instances is None else instances
+        edges = instance_edges(ids.unsqueeze(1) if ids.dim() == 3 else ids)
+        return label_input(onehot, edges.to(dtype))
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return self.generator(z, self.label_tensor(labels).to(z.dtype))

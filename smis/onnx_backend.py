@@ -2,59 +2,44 @@
 
     pipe = SMISPipeline.from_pretrained("path/to/model", backend="onnx")   # CPU, CUDA or TensorRT
 
-A model folder may hold ``generator.onnx`` / ``encoder.onnx`` and the generator's halves
-``generator-label.onnx`` / ``generator-render.onnx`` (``*-fp16.onnx`` for float16), written by
-``python -m export onnx``; when it only has safetensors, the graphs are exported on first use into a
-cache folder keyed by the weights' hash (``$SMIS_CACHE``, else ``$XDG_CACHE_HOME/smis`` or
-``~/.cache/smis``, then ``onnx/<hash>``). A folder with the .onnx files alone works too: the
-config comes from their metadata.
+A model folder holds the graphs ``python -m export onnx`` writes (file names and metadata:
+:mod:`smis.onnx_format`). A folder with only safetensors has its graphs exported on first use
+when an ``exporter`` is passed (``export.onnx.export_model``; smis does not import ``export``),
+into a cache folder keyed by the weights' hash (``$SMIS_CACHE``, else ``$XDG_CACHE_HOME/smis`` or
+``~/.cache/smis``, then ``onnx/<hash>``); without one the error says to run ``python -m export
+onnx``. A folder with the .onnx files alone works too: the config comes from their metadata.
 
 Execution providers are tried in the order TensorRT -> CUDA -> CPU among those this onnxruntime
 build lists; what a session *actually* got is read back from ``session.get_providers()``
 (``get_available_providers()`` lists GPU providers even where their libraries are missing).
-
-Every exported file is self-describing: its ``metadata_props`` hold
-
-==========================  ====================================================================
-``smis.format``             ``smis-onnx/1``
-``smis.graph``              ``generator``, ``encoder``, ``generator_label`` or ``generator_render``
-``smis.config``             ``SMISConfig.to_json()`` (rebuild with :func:`config_from_metadata`)
-``smis.class_names``        JSON list of class names (class id = index)
-``smis.palette``            JSON list of [r, g, b], one per class
-``smis.latent_layout``      JSON: 8 channels per class, class c owns [8c, 8c+8), grid H/64 x W/64
-``smis.size_multiple``      ``64``: height and width must be multiples of it
-``smis.inputs/outputs``     JSON: name -> dtype, shape and meaning
-``smis.precision``          ``fp32`` or ``fp16`` (inputs and outputs are float32 either way)
-``smis.weights_sha256``     hash of the config and tensors the graph was exported from
-``smis.source_sha256``      (exports from a folder) hash of its config.json + safetensors files
-==========================  ====================================================================
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
-import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
+from .backends import LabelBranchCache, parse_dtype
 from .config import SIZE_MULTIPLE, SMISConfig
+from .layers import cgnorm_channels
+from .onnx_format import (
+    GENERATOR_FILE,
+    GRAPH_KEY,
+    GRAPH_KINDS,
+    SOURCE_KEY,
+    config_from_metadata,
+    graph_file_name,
+    weights_file_digest,
+)
 
 logger = logging.getLogger(__name__)
 
-ONNX_FORMAT = "smis-onnx/1"
-GENERATOR_FILE = "generator.onnx"
-ENCODER_FILE = "encoder.onnx"
-#: The generator split in two: labels -> CG-Norm maps, and (z, maps) -> image (optional files).
-LABEL_FILE = "generator-label.onnx"
-RENDER_FILE = "generator-render.onnx"
-FP16_SUFFIX = "-fp16"
-#: Metadata key: sha256 of the model folder's config.json + safetensors the graph was exported from.
-SOURCE_KEY = "smis.source_sha256"
 #: Environment variable naming the cache folder for exported graphs and TensorRT engines.
 CACHE_ENV = "SMIS_CACHE"
 
@@ -62,29 +47,6 @@ TENSORRT = "TensorrtExecutionProvider"
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 PROVIDER_ORDER = (TENSORRT, CUDA, CPU)
-
-
-def graph_file_name(kind: str, fp16: bool = False) -> str:
-    """``generator.onnx``, ``encoder-fp16.onnx``, ``generator-label.onnx``, ``generator-render.onnx``..."""
-    base = {"generator": GENERATOR_FILE, "encoder": ENCODER_FILE, "generator_label": LABEL_FILE,
-            "generator_render": RENDER_FILE}[kind]
-    return base.replace(".onnx", f"{FP16_SUFFIX}.onnx") if fp16 else base
-
-
-def latent_layout(config: SMISConfig) -> dict[str, Any]:
-    """How Z is laid out, in words and numbers (stored in every exported file)."""
-    zc, c = config.z_channels, config.num_classes
-    return {
-        "channels_per_class": zc,
-        "num_classes": c,
-        "channels": zc * c,
-        "class_channels": f"class c owns channels [{zc}c, {zc}c+{zc})",
-        "grid": "1 x 1 (one vector per class)" if config.code_layout == "global"
-        else f"H/{SIZE_MULTIPLE} x W/{SIZE_MULTIPLE}",
-        "native_grid": list(config.latent_grid()),
-        "native_size": [config.height, config.width],
-        "prior": "N(0, 1) per element at test time; the encoder's mu for a real photo",
-    }
 
 
 def cache_root() -> Path:
@@ -199,36 +161,12 @@ def make_session(path: str | os.PathLike, providers: list | None = None, threads
                 "delete it and export again with `python -m export onnx --model <model folder>`") from err
 
 
-def config_from_metadata(meta: dict[str, str], source: str = "the ONNX file") -> SMISConfig:
-    """Rebuild the :class:`SMISConfig` an exported graph carries."""
-    if meta.get("smis.format") != ONNX_FORMAT or "smis.config" not in meta:
-        raise ValueError(f"{source} was not exported by `python -m export` (no {ONNX_FORMAT} metadata); "
-                         "export it again from the model folder")
-    try:
-        return SMISConfig.from_dict(json.loads(meta["smis.config"]))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{source} has a corrupt smis.config entry: {err}") from err
-
-
 # ---------------------------------------------------------------------------------------------
 # Finding or making the graphs
 # ---------------------------------------------------------------------------------------------
 
-def weights_file_digest(folder: Path) -> str:
-    """sha256 of ``config.json`` and the safetensors files of a model folder (the cache key)."""
-    files = sorted(folder.glob("model*.safetensors")) + [folder / "model.safetensors.index.json"]
-    h = hashlib.sha256((folder / "config.json").read_bytes())
-    found = False
-    for f in files:
-        if f.is_file():
-            found = True
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-    if not found:
-        raise ValueError(f"{folder} has neither {GENERATOR_FILE} nor safetensors weights to export it from")
-    return h.hexdigest()
+#: Writes a model's graphs into a folder: ``export.onnx.export_model`` (model, folder, fp16=, metadata=).
+Exporter = Callable[..., object]
 
 
 def _resolve_folder(name_or_path: str | os.PathLike | None, revision: str | None) -> Path:
@@ -242,40 +180,37 @@ def _resolve_folder(name_or_path: str | os.PathLike | None, revision: str | None
     return resolve_model_dir(name_or_path, revision)
 
 
-GRAPH_KINDS = ("generator", "encoder", "generator_label", "generator_render")
-
-
 def _graphs_in(folder: Path, fp16: bool) -> dict[str, Path]:
     found = {k: folder / graph_file_name(k, fp16) for k in GRAPH_KINDS}
     return {k: p for k, p in found.items() if p.is_file()}
 
 
 def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike | None = None,
-                  use_folder: bool = True) -> dict[str, Path]:
+                  use_folder: bool = True, exporter: Exporter | None = None) -> dict[str, Path]:
     """The exported graphs of a model folder by kind (``generator``, ``encoder``, and the optional
     halves ``generator_label`` / ``generator_render``), exporting them if the folder has none.
 
     Graphs in the folder itself win; else the cache (``cache_dir``, default :func:`cache_root` /
     onnx, then a folder named by the hash of the weights) is used, filled from the safetensors on
-    first use.
+    first use by ``exporter``; without one, a missing export is an error saying how to make it.
     """
     found = _graphs_in(folder, fp16) if use_folder else {}
     if "generator" in found:
         return found
     digest = weights_file_digest(folder)
-    key = digest[:24]
-    target = (Path(cache_dir) if cache_dir else cache_root() / "onnx") / key
+    target = (Path(cache_dir) if cache_dir else cache_root() / "onnx") / digest[:24]
     found = _graphs_in(target, fp16)
     if set(found) != set(GRAPH_KINDS):
-        try:
-            from export.onnx import export_model
-        except ImportError as err:
-            raise ImportError("exporting on first use needs the `export` package and torch (installed "
-                              "with this project); or export elsewhere with `python -m export onnx`") from err
+        name = graph_file_name("generator", fp16)
+        if exporter is None:
+            raise ValueError(
+                f"no up-to-date {name} for {folder}: export the graphs with `python -m export onnx --model "
+                f"{folder}{' --fp16' if fp16 else ''}`, or pass exporter=export.onnx.export_model to export "
+                "them on first use")
         from .model import GroupDNet
 
-        logger.info("no %s in %s: exporting it once into %s", graph_file_name("generator", fp16), folder, target)
-        export_model(GroupDNet.from_pretrained(folder), target, fp16=fp16, metadata={SOURCE_KEY: digest})
+        logger.info("no %s in %s: exporting it once into %s", name, folder, target)
+        exporter(GroupDNet.from_pretrained(folder), target, fp16=fp16, metadata={SOURCE_KEY: digest})
         found = _graphs_in(target, fp16)
     return found
 
@@ -286,9 +221,7 @@ def label_branch_bytes(config: SMISConfig, height: int, width: int, fp16: bool =
     h, w = config.base_grid(height, width)
     total = 0
     for i in range(len(ch) - 1):
-        fin, fout = ch[i], ch[i + 1]
-        norm_channels = fin + min(fin, fout) + (fin if fin != fout else 0)
-        total += 2 * norm_channels * (h << i) * (w << i)
+        total += 2 * sum(cgnorm_channels(ch[i], ch[i + 1]).values()) * (h << i) * (w << i)
     return total * (2 if fp16 else 4)
 
 
@@ -343,9 +276,7 @@ class OnnxBackend:
             self._check_graph(self._label, Path(label_path), "generator_label", self.config)
             self._render = make_session(render_path, self.providers, threads)
             self._check_graph(self._render, Path(render_path), "generator_render", self.config)
-        self._lock = threading.Lock()
-        self._cached_key: tuple | None = None
-        self._cached_maps: list | None = None
+        self.label_cache: LabelBranchCache[list] = LabelBranchCache()
         # Where the cached maps live: on the GPU for the CUDA / TensorRT providers.
         options = self.session.get_provider_options().get(self.device, {})
         self._maps_device = ("cpu", 0) if self.device == CPU else ("cuda", int(options.get("device_id", 0)))
@@ -354,17 +285,21 @@ class OnnxBackend:
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, device: str | None = None,
                         dtype: Any = None, revision: str | None = None,
                         cache_dir: str | os.PathLike | None = None, threads: int | None = None,
-                        trt_cache: str | os.PathLike | None = None, label_cache_mib: float = 1024.0) -> OnnxBackend:
+                        trt_cache: str | os.PathLike | None = None, label_cache_mib: float = 1024.0,
+                        exporter: Exporter | None = None) -> OnnxBackend:
         """A model folder (with ``generator.onnx`` or only safetensors), a Hub repo id, or ``None``
         (``$SMIS_MODEL`` / the bundled model). ``dtype``: float32 (default) or float16 (fp16 graphs).
         ``device``: auto (TensorRT -> CUDA -> CPU), cpu, cuda[:N] or tensorrt. ``threads``: CPU
-        intra-op threads (default: the cores). ``cache_dir``: where graphs exported on first use go.
+        intra-op threads (default: the cores). ``exporter`` (``export.onnx.export_model``) exports
+        a folder without graphs on first use, into ``cache_dir``.
         """
-        fp16 = _is_fp16(dtype)
+        fp16 = parse_dtype(dtype) == torch.float16
+        if not fp16 and parse_dtype(dtype) != torch.float32:
+            raise ValueError(f"the ONNX backend runs float32 or float16 graphs, not {dtype!r}")
         folder = _resolve_folder(name_or_path, revision)
         config_file = folder / "config.json"
         config = SMISConfig.load(config_file) if config_file.is_file() else None
-        graphs = ensure_graphs(folder, fp16, cache_dir)
+        graphs = ensure_graphs(folder, fp16, cache_dir, exporter=exporter)
         backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
                       graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
         source = backend.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
@@ -373,7 +308,7 @@ class OnnxBackend:
             logger.warning("%s was exported from other weights than the safetensors now in %s; using a "
                            "fresh export instead (run `python -m export onnx --model %s` to replace it)",
                            graphs["generator"].name, folder, folder)
-            graphs = ensure_graphs(folder, fp16, cache_dir, use_folder=False)
+            graphs = ensure_graphs(folder, fp16, cache_dir, use_folder=False, exporter=exporter)
             backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
                           graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
         return backend
@@ -402,23 +337,10 @@ class OnnxBackend:
     def _generate(self, labels: np.ndarray, z: np.ndarray, output: str) -> np.ndarray:
         lab, zz = self._check(labels, z)
         h, w = lab.shape[2:]
-        one_mask = bool(np.all(lab == lab[:1]))
-        if self._render is None or not one_mask or \
+        if self._render is None or not self.label_cache.one_mask(lab) or \
                 label_branch_bytes(self.config, h, w, self.fp16) > self.label_cache_bytes:
             return self.session.run([output], {"labels": lab, "z": zz})[0]
-        key = (lab.shape[2:], hashlib.blake2b(lab[0].tobytes(), digest_size=16).digest())
-        kind, index = self._maps_device
-        with self._lock:  # front ends may call from several worker threads
-            if key != self._cached_key:
-                self._cached_maps = None  # free the old maps before computing the new ones
-                binding = self._label.io_binding()
-                binding.bind_cpu_input("labels", np.ascontiguousarray(lab[:1]))
-                for out in self._label.get_outputs():
-                    binding.bind_output(out.name, kind, index)
-                self._label.run_with_iobinding(binding)
-                self._cached_maps = binding.get_outputs()
-                self._cached_key = key
-            maps = self._cached_maps
+        maps = self.label_cache.get(lab[0], lambda: self._label_maps(lab[:1]))
         binding = self._render.io_binding()
         binding.bind_cpu_input("z", zz)
         for inp, value in zip(self._render.get_inputs()[1:], maps):
@@ -426,6 +348,16 @@ class OnnxBackend:
         binding.bind_output(output, "cpu")
         self._render.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+    def _label_maps(self, lab: np.ndarray) -> list:
+        """The label graph's outputs for one mask (1, 1, H, W), left where the provider runs."""
+        kind, index = self._maps_device
+        binding = self._label.io_binding()
+        binding.bind_cpu_input("labels", np.ascontiguousarray(lab))
+        for out in self._label.get_outputs():
+            binding.bind_output(out.name, kind, index)
+        self._label.run_with_iobinding(binding)
+        return binding.get_outputs()
 
     @staticmethod
     def _check_graph(session, path: Path, kind: str, config: SMISConfig | None) -> SMISConfig:
@@ -437,8 +369,8 @@ class OnnxBackend:
                 f"({own.name}, {own.num_classes} classes, {own.height}x{own.width} vs {config.name}, "
                 f"{config.num_classes} classes, {config.height}x{config.width}); export it again with "
                 "`python -m export onnx --model <folder>` or delete the stale .onnx files")
-        if meta.get("smis.graph") != kind:
-            raise ValueError(f"{path} holds the {meta.get('smis.graph')!r} graph, not the {kind}")
+        if meta.get(GRAPH_KEY) != kind:
+            raise ValueError(f"{path} holds the {meta.get(GRAPH_KEY)!r} graph, not the {kind}")
         return own
 
     @property
@@ -472,11 +404,3 @@ class OnnxBackend:
             raise ValueError(f"z must be {want} for {n} label maps of {h}x{w}, got {zz.shape}")
         return lab, zz
 
-
-def _is_fp16(dtype: Any) -> bool:
-    name = str(dtype).replace("torch.", "") if dtype is not None else "float32"
-    if name in ("float32", "fp32"):
-        return False
-    if name in ("float16", "fp16", "half"):
-        return True
-    raise ValueError(f"the ONNX backend runs float32 or float16 graphs, not {dtype!r}")

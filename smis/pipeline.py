@@ -19,12 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, PngImagePlugin
 from tqdm.auto import tqdm
 
 from .backends import Backend, load_backend
 from .codes import ClassCodes
 from .config import SMISConfig
+from .functional import to_uint8
 from .labels import ids_to_color, load_mask, load_photo
 
 logger = logging.getLogger(__name__)
@@ -255,8 +257,7 @@ class SMISPipeline:
 
 def to_pil(image: np.ndarray) -> Image.Image:
     """(3, H, W) float in [-1, 1] -> RGB image."""
-    arr = np.clip((image.transpose(1, 2, 0) + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    return Image.fromarray(arr)
+    return Image.fromarray(to_uint8(torch.from_numpy(np.ascontiguousarray(image))).numpy())
 
 
 def _seed(seed: int | None) -> int:

@@ -37,7 +37,8 @@ from smis import GroupDNet, SMISPipeline, get_config
 from smis.config import PRESETS
 from smis.hub import BUNDLED_MODEL_DIR, CheckpointError
 from smis.layers import CGNorm
-from smis.onnx_backend import OnnxBackend, config_from_metadata, latent_layout, make_session
+from smis.onnx_backend import OnnxBackend, make_session
+from smis.onnx_format import config_from_metadata, latent_layout
 
 #: Max abs error of the fp32 graphs against PyTorch (the issue's bound).
 FP32_BOUND = 1e-4
@@ -154,7 +155,7 @@ def test_fp16_graph_within_stated_bound(demo_model, tmp_path):
     inputs = random_inputs(demo_model.config, 2, seed=6)
     inputs["labels"][1] = inputs["labels"][0]
     image = backend.generate(inputs["labels"][:, 0], inputs["z"])
-    assert image.dtype == np.float32 and backend._cached_key is not None
+    assert image.dtype == np.float32 and backend.label_cache.key is not None
     assert np.abs(image - torch_reference(demo_model, inputs)[0]).max() <= FP16_IMAGE_BOUND
 
 
@@ -202,18 +203,29 @@ def test_folded_cg_norm_equals_cg_norm():
 
 
 def test_exported_edges_equal_instance_edges():
-    from export.onnx import edges_of
+    """The graphs get their edges from ``smis.functional.instance_edges`` (through
+    ``GroupDNet.label_tensor``); it matches the definition: 1 where a 4-neighbour differs."""
     from smis.functional import instance_edges
 
     labels = torch.randint(0, 4, (2, 1, 16, 12), generator=torch.Generator().manual_seed(0))
-    assert torch.equal(edges_of(labels), instance_edges(labels))
+    lab = labels.numpy()
+    ref = np.zeros(lab.shape, bool)
+    dx, dy = lab[..., :, 1:] != lab[..., :, :-1], lab[..., 1:, :] != lab[..., :-1, :]
+    ref[..., :, 1:] |= dx
+    ref[..., :, :-1] |= dx
+    ref[..., 1:, :] |= dy
+    ref[..., :-1, :] |= dy
+    assert torch.equal(instance_edges(labels), torch.from_numpy(ref).float())
 
 
 # -- the ONNX Runtime backend in the pipeline ----------------------------------------------------
 
 def test_backend_swap_gives_the_same_images(demo_dir, tmp_path):
     cache = tmp_path / "cache"
-    onnx_pipe = SMISPipeline.from_pretrained(demo_dir, backend="onnx", cache_dir=cache, threads=1)
+    with pytest.raises(ValueError, match="python -m export onnx --model"):  # smis never imports export/
+        SMISPipeline.from_pretrained(demo_dir, backend="onnx", cache_dir=cache, threads=1)
+    onnx_pipe = SMISPipeline.from_pretrained(demo_dir, backend="onnx", cache_dir=cache, threads=1,
+                                             exporter=export_model)
     torch_pipe = SMISPipeline.from_pretrained(demo_dir, backend="torch", device="cpu")
     torch.set_num_threads(1)  # TorchBackend sets all cores
     backend = onnx_pipe.backend
@@ -259,22 +271,22 @@ def test_split_generator_serves_rerolls_from_the_cached_label_branch(demo_model,
     labels = np.repeat(inputs["labels"][:1, 0], 3, axis=0)  # one mask, three codes
     full = backend.session.run(["image"], {"labels": labels[:, None], "z": inputs["z"]})[0]
     split = backend.generate(labels, inputs["z"])
-    key = backend._cached_key
+    key = backend.label_cache.key
     assert key is not None and np.abs(split - full).max() <= 1e-5
     again = backend.generate(labels[:1], inputs["z"][1:2])  # served from the cache
-    assert backend._cached_key == key and np.abs(again[0] - full[1]).max() <= 1e-5
+    assert backend.label_cache.key == key and np.abs(again[0] - full[1]).max() <= 1e-5
     ref = torch_reference(demo_model, {"labels": labels[:, None], "z": inputs["z"]})[0]
     assert np.abs(split - ref).max() <= FP32_BOUND
     # Another mask replaces the cache; a batch of different masks takes the one-graph path.
     other = backend.generate(inputs["labels"][1:2, 0], inputs["z"][:1])
-    assert backend._cached_key != key and other.shape == (1, 3, cfg.height, cfg.width)
+    assert backend.label_cache.key != key and other.shape == (1, 3, cfg.height, cfg.width)
     mixed = backend.generate(inputs["labels"][:, 0], inputs["z"])
     ref = torch_reference(demo_model, inputs)[0]
     assert np.abs(mixed - ref).max() <= FP32_BOUND
     # Over the memory budget the split graphs are not used.
     small = OnnxBackend.from_pretrained(demo_onnx_dir, device="cpu", threads=1, label_cache_mib=0.001)
     small.generate(labels, inputs["z"])
-    assert small._cached_key is None
+    assert small.label_cache.key is None
 
 
 def test_backend_uses_graphs_in_the_model_folder(demo_onnx_dir, tmp_path):
@@ -329,7 +341,7 @@ def test_graphs_left_behind_after_new_weights_are_not_used(demo_dir, tmp_path, c
     assert OnnxBackend.from_pretrained(folder, threads=1).generator_path.parent == folder
     retrained = random_model(get_config("demo", tiny=True), seed=5, batches=1)
     retrained.save_pretrained(folder)  # same config, new weights; the old .onnx files stay
-    backend = OnnxBackend.from_pretrained(folder, cache_dir=tmp_path / "cache", threads=1)
+    backend = OnnxBackend.from_pretrained(folder, cache_dir=tmp_path / "cache", threads=1, exporter=export_model)
     assert backend.generator_path.parent != folder and "other weights" in caplog.text
     inputs = random_inputs(retrained.config, 1, seed=2)
     got = backend.generate(inputs["labels"][:, 0], inputs["z"])

@@ -323,3 +323,18 @@ def test_decoder_reroll_of_one_class_leaves_other_regions_nearly_unchanged():
     trained = inside_outside_ratio()
     assert untrained < 1.5, untrained
     assert trained > 4.0, (untrained, trained)
+
+
+def test_smis_imports_nothing_else_in_the_repo():
+    """The ground floor: no module of smis/ imports export/, train/ or demo/ (not even lazily)."""
+    import ast
+    from pathlib import Path
+
+    import smis
+
+    for path in sorted(Path(smis.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            for name in names:
+                assert name.split(".")[0] not in ("export", "train", "demo", "app"), f"{path.name} imports {name}"

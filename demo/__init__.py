@@ -1,9 +1,13 @@
-"""The Gradio demo: ``build_demo(pipeline)`` builds the UI, ``handlers`` connects it to the pipeline.
+"""The Gradio demo: ``build_demo(pipeline)`` builds the UI (``ui.py``); ``handlers.py`` holds its events.
 
-The model is loaded once by ``app.py``; nothing here imports torch or builds a network.
+The model is loaded once by ``app.py``; nothing here imports torch or builds a network. Modules:
+``ui`` layout and wiring · ``handlers`` the events · ``canvas`` canvas <-> class ids · ``uploads``
+every image that enters · ``results`` result PNGs and the variant strip · ``references`` reference
+photos · ``memory_bench`` server memory under concurrent visitors · ``screenshots`` docs images.
 """
 
-from .handlers import DemoHandlers, Reference, load_references
+from .handlers import DemoHandlers
+from .references import Reference, load_references
 from .ui import CSS, build_demo
 
 __all__ = ["CSS", "DemoHandlers", "Reference", "build_demo", "load_references"]

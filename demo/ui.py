@@ -1,13 +1,17 @@
 """The Gradio UI: ``build_demo(pipeline) -> gr.Blocks``. Layout and wiring only; no model code.
 
 Every event calls one method of :class:`demo.handlers.DemoHandlers` and has an ``api_name``, so
-the whole demo can be driven from ``gradio_client`` as well as from the browser.
+the whole demo can be driven from ``gradio_client`` as well as from the browser. Events that run
+the network share one concurrency group (``default_concurrency_limit`` of the queue), file reads
+another; cheap ones skip the queue. Progress, refusals and a full queue show on the status line
+only, so no output is marked "Error" and the canvas keeps what it showed.
 """
 
 from __future__ import annotations
 
 import atexit
 import html
+import json
 import os
 import shutil
 import tempfile
@@ -18,24 +22,36 @@ import gradio as gr
 
 from smis import SMISPipeline
 
-from .handlers import MAX_SEED, MORPH_MAX_FRAMES, MORPH_MIN_FRAMES, DemoHandlers, Reference, load_references
+from .canvas import Canvas
+from .handlers import MAX_SEED, MORPH_MAX_FRAMES, MORPH_MIN_FRAMES, DemoHandlers
+from .references import Reference, load_references
 
 PAPER_URL = "https://arxiv.org/abs/2003.12697"
 TITLE = "GroupDNet · semantically multi-modal image synthesis"
+#: Events that decode uploads or result files (not the network) run this many at once.
+FILE_EVENTS_AT_ONCE = 2
 
 #: Extra CSS; pass it to ``launch(css=CSS)`` (Gradio 6 takes CSS at launch).
 CSS = """
 #fallback-banner { border: 2px solid #b45309; background: #fef3c7; color: #78350f; border-radius: 8px;
                    padding: 10px 14px; font-size: 1.05em; }
 #fallback-banner b { color: #7c2d12; }
-.legend { display: flex; flex-wrap: wrap; gap: 4px 12px; font-size: 0.9em; }
-.legend span.sw { display: inline-block; width: 14px; height: 14px; border-radius: 3px; margin-right: 4px;
-                  vertical-align: -2px; border: 1px solid #8886; }
+#brush-class label { border-left-width: 14px !important; border-left-style: solid !important; }
 #status { font-size: 0.9em; padding: 6px 10px; border: 1px solid var(--border-color-primary);
           border-radius: 8px; }
 /* small models: show images large and crisp (display only; downloads keep the true size) */
 #result img, #label-map img, #morph-frame img, #example-mask img { width: 100%; height: 100%;
     object-fit: contain; image-rendering: pixelated; }
+/* variant captions wrap instead of being cut ("#2 re-roll upper clothes") */
+#strip .caption-label { white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
+    max-width: none !important; line-height: 1.2; }
+#strip .grid-wrap { max-height: 480px; overflow-y: auto; }
+/* upload boxes: the whole file name */
+.upload-box .file-name { white-space: normal !important; word-break: break-all; overflow: visible !important; }
+@media (max-width: 640px) {
+  #result, #morph-frame { max-height: 360px; }
+  .mix-source { min-width: 140px !important; flex: 1 1 140px !important; }
+}
 """
 
 INTRO = f"""
@@ -48,14 +64,50 @@ reference photo, or morph it — while every other region stays exactly as it wa
 """
 
 
-def legend_html(class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> str:
-    """Colour swatches with class names, in the order of the brush's colour popup."""
-    items = "".join(
-        f'<span><span class="sw" style="background:rgb({r},{g},{b})"></span>{html.escape(name)}</span>'
-        for name, (r, g, b) in zip(class_names, palette))
-    return (f'<div class="legend" id="legend">{items}</div>'
-            '<div style="font-size:0.85em;opacity:0.8">Colours in the brush popup follow this order. '
-            'The eraser paints background.</div>')
+def page_js(class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> str:
+    """Runs once per page: names on the brush swatches, the colour popup closes after a pick or on
+    Escape, and the class selector's labels take their class colour."""
+    names, colours = json.dumps(list(class_names)), json.dumps([f"rgb({r},{g},{b})" for r, g, b in palette])
+    return f"""() => {{
+  const names = {names}, colours = {colours};
+  const canvas = () => document.querySelector('#canvas');
+  const closePopup = () => document.body.dispatchEvent(new MouseEvent('mousedown', {{bubbles: true}}));
+  const label = () => {{
+    const root = canvas();
+    if (root) root.querySelectorAll('button.color').forEach((b, i) => {{
+      if (names[i] && b.title !== names[i]) {{ b.title = names[i]; b.setAttribute('aria-label', names[i]); }}
+    }});
+    document.querySelectorAll('#brush-class label').forEach((l, i) => {{
+      if (colours[i]) l.style.borderLeftColor = colours[i];
+    }});
+  }};
+  new MutationObserver(label).observe(document.body, {{childList: true, subtree: true}});
+  label();
+  document.addEventListener('click', (e) => {{
+    const swatch = e.isTrusted && e.target.closest && e.target.closest('#canvas button.color');
+    if (!swatch) return;
+    const i = Array.from(swatch.parentElement.children).indexOf(swatch);  // keep the class selector in step
+    const radio = document.querySelectorAll('#brush-class input')[i];
+    if (radio && !radio.checked) radio.click(); else setTimeout(closePopup, 50);
+  }}, true);
+  document.addEventListener('keydown', (e) => {{
+    if (e.key === 'Escape' && canvas() && canvas().querySelector('button.color')) closePopup();
+  }});
+  window.smisPickBrush = async (name) => {{
+    const i = names.indexOf(name), root = canvas();
+    if (i < 0 || !root) return;
+    const brush = root.querySelector("button[aria-label='Brush']");
+    if (brush && !brush.classList.contains('highlight')) brush.click();
+    const open = root.querySelector("button[aria-label='Color']");
+    if (!open) return;
+    if (!root.querySelector('button.color')) open.click();
+    for (let k = 0; k < 20 && !root.querySelector('button.color'); k++) await new Promise(r => setTimeout(r, 25));
+    const swatch = root.querySelectorAll('button.color')[i];
+    if (swatch) swatch.click();
+    await new Promise(r => setTimeout(r, 0));
+    closePopup();
+  }};
+}}"""
 
 
 def banner_html(text: str) -> str:
@@ -81,6 +133,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
     if cache_examples and not os.environ.get("GRADIO_EXAMPLES_CACHE"):
         os.environ["GRADIO_EXAMPLES_CACHE"] = tempfile.mkdtemp(prefix="smis-examples-")
         atexit.register(shutil.rmtree, os.environ["GRADIO_EXAMPLES_CACHE"], ignore_errors=True)
+    blank = h.canvas.to_editor(h.canvas.blank_labels())
 
     with gr.Blocks(title=TITLE, delete_cache=(1800, 7200)) as demo:
         gr.HTML(INTRO)
@@ -93,29 +146,31 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
             # ---- 1 · the label map -----------------------------------------------------------
             with gr.Column(scale=5, min_width=320, elem_id="draw-column"):
                 gr.Markdown("### 1 · Draw a label map")
-                editor = gr.ImageEditor(
-                    value=h.blank_editor(), label="Canvas", elem_id="canvas", type="numpy", image_mode="RGBA",
-                    format="png", sources=(), transforms=(), layers=False, interactive=True,
-                    canvas_size=h.canvas_size, height=500,
-                    brush=gr.Brush(colors=h.brush_colors, default_color=h.brush_colors[default_brush],
-                                   color_mode="fixed", default_size=max(4, h.canvas_size[0] // 24)),
-                    eraser=gr.Eraser(default_size=max(6, h.canvas_size[0] // 16)))
-                gr.HTML(legend_html(names, cfg.palette))
+                brush_class = gr.Radio(names, value=names[default_brush], label="Brush class (what you paint)",
+                                       elem_id="brush-class")
+                editor = Canvas(
+                    value=blank, label="Canvas", elem_id="canvas", type="numpy", image_mode="RGBA", format="png",
+                    sources=(), transforms=(), layers=False,
+                    interactive=True, canvas_size=h.canvas.size, height=500,
+                    brush=gr.Brush(colors=h.canvas.brush_colors, default_color=h.canvas.brush_colors[default_brush],
+                                   color_mode="fixed", default_size=max(4, h.canvas.size[0] // 24)),
+                    eraser=gr.Eraser(default_size=max(6, h.canvas.size[0] // 16)))
+                gr.Markdown("The eraser paints background. Swatches in the colour popup show their class name "
+                            "on hover.", elem_id="canvas-help")
                 with gr.Row():
                     clear_btn = gr.Button("Clear", size="sm", elem_id="clear-mask")
                     undo_btn = gr.Button("Undo fill / upload", size="sm", elem_id="undo-mask")
                     load_mask_btn = gr.Button("Load result's mask", size="sm", elem_id="load-result-mask")
                 with gr.Accordion("Fill, upload a mask", open=True):
-                    with gr.Row():
-                        label_map = gr.Image(value=h.colorize(h.editor_to_labels(h.blank_editor())),
-                                             label="Label map — click a region to fill it",
+                    gr.Markdown("**Label map** — click a region to fill it with the fill class.")
+                    with gr.Row(equal_height=False):
+                        label_map = gr.Image(value=h.canvas.colorize(h.canvas.blank_labels()), show_label=False,
                                              type="pil", format="png", interactive=False, height=240,
-                                             elem_id="label-map", buttons=[])
-                        with gr.Column(min_width=140):
-                            fill_class = gr.Dropdown(names, value=names[min(2, len(names) - 1)],
-                                                     label="Fill class", elem_id="fill-class")
-                            mask_upload = gr.File(label="Upload a mask (class-id PNG or palette colours)",
-                                                  file_types=["image"], elem_id="mask-upload")
+                                             elem_id="label-map", buttons=[], scale=2)
+                        fill_class = gr.Dropdown(names, value=names[min(2, len(names) - 1)],
+                                                 label="Fill class", elem_id="fill-class", scale=1, min_width=120)
+                    mask_upload = gr.File(label="Upload a mask: PNG of class ids, or the legend colours",
+                                          file_types=[".png"], elem_id="mask-upload", elem_classes="upload-box")
                 examples = h.example_masks()
                 example_mask = gr.Image(label="Example mask", type="filepath", image_mode=None,
                                         interactive=False, visible=False, height=120,
@@ -128,15 +183,16 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                     seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,
                                      elem_id="seed", scale=2)
                     randomize = gr.Checkbox(value=True, label="random seed", elem_id="randomize", scale=1)
+                    seed_used = gr.Number(value=0, precision=0, visible="hidden", elem_id="seed-used")
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     regen_btn = gr.Button("Same codes, new mask", elem_id="apply-mask-edit")
                 result_image = gr.Image(label="Result", type="filepath", format="png", interactive=False,
                                         height=420, elem_id="result")
                 result_file = gr.File(label="Download PNG (mask + codes inside)", interactive=False,
-                                      elem_id="result-file")
-                reopen_file = gr.File(label="Re-open a saved result PNG", file_types=[".png"],
-                                      elem_id="reopen", height=120)
+                                      elem_id="result-file", elem_classes="upload-box")
+                reopen_file = gr.File(label="Re-open a result PNG saved by this demo", file_types=[".png"],
+                                      elem_id="reopen", elem_classes="upload-box")
 
             # ---- 3 · re-roll -------------------------------------------------------------------
             with gr.Column(scale=4, min_width=260):
@@ -145,9 +201,9 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                 reroll_btn = gr.Button("Re-roll this class", variant="primary", elem_id="reroll")
                 locked = gr.CheckboxGroup([], label="Locked classes (never re-rolled)", elem_id="locked")
                 reroll_all_btn = gr.Button("Re-roll all unlocked", elem_id="reroll-unlocked")
-                strip = gr.Gallery(label="Variants — click one to go back to it", columns=3, height=330,
-                                   allow_preview=False, format="png", interactive=False, elem_id="strip",
-                                   object_fit="contain", fit_columns=False)
+                gr.Markdown("**Variants** — click one to go back to it.")
+                strip = gr.Gallery(show_label=False, columns=2, height="auto", allow_preview=False, format="png",
+                                   interactive=False, elem_id="strip", object_fit="contain", fit_columns=False)
 
         if examples:
             gr.Examples(
@@ -167,10 +223,11 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                         gr.Gallery(h.reference_gallery(), label="Reference photos (photo | mask)", columns=4,
                                    height=300, format="png", interactive=False, elem_id="references")
                     with gr.Column(scale=2):
-                        user_photo = gr.File(label="Your photo (JPEG/PNG)", file_types=["image"],
-                                             elem_id="user-photo", height=120)
-                        user_mask = gr.File(label="Its mask (same size)", file_types=["image"],
-                                            elem_id="user-mask", height=120)
+                        user_photo = gr.File(label="Your photo (JPEG, PNG or WebP)",
+                                             file_types=[".jpg", ".jpeg", ".png", ".webp"],
+                                             elem_id="user-photo", elem_classes="upload-box")
+                        user_mask = gr.File(label="Its mask (PNG, same size)", file_types=[".png"],
+                                            elem_id="user-mask", elem_classes="upload-box")
                         user_preview = gr.Image(label="Your reference", type="pil", interactive=False,
                                                 height=160, buttons=[])
                 choices = h.mix_choices()
@@ -183,7 +240,8 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                     with gr.Row():
                         for name in names[start:start + per_row]:
                             sources.append(gr.Dropdown(choices, value="keep", label=name, min_width=120,
-                                                       elem_id=f"mix-{name.replace(' ', '-')}"))
+                                                       elem_id=f"mix-{name.replace(' ', '-')}",
+                                                       elem_classes="mix-source"))
                 with gr.Row():
                     mix_btn = gr.Button("Mix", variant="primary", elem_id="mix")
                 mix_preview = gr.Image(label="Mixed result (also the current result above)", type="filepath",
@@ -206,7 +264,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                         morph_t = gr.Slider(0, 7, value=0, step=1, label="Scrub (frame)", interactive=False,
                                             elem_id="morph-scrub")
                         morph_gif = gr.File(label="Animated GIF (there and back)", interactive=False,
-                                            elem_id="morph-gif")
+                                            elem_id="morph-gif", elem_classes="upload-box")
                         keep_btn = gr.Button("Use this frame as the current result", elem_id="keep-frame")
                 morph_gallery = gr.Gallery(label="Frames", columns=8, height=160, allow_preview=False,
                                            format="png", interactive=False, elem_id="morph-frames-strip")
@@ -225,54 +283,54 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         # ---- wiring ---------------------------------------------------------------------------------
         result_outputs = [result_image, result_file, strip, reroll_class, locked, status]
         mask_outputs = [editor, history, label_map]
+        # One event per click: it checks, then works. Progress, a refusal and a full queue show on the
+        # status line only (no "Error" on the outputs; the canvas keeps its drawing).
+        model = {"concurrency_id": "model", "concurrency_limit": "default", "show_progress_on": [status]}
+        files = {"concurrency_id": "files", "concurrency_limit": FILE_EVENTS_AT_ONCE, "show_progress_on": [status]}
+        quick = {"queue": False, "show_progress": "hidden"}
+        private = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
 
-        def checked(trigger, check, check_inputs, fn, inputs, outputs, api_name):
-            """``check`` first (no outputs, so a refusal is a toast and every component keeps its value,
-            the canvas included), then ``fn`` — which validates again for API callers."""
-            return trigger(check, check_inputs, None, show_progress="hidden", api_visibility="private").success(
-                fn, inputs, outputs, api_name=api_name)
+        demo.load(None, js=page_js(names, cfg.palette))
+        brush_class.change(None, brush_class, None, js="(name) => { window.smisPickBrush?.(name); return []; }")
+        seed.input(None, None, randomize, js="() => false")  # a typed seed is used, never replaced
+        clear_btn.click(h.clear_mask, [editor, history], mask_outputs, api_name="clear_mask", **files)
+        undo_btn.click(h.undo, history, mask_outputs, api_name="undo", **quick)
+        load_mask_btn.click(h.edit_result_mask, [result_file, editor, history], mask_outputs,
+                            api_name="edit_result_mask", **files)
+        mask_upload.upload(h.upload_mask, [mask_upload, editor, history], mask_outputs, api_name="upload_mask",
+                           **files).failure(lambda: None, None, mask_upload, **private)  # a refused file goes
+        label_map.select(h.fill, [editor, fill_class, history], mask_outputs, api_name="fill", **files)
 
-        seed.input(lambda: False, None, randomize, queue=False, api_visibility="private")
-        clear_btn.click(h.clear_mask, [editor, history], mask_outputs, queue=False, api_name="clear_mask")
-        undo_btn.click(h.undo, history, mask_outputs, queue=False, api_name="undo")
-        checked(load_mask_btn.click, h.check_result, result_file,
-                h.edit_result_mask, [result_file, editor, history], mask_outputs, "edit_result_mask")
-        checked(mask_upload.upload, h.check_mask_file, mask_upload,
-                h.upload_mask, [mask_upload, editor, history], mask_outputs, "upload_mask")
-        label_map.select(h.fill, [editor, fill_class, history], mask_outputs, api_name="fill")
+        generate_btn.click(h.generate, [editor, seed, randomize, strip, reroll_class, locked],
+                           [seed_used, label_map, *result_outputs], api_name="generate", **model).success(
+            None, [seed, randomize, seed_used], seed, js="(typed, random, used) => random ? used : typed", **private)
+        regen_btn.click(h.apply_mask_edit, [editor, result_file, strip, reroll_class, locked],
+                        [label_map, *result_outputs], api_name="apply_mask_edit", **model)
+        reopen_file.upload(h.reopen, [reopen_file, strip, reroll_class, locked], [editor, label_map, *result_outputs],
+                           api_name="reopen", **files).failure(lambda: None, None, reopen_file, **private)
+        reroll_btn.click(h.reroll, [result_file, reroll_class, locked, strip], result_outputs, api_name="reroll",
+                         **model)
+        reroll_all_btn.click(h.reroll_unlocked, [result_file, locked, strip, reroll_class], result_outputs,
+                             api_name="reroll_unlocked", **model)
+        strip.select(h.select_variant, [strip, reroll_class, locked], result_outputs, api_name="select_variant",
+                     **files)
+        strip.change(h.update_morph_choices, [strip, morph_a, morph_b], [morph_a, morph_b],
+                     api_name="morph_choices", **quick)
 
-        checked(generate_btn.click, h.check_generate, [seed, randomize],
-                h.generate, [editor, seed, randomize, strip, reroll_class, locked], [seed, label_map, *result_outputs],
-                "generate")
-        checked(regen_btn.click, h.check_result, result_file,
-                h.apply_mask_edit, [editor, result_file, strip, reroll_class, locked], [label_map, *result_outputs],
-                "apply_mask_edit")
-        checked(reopen_file.upload, h.check_result_file, reopen_file,
-                h.reopen, [reopen_file, strip, reroll_class, locked], [editor, label_map, *result_outputs], "reopen")
-        checked(reroll_btn.click, h.check_reroll, [result_file, reroll_class, locked],
-                h.reroll, [result_file, reroll_class, locked, strip], result_outputs, "reroll")
-        checked(reroll_all_btn.click, h.check_reroll_unlocked, [result_file, locked],
-                h.reroll_unlocked, [result_file, locked, strip, reroll_class], result_outputs, "reroll_unlocked")
-        strip.select(h.select_variant, [strip, reroll_class, locked], result_outputs, show_progress="hidden",
-                     api_name="select_variant")
-        strip.change(h.update_morph_choices, [strip, morph_a, morph_b], [morph_a, morph_b], queue=False,
-                     show_progress="hidden", api_name="morph_choices")
+        user_photo.upload(h.user_reference, [user_photo, user_mask], user_preview, api_name="user_reference",
+                          **files).failure(lambda: None, None, user_photo, **private)
+        user_mask.upload(h.user_reference, [user_photo, user_mask], user_preview, api_visibility="private",
+                         **files).failure(lambda: None, None, user_mask, **private)
+        set_all_btn.click(h.set_all_sources, all_sources, sources, api_name="set_all_sources", **quick)
+        mix_btn.click(h.mix, [result_file, user_photo, user_mask, strip, reroll_class, locked, *sources],
+                      result_outputs, api_name="mix", **model).success(
+            lambda path: path, result_image, mix_preview, **private)
 
-        gr.on([user_photo.upload, user_mask.upload], h.user_reference, [user_photo, user_mask], user_preview,
-              show_progress="hidden", api_name="user_reference")
-        set_all_btn.click(h.set_all_sources, all_sources, sources, queue=False, api_name="set_all_sources")
-        checked(mix_btn.click, h.check_mix, [result_file, user_photo, user_mask, strip, *sources],
-                h.mix, [result_file, user_photo, user_mask, strip, reroll_class, locked, *sources], result_outputs,
-                "mix").success(lambda path: path, result_image, mix_preview, queue=False, api_visibility="private")
-
-        checked(morph_btn.click, h.check_morph, [result_file, morph_a, morph_b, morph_frames, strip, user_photo,
-                                                 user_mask],
-                h.morph, [result_file, morph_a, morph_b, morph_frames, strip, user_photo, user_mask],
-                [morph_gallery, morph_t, morph_frame, morph_gif, status], "morph")
-        morph_t.change(h.scrub, [morph_gallery, morph_t], morph_frame, queue=False, show_progress="hidden",
-                       api_name="scrub")
-        checked(keep_btn.click, h.check_frames, morph_gallery,
-                h.keep_frame, [morph_gallery, morph_t, strip, reroll_class, locked], result_outputs, "keep_frame")
+        morph_btn.click(h.morph, [result_file, morph_a, morph_b, morph_frames, strip, user_photo, user_mask],
+                        [morph_gallery, morph_t, morph_frame, morph_gif, status], api_name="morph", **model)
+        morph_t.change(h.scrub, [morph_gallery, morph_t], morph_frame, api_name="scrub", **quick)
+        keep_btn.click(h.keep_frame, [morph_gallery, morph_t, strip, reroll_class, locked], result_outputs,
+                       api_name="keep_frame", **files)
 
     demo.handlers = h  # for tests and scripts
     return demo

@@ -195,7 +195,7 @@ def test_api_bad_uploads_do_not_kill_the_app(client, canvas_files, server):
     folder, _ = canvas_files
     bad = server["tmp"] / "corrupt.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
-    with pytest.raises(AppError, match="not a readable image"):
+    with pytest.raises(AppError, match="not an image file"):
         client.predict(handle_file(str(bad)), editor_value(folder), api_name="/upload_mask")
     plain = server["tmp"] / "plain.png"
     Image.new("RGB", (64, 128)).save(plain)
@@ -275,12 +275,13 @@ def test_browser_draw_generate_reroll(server, tmp_path):
 
             upload = page.locator("#mask-upload input[type=file]")
             upload.set_input_files(str(bad))
-            sync_api.expect(page.locator(".toast-body").first).to_contain_text("not a readable image",
+            sync_api.expect(page.locator(".toast-body").first).to_contain_text("not an image file",
                                                                                timeout=60_000)
             page.wait_for_timeout(1000)
             sync_api.expect(page.locator("#canvas")).not_to_contain_text("processing")
             sync_api.expect(page.locator("#canvas canvas").first).to_be_visible()
-            page.locator("#mask-upload button[aria-label=Clear]").click()
+            # a refused file does not stay in the box as if it had been accepted
+            sync_api.expect(page.locator("#mask-upload")).not_to_contain_text("bad.png", timeout=10_000)
             label_map = page.locator("#label-map img").first
             before = label_map.get_attribute("src")
             upload.set_input_files(str(tmp_path / "mask.png"))

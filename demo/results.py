@@ -1,0 +1,138 @@
+"""Result files: every result is a PNG with its mask and codes in the metadata, and the variant strip.
+
+The current result travels as that PNG (the download, the re-open file, each variant of the strip
+and each morph frame are all one): the server keeps no per-visitor model state, and a click reads
+the PNG once. Per-request folders older than ``KEEP_FILES_S`` are deleted.
+"""
+
+from __future__ import annotations
+
+import atexit
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from smis import SMISConfig, SMISPipeline, SMISResult
+
+from .references import slug
+from .uploads import MAX_UPLOAD_BYTES, RESULT, UserError, file_path, open_image
+
+#: Per-request files (results, frames, GIFs) older than this are deleted.
+KEEP_FILES_S = 2 * 3600
+#: Variants kept in the strip (oldest dropped first).
+MAX_STRIP = 24
+
+NO_RESULT = "Generate an image first (button 'Generate'), or re-open a PNG saved by this demo."
+EXPIRED = ("This result has expired on the server (results are kept about two hours); "
+           "re-open the PNG you downloaded, or generate again.")
+
+
+class ResultFiles:
+    """Saves results into per-request folders of ``workdir`` and reads them back for one model."""
+
+    def __init__(self, pipeline: SMISPipeline, workdir: str | Path | None = None,
+                 max_upload_bytes: int = MAX_UPLOAD_BYTES):
+        self.pipe = pipeline
+        self.config: SMISConfig = pipeline.config
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="smis-demo-")
+            atexit.register(shutil.rmtree, workdir, ignore_errors=True)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        #: Files made once at launch (thumbnails, example masks); never purged.
+        self.static_dir = self.workdir / "static"
+        self.static_dir.mkdir(exist_ok=True)
+        self.max_upload_bytes = max_upload_bytes
+        self._last_purge = 0.0
+        self._lock = threading.Lock()
+
+    def new_dir(self) -> Path:
+        self._purge()
+        folder = self.workdir / uuid.uuid4().hex[:12]
+        folder.mkdir()
+        return folder
+
+    def _purge(self) -> None:
+        now = time.time()
+        with self._lock:
+            if now - self._last_purge < 60:
+                return
+            self._last_purge = now
+        for child in self.workdir.iterdir():
+            try:
+                if child.is_dir() and child != self.static_dir and now - child.stat().st_mtime > KEEP_FILES_S:
+                    shutil.rmtree(child, ignore_errors=True)
+            except OSError:
+                pass
+
+    def save(self, result: SMISResult, stem: str) -> str:
+        return str(result.save(self.new_dir() / f"{slug(stem)}.png"))
+
+    def load(self, value: Any, what: str = "result PNG") -> SMISResult:
+        """A result PNG (path or Gradio file value) made by this model, with its mask at model size."""
+        path = file_path(value)
+        if path is None:
+            raise UserError(NO_RESULT)
+        if not Path(path).is_file():
+            raise UserError(EXPIRED)
+        img = open_image(path, what, RESULT, self.max_upload_bytes)
+        try:
+            result = SMISResult.load(img)
+        except ValueError as err:
+            raise UserError(f"This PNG {_reason(err)}. Open a PNG saved by this demo; metadata is lost when "
+                            "a PNG is re-encoded (e.g. by some chat apps).") from err
+        cfg = self.config
+        want = (cfg.num_classes, cfg.z_channels, *cfg.latent_grid())
+        if result.codes.values.shape != want or tuple(result.codes.class_names) != tuple(cfg.class_names):
+            raise UserError(
+                f"This result was made by another model (codes {tuple(result.codes.values.shape)} for "
+                f"{result.codes.num_classes} classes); this demo runs '{cfg.name}', which needs {want}. "
+                "Open a PNG saved by this demo.")
+        result.labels = self.pipe.prepare_mask(result.labels)
+        return result
+
+
+def _reason(err: ValueError) -> str:
+    text = str(err)
+    if "no SMIS metadata" in text:
+        return "carries no SMIS metadata (codes and mask)"
+    return "has damaged SMIS metadata"
+
+
+# -- the variant strip (a gallery of result files) ---------------------------------------------
+
+def strip_items(value: Any) -> list[tuple[str, str]]:
+    """A gallery value (list of (path, caption) tuples, dicts or paths) -> list of (path, caption)."""
+    items: list[tuple[str, str]] = []
+    for item in value or []:
+        if isinstance(item, (list, tuple)):
+            path, caption = file_path(item[0]), (item[1] if len(item) > 1 else None)
+        elif isinstance(item, dict):
+            path, caption = file_path(item.get("image") or item), item.get("caption")
+        else:
+            path, caption = file_path(item), None
+        if path:
+            items.append((path, caption or ""))
+    return items
+
+
+def next_number(strip: Sequence[tuple[str, str]]) -> int:
+    """The number of the next variant: one more than the last "#N" caption."""
+    for _, caption in reversed(strip):
+        if caption.startswith("#"):
+            head = caption[1:].split(" ", 1)[0]
+            if head.isdigit():
+                return int(head) + 1
+    return len(strip) + 1
+
+
+def add_variant(strip: Any, path: str, caption: str) -> list[tuple[str, str]]:
+    """The strip with a new variant "#N caption" at the end, at most ``MAX_STRIP`` long."""
+    items = strip_items(strip)
+    items.append((path, f"#{next_number(items)} {caption}"))
+    return items[-MAX_STRIP:]

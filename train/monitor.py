@@ -1,4 +1,7 @@
-"""What the training loop measures on held-out images while it runs (cheap, every sample grid).
+"""What the training loop shows and measures while it runs (cheap, every sample grid).
+
+- **The progress grid** (:func:`render_sample_grid`): fixed training masks rendered with fixed
+  codes, and one class re-rolled, by the EMA model.
 
 - **Reconstruction distance**: encode a val photo with its mask, generate from the posterior mean on
   the same mask, compare with the photo (L1 in [-1, 1] units, and the perceptual loss's distance
@@ -11,15 +14,123 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
+from torch.utils.data import Dataset
 
-from smis import GroupDNet
+from smis import GroupDNet, SMISConfig
 from smis.codes import ClassCodes
-from smis.functional import kl_per_class, one_hot
+from smis.functional import kl_per_class, one_hot, to_uint8
+from smis.labels import ids_to_color
+
+from .options import TrainOptions
+
+logger = logging.getLogger(__name__)
+
+
+class SampleGrids:
+    """The fixed masks of the progress grid and the val images of the probe, picked once per run
+    (``enabled`` on rank 0 only; nothing to show elsewhere or with ``--sample-every 0``)."""
+
+    def __init__(self, dataset: Dataset, opts: TrainOptions, config: SMISConfig, perceptual: nn.Module | None,
+                 enabled: bool = True):
+        r = opts.run
+        self.samples = fixed_samples(dataset, r.sample_count) if enabled and r.sample_every else []
+        self.val = val_samples(opts, config) if enabled and r.sample_every and r.val_count else []
+        self.reroll = reroll_class(self.samples[0]["label"], config.num_classes) if self.samples else 0
+        #: What the grid's rows show (stored in the PNG).
+        self.rows = f"mask; photo; fixed codes seeds 0-2; re-roll {config.class_names[self.reroll]!r}"
+        self.perceptual = perceptual
+
+    def __bool__(self) -> bool:
+        return bool(self.samples)
+
+    def __call__(self, ema: GroupDNet, autocast: Callable[[], AbstractContextManager]
+                 ) -> tuple[dict[str, float], Image.Image]:
+        """(the val probe's numbers, ``{}`` without val images; the progress grid) of ``ema``."""
+        probe = {}
+        if self.val:
+            with autocast():
+                probe = val_probe(ema, self.val, self.perceptual)
+        return probe, render_sample_grid(ema, self.samples, self.reroll)
+
+
+def fixed_samples(dataset: Dataset, count: int) -> list[dict[str, Any]]:
+    """``count`` samples spread over the dataset, read without augmentation (the same every run)."""
+    n = len(dataset)
+    picks = sorted({int(i) for i in np.linspace(0, n - 1, num=min(count, n))})
+    out = []
+    for i in picks:
+        if hasattr(dataset, "load_arrays"):  # train.data.SMISDataset: skip its random augmentation
+            arr = dataset.load_arrays(i, augment=False)
+            out.append({"image": torch.from_numpy(arr["image"]).permute(2, 0, 1).float() / 127.5 - 1.0,
+                        "label": torch.from_numpy(arr["label"])})
+        else:
+            s = dataset[i]
+            out.append({"image": s["image"], "label": s["label"]})
+    return out
+
+
+def val_samples(opts: TrainOptions, config: SMISConfig) -> list[dict[str, Any]]:
+    """Up to ``--val-count`` val images for :func:`val_probe` (none if the dataset has no val split)."""
+    from .data import build_dataset
+
+    d = opts.data
+    try:
+        val = build_dataset(d.format, d.data, "val", config.height, config.width, augment=False,
+                            on_bad="skip", seed=opts.run.seed)
+    except (ValueError, OSError) as err:
+        logger.warning("no val split for the reconstruction / re-roll probe (%s); it is skipped", err)
+        return []
+    return fixed_samples(val, opts.run.val_count)
+
+
+def reroll_class(label: torch.Tensor, num_classes: int) -> int:
+    """The largest class of a mask other than class 0 (usually background)."""
+    counts = torch.bincount(label.flatten(), minlength=num_classes)
+    counts[0] = -1 if num_classes > 1 else counts[0]
+    return int(counts.argmax())
+
+
+@torch.no_grad()
+def render_sample_grid(model: GroupDNet, samples: list[dict[str, Any]], reroll_class: int,
+                       code_rows: int = 3) -> Image.Image:
+    """The progress grid: one column per fixed mask.
+
+    Rows: the mask, the real photo, ``code_rows`` rows of fixed codes (seed r, the same codes in
+    every column), and a last row on the first mask where only ``reroll_class`` is re-rolled.
+    """
+    cfg = model.config
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    labels = torch.stack([s["label"] for s in samples]).to(device)
+    n = labels.shape[0]
+    grid = cfg.latent_grid(*labels.shape[-2:])
+
+    def codes(seed: int) -> ClassCodes:
+        return ClassCodes.sample(cfg.class_names, cfg.z_channels, grid, seed)
+
+    def render(z: np.ndarray, lab: torch.Tensor) -> np.ndarray:
+        return to_uint8(model(torch.from_numpy(z).to(device), lab).float()).cpu().numpy()
+
+    rows = [np.stack([ids_to_color(s["label"].numpy(), cfg.palette) for s in samples]),
+            to_uint8(torch.stack([s["image"] for s in samples])).numpy()]
+    for r in range(code_rows):
+        rows.append(render(np.stack([codes(r).latent()] * n), labels))
+    base = codes(0)
+    rerolled = np.stack([base.resample([reroll_class], 1000 + k).latent() for k in range(n)])
+    rows.append(render(rerolled, labels[:1].expand(n, *labels.shape[1:])))
+    model.train(was_training)
+    tiles = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    return Image.fromarray(tiles)
 
 
 @torch.no_grad()
@@ -38,10 +149,15 @@ def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Mo
         n = real.shape[0]
         mu, logvar = model.encode(real, labels)
         fake = model(mu, labels).float()
+        kl = kl_per_class(mu, logvar, cfg.num_classes)  # (N, C) nats
+        present_any = one_hot(labels, cfg.num_classes).flatten(2).amax(-1) > 0  # (N, C)
         out: dict[str, float] = {
             "val/rec_l1": float((fake - real).abs().mean()),
-            "val/kl_nats_per_image": float(kl_per_class(mu, logvar, cfg.num_classes).sum(1).mean()),
+            "val/kl_nats_per_image": float(kl.sum(1).mean()),
         }
+        for c, name in enumerate(cfg.class_names):  # what each class's code carries, where present
+            if bool(present_any[:, c].any()):
+                out[f"val/kl_nats/{name}"] = float(kl[present_any[:, c], c].mean())
         if perceptual is not None:
             out["val/rec_perceptual"] = float(perceptual(fake, real))
 

@@ -195,6 +195,8 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
     ax[1].set_title("discriminator hinge losses")
     line(ax[2], tr, "KL/nats_per_image", "train batches", smooth_k=smooth)
     line(ax[2], va, "val/kl_nats_per_image", "val photos", marker=".")
+    for name in sorted({k.split("/", 2)[2] for r in va for k in r if k.startswith("val/kl_nats/")}):
+        line(ax[2], va, f"val/kl_nats/{name}", f"val: {name}", linewidth=0.8)
     ax[2].set_title("KL in nats per image (what the codes carry)")
     line(ax[3], tr, "G/l1", "train L1 (sampled codes)", smooth_k=smooth)
     line(ax[3], va, "val/rec_l1", "val L1 (encode -> generate)", marker=".")
@@ -227,7 +229,7 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
             if i == 0:
                 a.text(run["epoch"], a.get_ylim()[1], f" {run['name']}", fontsize=7, va="top", color="grey")
         if i not in (5,) and a.get_legend_handles_labels()[0]:
-            a.legend(fontsize=7, ncol=2 if i == 4 else 1)
+            a.legend(fontsize=7, ncol=2 if i in (2, 4) else 1)
     fig.suptitle(title or "training history")
     fig.tight_layout()
     out_png = Path(out_png)

@@ -13,7 +13,8 @@ from test_train_support import BlobDataset, tiny_options, write_generic
 
 from smis import GroupDNet
 from train import checkpoint as ckpt
-from train.loop import render_sample_grid, train
+from train.loop import train
+from train.monitor import render_sample_grid
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -131,7 +132,7 @@ def test_bf16_autocast_and_double_fm_run_on_cpu(tmp_path):
 
 
 def test_sample_grid_layout():
-    model = GroupDNet(tiny_options().model_config()).eval()
+    model = GroupDNet(tiny_options().model.config()).eval()
     samples = [BlobDataset(3)[i] for i in range(3)]
     grid = render_sample_grid(model, samples, reroll_class=3)
     assert grid.size == (3 * 64, (2 + 3 + 1) * 128)
@@ -152,7 +153,7 @@ def test_bad_files_go_through_train_data_on_bad(tmp_path, caplog):
 def _fresh_networks(opts):
     from smis import MultiscaleDiscriminator
 
-    cfg = opts.model_config()
+    cfg = opts.model.config()
     torch.manual_seed(123)
     return GroupDNet(cfg), MultiscaleDiscriminator(cfg), GroupDNet(cfg)
 
@@ -211,7 +212,7 @@ def test_init_from_starts_a_new_run_and_resume_auto_continues_it(straight, tmp_p
 def test_val_probe_measures_reconstruction_and_per_class_reroll_locality():
     from train.monitor import val_probe
 
-    cfg = tiny_options(preset="ccp-cpu").model_config()
+    cfg = tiny_options(preset="ccp-cpu").model.config()
     torch.manual_seed(0)
     model = GroupDNet(cfg).eval()
     samples = [BlobDataset(4)[i] for i in range(4)]

@@ -148,24 +148,24 @@ def test_partial_and_off_perceptual_losses_describe_themselves():
 
 # -- options -----------------------------------------------------------------------------------
 def test_schedule_is_constant_then_linear_to_zero():
-    opts = TrainOptions(data=".", decay_fraction=0.4)
+    opts = TrainOptions.from_dict({"data": ".", "decay_fraction": 0.4}).schedule
     total = 100
     assert opts.lr_factor(0, total) == opts.lr_factor(59, total) == 1.0
     assert opts.lr_factor(60, total) == 1.0
     assert opts.lr_factor(80, total) == pytest.approx(0.5)
     assert opts.lr_factor(100, total) == 0.0
     assert opts.total_steps(steps_per_epoch=7) == 700  # 100 epochs
-    assert TrainOptions(data=".", steps=123).total_steps(7) == 123
+    assert TrainOptions.from_dict({"data": ".", "steps": 123}).schedule.total_steps(7) == 123
 
 
 def test_cli_resolves_and_round_trips(tmp_path):
     opts = parse_args(["--data", str(tmp_path), "--no-vgg", "--widths", "nf=20,ndf=20", "--tiny",
                        "--outdir", str(tmp_path / "run")])
-    assert opts.vgg == "none" and opts.widths == {"nf": 20, "ndf": 20}
+    assert opts.objective.vgg == "none" and opts.model.widths == {"nf": 20, "ndf": 20}
     assert TrainOptions.from_dict(json.loads(opts.to_json())) == opts
-    cfg = opts.model_config()
+    cfg = opts.model.config()
     assert cfg.generator.channels[-1] == 20 and cfg.encoder.channels[0] == 20
-    assert TrainOptions(data=".", vgg="double-fm").feat_weight == 20.0
+    assert TrainOptions.from_dict({"data": ".", "vgg": "double-fm"}).objective.feat_weight == 20.0
 
 
 @pytest.mark.parametrize("args, message", [
@@ -202,4 +202,4 @@ def test_cli_refuses_to_overwrite_a_run(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--data", str(tmp_path), "--outdir", str(run)])
     assert "--resume auto" in capsys.readouterr().err
-    assert parse_args(["--data", str(tmp_path), "--outdir", str(run), "--resume", "auto"]).resume == "auto"
+    assert parse_args(["--data", str(tmp_path), "--outdir", str(run), "--resume", "auto"]).run.resume == "auto"

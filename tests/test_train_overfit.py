@@ -29,7 +29,7 @@ def test_tiny_model_memorises_one_ccp_pair(tmp_path):
     try:
         opts = tiny_options(data=str(CCP_EXAMPLES), outdir=str(tmp_path), steps=150, batch_size=1, vgg="partial",
                             lr_g=1e-3, lr_d=4e-3, decay_fraction=0.0, log_every=10, ckpt_every=0)
-        cfg = opts.model_config()
+        cfg = opts.model.config()
         pair = build_dataset("generic", CCP_EXAMPLES, "train", cfg.height, cfg.width, max_items=1)
         result = train(opts, dataset=pair)
     finally:

@@ -68,14 +68,15 @@ def write_generic(root: Path, n: int = 8, seed: int = 0) -> Path:
 
 
 def tiny_options(**kw):
-    """Options for a tiny CPU run (demo preset's tiny twin, small D, no VGG, no workers)."""
+    """Options for a tiny CPU run (demo preset's tiny twin, small D, no VGG, no workers); ``kw`` are
+    flat options (one per flag)."""
     from train.options import TrainOptions
 
     base = dict(data=".", preset="demo", tiny=True, d_ndf=16, batch_size=2, steps=4, vgg="none", workers=0,
                 augment=False, log_every=1, ckpt_every=2, ckpt_minutes=0.0, sample_every=0, progress=False,
                 tensorboard=False, seed=0)
     base.update(kw)
-    return TrainOptions(**base)
+    return TrainOptions.from_dict(base)
 
 
 def train_cli(*args: str) -> list[str]:

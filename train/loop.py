@@ -5,13 +5,14 @@ and nodes (NCCL), or on CPUs (gloo). Rank 0 logs, samples and checkpoints; every
 
 Per step (SPADE's order): a generator step (E encodes the class-split photo, z = mu + eps*sigma,
 G renders; hinge + 10 x feature matching + 10 x VGG + 0.05 x KL), then a discriminator step (D
-sees fake and real in one batch; hinge). Adam (0, 0.9), TTUR 1e-4 / 4e-4, constant then linear
-decay to 0 over ``decay_fraction`` of the run. An EMA of G + E is what gets published.
+sees fake and real in one batch; hinge): the losses are :class:`train.losses.GroupDNetObjective`'s.
+Adam (0, 0.9), TTUR 1e-4 / 4e-4, constant then linear decay to 0 over ``decay_fraction`` of the
+run. An EMA of G + E is what gets published. The run folder's files: :mod:`train.run_folder`;
+checkpoints and snapshots: :mod:`train.checkpoint`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -28,7 +29,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, PngImagePlugin
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -37,29 +37,18 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 import smis
 from smis import GroupDNet, MultiscaleDiscriminator, SMISConfig
-from smis.codes import ClassCodes
-from smis.functional import instance_edges, label_input, one_hot, reparameterize
-from smis.labels import ids_to_color
+from smis.functional import one_hot
 
 from . import checkpoint as ckpt
 from . import dist, history
-from .losses import (
-    build_perceptual,
-    class_appearance_loss,
-    d_hinge_loss,
-    feature_matching_loss,
-    g_hinge_loss,
-    kl_loss,
-    split_halves,
-)
-from .monitor import val_probe
-from .options import TrainOptions
+from .losses import GroupDNetObjective, build_perceptual
+from .monitor import SampleGrids
+from .options import ObjectiveOptions, ScheduleOptions, TrainOptions, check_launch
+from .run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "smis-training-state/1"
-#: Per-sample-grid measurements on val images (``train.monitor.val_probe``), one JSON line each.
-VAL_METRICS = "val_metrics.jsonl"
 #: Scalars logged per step (averaged over the steps of a log interval and over processes).
 LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/rec", "G/total", "G/l1", "KL/nats_per_image",
               "D/fake", "D/real", "D/total")
@@ -168,363 +157,327 @@ def _all_finite(*modules: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for m in modules for p in m.parameters())
 
 
-def _fixed_samples(dataset: Dataset, count: int) -> list[dict[str, Any]]:
-    """``count`` samples spread over the dataset, read without augmentation (the same every run)."""
-    n = len(dataset)
-    picks = sorted({int(i) for i in np.linspace(0, n - 1, num=min(count, n))})
-    out = []
-    for i in picks:
-        if hasattr(dataset, "load_arrays"):  # train.data.SMISDataset: skip its random augmentation
-            arr = dataset.load_arrays(i, augment=False)
-            out.append({"image": torch.from_numpy(arr["image"]).permute(2, 0, 1).float() / 127.5 - 1.0,
-                        "label": torch.from_numpy(arr["label"])})
-        else:
-            s = dataset[i]
-            out.append({"image": s["image"], "label": s["label"]})
-    return out
-
-
-@torch.no_grad()
-def render_sample_grid(model: GroupDNet, samples: list[dict[str, Any]], reroll_class: int,
-                       code_rows: int = 3) -> Image.Image:
-    """The progress grid: one column per fixed mask.
-
-    Rows: the mask, the real photo, ``code_rows`` rows of fixed codes (seed r, the same codes in
-    every column), and a last row on the first mask where only ``reroll_class`` is re-rolled.
-    """
-    cfg = model.config
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    labels = torch.stack([s["label"] for s in samples]).to(device)
-    n = labels.shape[0]
-    grid = cfg.latent_grid(*labels.shape[-2:])
-
-    def codes(seed: int) -> ClassCodes:
-        return ClassCodes.sample(cfg.class_names, cfg.z_channels, grid, seed)
-
-    def render(z: np.ndarray, lab: torch.Tensor) -> np.ndarray:
-        img = model(torch.from_numpy(z).to(device), lab).float().clamp(-1, 1)
-        return ((img.permute(0, 2, 3, 1).cpu().numpy() + 1.0) * 127.5 + 0.5).astype(np.uint8)
-
-    rows = [np.stack([ids_to_color(s["label"].numpy(), cfg.palette) for s in samples]),
-            ((torch.stack([s["image"] for s in samples]).permute(0, 2, 3, 1).numpy() + 1) * 127.5 + 0.5)
-            .clip(0, 255).astype(np.uint8)]
-    for r in range(code_rows):
-        rows.append(render(np.stack([codes(r).latent()] * n), labels))
-    base = codes(0)
-    rerolled = np.stack([base.resample([reroll_class], 1000 + k).latent() for k in range(n)])
-    rows.append(render(rerolled, labels[:1].expand(n, *labels.shape[1:])))
-    model.train(was_training)
-    tiles = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-    return Image.fromarray(tiles)
-
-
-def _val_samples(opts: TrainOptions, config: SMISConfig) -> list[dict[str, Any]]:
-    """Up to ``opts.val_count`` val images for :func:`train.monitor.val_probe` (none if no val split)."""
-    from .data import build_dataset
-
-    try:
-        val = build_dataset(opts.format, opts.data, "val", config.height, config.width, augment=False,
-                            on_bad="skip", seed=opts.seed)
-    except (ValueError, OSError) as err:
-        logger.warning("no val split for the reconstruction / re-roll probe (%s); it is skipped", err)
-        return []
-    return _fixed_samples(val, opts.val_count)
-
-
-def _reroll_class(label: torch.Tensor, num_classes: int) -> int:
-    """The largest class of a mask other than class 0 (usually background)."""
-    counts = torch.bincount(label.flatten(), minlength=num_classes)
-    counts[0] = -1 if num_classes > 1 else counts[0]
-    return int(counts.argmax())
-
-
-def _setup_file_log(path: Path) -> logging.Handler:
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    handler.setLevel(logging.INFO)
-    logging.getLogger().addHandler(handler)
-    return handler
-
-
-def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float | None = None,
-          step_callback: Callable[[int], None] | None = None) -> RunResult:
-    """Train (or continue) one run. ``dataset`` overrides ``opts.data`` (tests, notebooks).
-
-    ``started_at``: ``time.monotonic()`` when the process started (``max_minutes`` counts from
-    there); ``step_callback(step)`` runs on every rank after each completed step (tests).
-    """
-    t0 = time.monotonic() if started_at is None else started_at
-
-    # -- 1. Processes, devices, numerics --------------------------------------------------------
-    device = dist.resolve_device(opts.device)
-    dist.init(device)
-    rank, world = dist.rank(), dist.world_size()
-    main = rank == 0
-    if opts.batch_size % world:
-        raise ValueError(f"--batch-size {opts.batch_size} does not split evenly over {world} processes")
-    local_batch = opts.batch_size // world
-    cuda = device.type == "cuda"
-    if opts.amp == "fp16" and not cuda:
-        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(opts.amp)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
-    channels_last = cuda if opts.channels_last is None else opts.channels_last
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    if opts.deterministic:
+def _set_numerics(deterministic: bool, cuda: bool) -> None:
+    if deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
     elif cuda:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    run_dir = opts.run_dir
-    log_handler = None
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        log_handler = _setup_file_log(run_dir / "log.txt")
-        ckpt.clean_temporaries(run_dir)
-    logger.info("process %d/%d on %s (%s)", rank, world, device, "torchrun" if dist.is_distributed() else "single")
 
-    closing = ExitStack()  # files, writers and the progress bar, closed however the run ends
-    try:
-        # -- 2. Perceptual loss first: a missing VGG stops the run before anything heavy -------
-        perceptual, perceptual_desc = None, ""
-        for turn in range(2):  # rank 0 first (it may download into the shared cache)
-            if (turn == 0) == main:
-                perceptual, perceptual_desc = build_perceptual(opts.vgg, opts.vgg_weights)
-            dist.barrier()
-        if perceptual is not None:
-            perceptual = perceptual.to(device, memory_format=memory_format)
-        feat_weight = opts.feat_weight
-        logger.info("perceptual loss: %s; feature matching x%g", perceptual_desc, feat_weight)
 
-        # -- 3. Data ---------------------------------------------------------------------------
-        base_cfg = opts.model_config()
-        if dataset is None:
-            from .data import build_dataset
+def _optimiser_step(loss: torch.Tensor, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler,
+                    params: list[nn.Parameter], lr: float, clip: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if clip > 0:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, clip)
+    scaler.step(opt)
+    scaler.update()
 
-            dataset = build_dataset(opts.format, opts.data, opts.split, base_cfg.height, base_cfg.width,
-                                    augment=opts.augment, on_bad=opts.on_bad, seed=opts.seed)
-        config: SMISConfig = opts.model_config(getattr(dataset, "class_names", None),
-                                               getattr(dataset, "palette", None))
-        sampler = ResumableSampler(dataset, world, rank, opts.seed)
-        steps_per_epoch = sampler.num_samples // local_batch
-        if steps_per_epoch < 1:
-            raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one batch of {opts.batch_size}; "
-                             "lower --batch-size or add data")
-        total_steps = opts.total_steps(steps_per_epoch)
-        loader = DataLoader(
-            _EpochIndexed(dataset), batch_size=local_batch, sampler=sampler, num_workers=opts.workers,
-            pin_memory=cuda, drop_last=True, persistent_workers=opts.workers > 0,
-            generator=torch.Generator().manual_seed(opts.seed),  # keeps the global RNG untouched
-            worker_init_fn=_ignore_stop_signals if opts.workers > 0 else None)
 
-        # -- 4. Networks, optimisers, grad scalers -------------------------------------------
-        torch.manual_seed(opts.seed)  # identical initial weights on every rank
+@dataclass
+class Networks:
+    """What a run trains, and what its training state holds besides the position: G + E (``net``),
+    D, the EMA of G + E (rank 0 only), their optimisers and grad scalers."""
+
+    net: GroupDNet
+    disc: MultiscaleDiscriminator
+    ema: GroupDNet | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    scaler_g: torch.amp.GradScaler
+    scaler_d: torch.amp.GradScaler
+
+    @classmethod
+    def build(cls, config: SMISConfig, s: ScheduleOptions, amp: str, seed: int, device: torch.device,
+              memory_format: torch.memory_format, main: bool, world: int) -> Networks:
+        torch.manual_seed(seed)  # identical initial weights on every rank
         net = GroupDNet(config).to(device, memory_format=memory_format).train()
         disc = MultiscaleDiscriminator(config).to(device, memory_format=memory_format).train()
         ema = GroupDNet(config).to(device, memory_format=memory_format) if main else None
         if ema is not None:
             ema.load_state_dict(net.state_dict())
             ema.eval().requires_grad_(False)
-        if world > 1 and cuda:  # CG-Norm's parameter-free BatchNorm -> statistics over all GPUs
+        if world > 1 and device.type == "cuda":  # CG-Norm's parameter-free BatchNorm -> statistics over all GPUs
             net.generator = nn.SyncBatchNorm.convert_sync_batchnorm(net.generator)
-        ge_params = list(net.generator.parameters()) + list(net.encoder.parameters())
-        adam: dict[str, Any] = dict(betas=(float(opts.beta1), float(opts.beta2)))
-        if cuda:
+        adam: dict[str, Any] = dict(betas=(float(s.beta1), float(s.beta2)))
+        if device.type == "cuda":
             adam["fused"] = True
-        opt_g = torch.optim.Adam(ge_params, lr=opts.lr_g, **adam)
-        opt_d = torch.optim.Adam(disc.parameters(), lr=opts.lr_d, **adam)
-        scaler_g = torch.amp.GradScaler(device.type, enabled=opts.amp == "fp16")
-        scaler_d = torch.amp.GradScaler(device.type, enabled=opts.amp == "fp16")
+        ge_params = list(net.generator.parameters()) + list(net.encoder.parameters())
         logger.info("model %s %dx%d, %d classes: G %.2fM, E %.2fM, D %.2fM parameters", config.name,
                     config.height, config.width, config.num_classes,
                     *(sum(p.numel() for p in m.parameters()) / 1e6 for m in (net.generator, net.encoder, disc)))
+        return cls(net, disc, ema, torch.optim.Adam(ge_params, lr=s.lr_g, **adam),
+                   torch.optim.Adam(disc.parameters(), lr=s.lr_d, **adam),
+                   torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
+                   torch.amp.GradScaler(device.type, enabled=amp == "fp16"))
 
-        # -- 5. Resume -------------------------------------------------------------------------
-        start_step = 0
-        resumed_from: Path | None = None
-        path, state = None, None
-        if opts.resume == "auto":
-            if main:  # the newest checkpoint that loads (an older one if the newest does not)
-                found = ckpt.find_resume(run_dir)
-                if found is not None:
-                    path, state = str(found[0]), found[1]
-            path = dist.broadcast_object(path)
-            if path is not None and state is None:
-                state = ckpt.load_state(path)
-        elif opts.resume:
-            path, state = opts.resume, ckpt.load_state(opts.resume)
-        if opts.resume:
-            if path is None:
-                logger.info("--resume auto: no checkpoint in %s yet, starting a new run", run_dir)
-            else:
-                if state.get("config") != config.to_json():
-                    raise ValueError(f"{path} was trained with another model config (preset, size, classes "
-                                     "or widths differ); use the options it was started with")
-                net.load_state_dict(state["model"])
-                disc.load_state_dict(state["D"])
-                if ema is not None:
-                    ema.load_state_dict(state["ema"])
-                opt_g.load_state_dict(state["opt_G"])
-                opt_d.load_state_dict(state["opt_D"])
-                scaler_g.load_state_dict(state["scaler_G"])
-                scaler_d.load_state_dict(state["scaler_D"])
-                start_step = int(state["step"])
-                rngs = state.get("rng", [])
-                if len(rngs) == world:
-                    ckpt.set_rng_state(rngs[rank], device)
-                else:
-                    logger.warning("checkpoint from %d processes, now %d: RNG streams restart from the seed",
-                                   len(rngs), world)
-                    torch.manual_seed(opts.seed + 1000 * start_step + rank)
-                if int(state.get("total_steps", total_steps)) != total_steps:
-                    logger.warning("the run length changed from %s to %d steps: the LR schedule follows the new one",
-                                   state.get("total_steps"), total_steps)
-                resumed_from = Path(path)
-                logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, start_step,
-                            state.get("epoch", -1), state.get("batch_in_epoch", -1))
-                del state
-        initialised_from = None
-        if opts.init_from and not resumed_from:
-            # Every rank loads the same file: identical weights without a broadcast.
-            initialised_from = ckpt.load_init(opts.init_from, net, disc, ema)
-            logger.info("initialised from %s", initialised_from)
-            if main:  # the curves of the weights' earlier life, for the model card's plot
-                inherited = history.history_of_init_source(opts.init_from)
-                if inherited:
-                    history.write_log_dir(inherited, run_dir / history.HISTORY_DIR)
-                    logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
-                                run_dir / history.HISTORY_DIR)
-        if not resumed_from:
-            torch.manual_seed(opts.seed + rank)
-            np.random.seed((opts.seed + rank) % 2**32)
-            random.seed(opts.seed + rank)
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.net.state_dict(), "D": self.disc.state_dict(), "ema": self.ema.state_dict(),
+                "opt_G": self.opt_g.state_dict(), "opt_D": self.opt_d.state_dict(),
+                "scaler_G": self.scaler_g.state_dict(), "scaler_D": self.scaler_d.state_dict()}
 
-        # -- 6. Distributed wrappers, compile -------------------------------------------------
-        if world > 1:
-            kw: dict[str, Any] = dict(broadcast_buffers=False)
-            if cuda:
-                kw["device_ids"] = [device]
-            g_train: nn.Module = DDP(net.generator, **kw)
-            e_train: nn.Module = DDP(net.encoder, **kw)
-            d_train: nn.Module = DDP(disc, **kw)
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        self.disc.load_state_dict(state["D"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt_g.load_state_dict(state["opt_G"])
+        self.opt_d.load_state_dict(state["opt_D"])
+        self.scaler_g.load_state_dict(state["scaler_G"])
+        self.scaler_d.load_state_dict(state["scaler_D"])
+
+
+def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps: int,
+            device: torch.device) -> tuple[int, Path | None, str | None]:
+    """``--resume`` (a training state: weights, optimisers, position, RNG streams), else ``--init-from``
+    (weights only), else the seeded fresh start. Returns (start step, resumed from, initialised from)."""
+    rank, world, run_dir = dist.rank(), dist.world_size(), opts.run_dir
+    resume, seed = opts.run.resume, opts.run.seed
+    path, state = None, None
+    if resume == "auto":
+        if rank == 0:  # the newest checkpoint that loads (an older one if the newest does not)
+            found = ckpt.find_resume(run_dir)
+            if found is not None:
+                path, state = str(found[0]), found[1]
+        path = dist.broadcast_object(path)
+        if path is not None and state is None:
+            state = ckpt.load_state(path)
+    elif resume:
+        path, state = resume, ckpt.load_state(resume)
+    if resume and path is None:
+        logger.info("--resume auto: no checkpoint in %s yet, starting a new run", run_dir)
+    if state is not None:
+        if state.get("config") != config.to_json():
+            raise ValueError(f"{path} was trained with another model config (preset, size, classes "
+                             "or widths differ); use the options it was started with")
+        nets.load_state_dict(state)
+        start_step = int(state["step"])
+        rngs = state.get("rng", [])
+        if len(rngs) == world:
+            ckpt.set_rng_state(rngs[rank], device)
         else:
-            g_train, e_train, d_train = net.generator, net.encoder, disc
-        d_plain: nn.Module = disc  # D inside the G step: no DDP (its gradients are not wanted there)
-        if opts.compile:
-            g_train, e_train, d_train, d_plain = (torch.compile(m) for m in (g_train, e_train, d_train, d_plain))
+            logger.warning("checkpoint from %d processes, now %d: RNG streams restart from the seed",
+                           len(rngs), world)
+            torch.manual_seed(seed + 1000 * start_step + rank)
+        if int(state.get("total_steps", total_steps)) != total_steps:
+            logger.warning("the run length changed from %s to %d steps: the LR schedule follows the new one",
+                           state.get("total_steps"), total_steps)
+        logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, start_step,
+                    state.get("epoch", -1), state.get("batch_in_epoch", -1))
+        return start_step, Path(path), None
+    initialised_from = None
+    if opts.run.init_from:
+        # Every rank loads the same file: identical weights without a broadcast.
+        initialised_from = ckpt.load_init(opts.run.init_from, nets.net, nets.disc, nets.ema)
+        logger.info("initialised from %s", initialised_from)
+        if rank == 0:  # the curves of the weights' earlier life, for the model card's plot
+            inherited = history.history_of_init_source(opts.run.init_from)
+            if inherited:
+                history.write_log_dir(inherited, run_dir / history.HISTORY_DIR)
+                logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
+                            run_dir / history.HISTORY_DIR)
+    torch.manual_seed(seed + rank)
+    np.random.seed((seed + rank) % 2**32)
+    random.seed(seed + rank)
+    return 0, None, initialised_from
 
-        # -- 7. Run folder: options, logs, fixed samples -------------------------------------
-        samples = _fixed_samples(dataset, opts.sample_count) if main and opts.sample_every else []
-        val_samples = _val_samples(opts, config) if main and opts.sample_every and opts.val_count else []
-        reroll = _reroll_class(samples[0]["label"], config.num_classes) if samples else 0
-        tb = None
+
+def save_checkpoint(opts: TrainOptions, nets: Networks, step: int, steps_per_epoch: int, header: dict[str, Any],
+                    device: torch.device, note: str) -> tuple[Path, Path] | None:
+    """Every rank gives its RNG state; rank 0 writes the training state (``header``: its fields besides
+    the position, weights and RNG) and the EMA snapshot, prunes old ones, and returns their paths."""
+    rngs = dist.all_gather_object(ckpt.rng_state(device))
+    saved = None
+    if dist.rank() == 0:
+        epoch, in_epoch = divmod(step, steps_per_epoch)
+        state = {"format": STATE_FORMAT, "step": step, "epoch": epoch, "batch_in_epoch": in_epoch, **header,
+                 **nets.state_dict(), "rng": rngs}
+        saved = (ckpt.atomic_save(state, ckpt.state_path(opts.run_dir, step)),
+                 ckpt.save_snapshot(nets.ema, opts.run_dir, step, {"step": str(step), "perceptual_loss": note}))
+        ckpt.prune(opts.run_dir, opts.run.keep)
+        logger.info("step %d: saved %s and %s", step, saved[0].name, saved[1].name)
+    dist.barrier()
+    return saved
+
+
+def _newest(found: list[tuple[int, Path]]) -> Path | None:
+    return found[-1][1] if found else None
+
+
+def _perceptual_loss(o: ObjectiveOptions, main: bool, device: torch.device,
+                     memory_format: torch.memory_format) -> tuple[nn.Module | None, str]:
+    """The perceptual loss and its description; built first, so a missing VGG stops the run before
+    anything heavy, and by rank 0 first (it may download into the shared cache)."""
+    perceptual, desc = None, ""
+    for turn in range(2):
+        if (turn == 0) == main:
+            perceptual, desc = build_perceptual(o.vgg, o.vgg_weights)
+        dist.barrier()
+    if perceptual is not None:
+        perceptual = perceptual.to(device, memory_format=memory_format)
+    logger.info("perceptual loss: %s; feature matching x%g", desc, o.feat_weight)
+    return perceptual, desc
+
+
+def _data(opts: TrainOptions, dataset: Dataset | None, local_batch: int,
+          cuda: bool) -> tuple[Dataset, SMISConfig, ResumableSampler, DataLoader]:
+    """The training set (``--data`` unless given), the model config with its classes, the sampler and loader."""
+    d, seed = opts.data, opts.run.seed
+    if dataset is None:
+        from .data import build_dataset
+
+        size = opts.model.config()
+        dataset = build_dataset(d.format, d.data, d.split, size.height, size.width, augment=d.augment,
+                                on_bad=d.on_bad, seed=seed)
+    config = opts.model.config(getattr(dataset, "class_names", None), getattr(dataset, "palette", None))
+    sampler = ResumableSampler(dataset, dist.world_size(), dist.rank(), seed)
+    if sampler.num_samples < local_batch:
+        raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one batch of "
+                         f"{opts.schedule.batch_size}; lower --batch-size or add data")
+    loader = DataLoader(
+        _EpochIndexed(dataset), batch_size=local_batch, sampler=sampler, num_workers=d.workers,
+        pin_memory=cuda, drop_last=True, persistent_workers=d.workers > 0,
+        generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
+        worker_init_fn=_ignore_stop_signals if d.workers > 0 else None)
+    return dataset, config, sampler, loader
+
+
+def _wrapped(nets: Networks, device: torch.device, compile: bool) -> tuple[nn.Module, ...]:
+    """(G, E, D) as their steps run them (DDP when distributed), and D inside the G step (no DDP:
+    its gradients are not wanted there); all through ``torch.compile`` with ``--compile``."""
+    g, e, d = nets.net.generator, nets.net.encoder, nets.disc
+    if dist.world_size() > 1:
+        kw: dict[str, Any] = dict(broadcast_buffers=False, device_ids=[device] if device.type == "cuda" else None)
+        g, e, d = (DDP(m, **kw) for m in (g, e, d))
+    out = (g, e, d, nets.disc)
+    return tuple(torch.compile(m) for m in out) if compile else out
+
+
+class _Meter:
+    """The losses summed over a log interval; averaged over its steps and the processes when read."""
+
+    def __init__(self, device: torch.device):
+        self.sums = torch.zeros(len(LOSS_NAMES), device=device)
+        self.steps, self.since = 0, time.monotonic()
+
+    def add(self, values: torch.Tensor) -> None:
+        self.sums += values
+        self.steps += 1
+
+    def read(self) -> tuple[dict[str, float], int, float]:
+        """(mean per loss, steps, seconds) since the last read; every rank must call it."""
+        dist.all_reduce_(self.sums, "mean")
+        now = time.monotonic()
+        out = dict(zip(LOSS_NAMES, (self.sums / self.steps).tolist())), self.steps, now - self.since
+        self.sums.zero_()
+        self.steps, self.since = 0, now
+        return out
+
+
+def _log_end(status: str, step: int, total_steps: int, signal_name: str | None, snapshot: Path | None) -> None:
+    if status == "paused":
+        logger.info("time budget reached at step %d/%d: continue with the same command and --resume auto",
+                    step, total_steps)
+    elif status == "interrupted":
+        logger.info("stopped by %s at step %d/%d; continue with --resume auto", signal_name, step, total_steps)
+    elif status == "finished":
+        logger.info("finished %d steps; EMA model: %s", total_steps, snapshot)
+
+
+def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float | None = None,
+          step_callback: Callable[[int], None] | None = None) -> RunResult:
+    """Train (or continue) one run. ``dataset`` overrides ``--data`` (tests, notebooks).
+
+    ``started_at``: ``time.monotonic()`` when the process started (``max_minutes`` counts from
+    there); ``step_callback(step)`` runs on every rank after each completed step (tests).
+    """
+    t0 = time.monotonic() if started_at is None else started_at
+    s, o, r = opts.schedule, opts.objective, opts.run
+
+    # -- 1. Processes, devices, numerics --------------------------------------------------------
+    device = dist.resolve_device(r.device)
+    dist.init(device)
+    rank, world = dist.rank(), dist.world_size()
+    main, cuda = rank == 0, device.type == "cuda"
+    check_launch(opts, world, cuda)
+    local_batch = s.batch_size // world
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+    channels_last = cuda if r.channels_last is None else r.channels_last
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    _set_numerics(r.deterministic, cuda)
+    folder = RunFolder(opts.run_dir, main)
+    logger.info("process %d/%d on %s (%s)", rank, world, device, "torchrun" if dist.is_distributed() else "single")
+
+    closing = ExitStack()  # the progress bar, closed however the run ends
+    try:
+        # -- 2. Perceptual loss first: a missing VGG stops the run before anything heavy -------
+        perceptual, perceptual_desc = _perceptual_loss(o, main, device, memory_format)
+        objective = GroupDNetObjective(o, perceptual, autocast)
+
+        # -- 3. Data ---------------------------------------------------------------------------
+        dataset, config, sampler, loader = _data(opts, dataset, local_batch, cuda)
+        steps_per_epoch = sampler.num_samples // local_batch
+        total_steps = s.total_steps(steps_per_epoch)
+
+        # -- 4. Networks, optimisers, grad scalers; then resume or initialise ---------------
+        nets = Networks.build(config, s, r.amp, r.seed, device, memory_format, main, world)
+        net, disc, ema = nets.net, nets.disc, nets.ema
+        start_step, resumed_from, initialised_from = restore(opts, nets, config, total_steps, device)
+
+        # -- 5. Distributed wrappers, compile -------------------------------------------------
+        g_train, e_train, d_train, d_plain = _wrapped(nets, device, r.compile)
+
+        # -- 6. Run folder: options, logs, fixed samples -------------------------------------
+        grids = SampleGrids(dataset, opts, config, perceptual, enabled=main)
+        if initialised_from is None and resumed_from:  # a resumed chunk keeps saying what the run grew from
+            initialised_from = folder.previous_options().get("resolved", {}).get("initialised_from")
+        folder.start({"options": opts.to_dict(), "resolved": {
+            "world_size": world, "batch_per_process": local_batch, "device": str(device),
+            "dataset_size": len(dataset), "steps_per_epoch": steps_per_epoch,
+            "total_steps": total_steps, "epochs": total_steps / steps_per_epoch,
+            "decay_start_step": total_steps - int(round(s.decay_fraction * total_steps)),
+            "perceptual_loss": perceptual_desc, "feature_matching_weight": o.feat_weight,
+            "channels_last": channels_last, "sync_batchnorm": world > 1 and cuda,
+            "sample_reroll_class": config.class_names[grids.reroll],
+            "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
+            "initialised_from": initialised_from,
+            "torch": torch.__version__, "smis": smis.__version__, "python": platform.python_version(),
+        }, "config": config.to_dict()}, r.tensorboard)
         if main:
-            if initialised_from is None and resumed_from and (run_dir / "training_options.json").is_file():
-                try:  # a resumed chunk keeps saying what the run grew from
-                    prior = json.loads((run_dir / "training_options.json").read_text())
-                    initialised_from = prior.get("resolved", {}).get("initialised_from")
-                except (OSError, ValueError):
-                    pass
-            resolved = {
-                "options": opts.to_dict(),
-                "resolved": {
-                    "world_size": world, "batch_per_process": local_batch, "device": str(device),
-                    "dataset_size": len(dataset), "steps_per_epoch": steps_per_epoch,
-                    "total_steps": total_steps, "epochs": total_steps / steps_per_epoch,
-                    "decay_start_step": total_steps - int(round(opts.decay_fraction * total_steps)),
-                    "perceptual_loss": perceptual_desc, "feature_matching_weight": feat_weight,
-                    "channels_last": channels_last, "sync_batchnorm": world > 1 and cuda,
-                    "sample_reroll_class": config.class_names[reroll],
-                    "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
-                    "initialised_from": initialised_from,
-                    "torch": torch.__version__, "smis": smis.__version__, "python": platform.python_version(),
-                },
-                "config": config.to_dict(),
-            }
-            (run_dir / "training_options.json").write_text(json.dumps(resolved, indent=2) + "\n")
-            if opts.tensorboard:
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-
-                    tb = closing.enter_context(SummaryWriter(str(run_dir / "tensorboard")))
-                except ImportError:
-                    logger.warning("TensorBoard is not installed (pip install tensorboard): scalars go to "
-                                   "metrics.jsonl only")
             logger.info("run %s: %d images, %d steps/epoch, %d steps (%.1f epochs), batch %d = %d x %d, amp %s",
-                        run_dir, len(dataset), steps_per_epoch, total_steps, total_steps / steps_per_epoch,
-                        opts.batch_size, world, local_batch, opts.amp)
+                        opts.run_dir, len(dataset), steps_per_epoch, total_steps, total_steps / steps_per_epoch,
+                        s.batch_size, world, local_batch, r.amp)
+        last = _newest(ckpt.list_checkpoints(opts.run_dir)) if main else None
+        last_snap = _newest(ckpt.list_snapshots(opts.run_dir)) if main else None
+        header = {"total_steps": total_steps, "world_size": world, "config": config.to_json(),
+                  "options": opts.to_json()}
 
-        # -- 8. Helpers that close over the state above ---------------------------------------
-        last_ckpt: list[Path | None] = [None]
-        last_snap: list[Path | None] = [None]
-        if main:
-            existing = ckpt.list_checkpoints(run_dir)
-            snaps = ckpt.list_snapshots(run_dir)
-            last_ckpt[0] = existing[-1][1] if existing else None
-            last_snap[0] = snaps[-1][1] if snaps else None
+        def show(step: int) -> None:
+            probe, grid = grids(ema, autocast)
+            if probe:
+                folder.log_val(step, step / steps_per_epoch, probe)
+            folder.save_samples(step, grid, grids.rows)
 
-        def save_checkpoint(step: int) -> float:
-            """Every rank gives its RNG state; rank 0 writes state + EMA snapshot. Returns seconds."""
-            t = time.monotonic()
-            rngs = dist.all_gather_object(ckpt.rng_state(device))
-            if main:
-                epoch, in_epoch = divmod(step, steps_per_epoch)
-                state = {
-                    "format": STATE_FORMAT, "step": step, "epoch": epoch, "batch_in_epoch": in_epoch,
-                    "total_steps": total_steps, "world_size": world, "config": config.to_json(),
-                    "options": opts.to_json(),
-                    "model": net.state_dict(), "D": disc.state_dict(), "ema": ema.state_dict(),
-                    "opt_G": opt_g.state_dict(), "opt_D": opt_d.state_dict(),
-                    "scaler_G": scaler_g.state_dict(), "scaler_D": scaler_d.state_dict(), "rng": rngs,
-                }
-                last_ckpt[0] = ckpt.atomic_save(state, ckpt.state_path(run_dir, step))
-                last_snap[0] = ckpt.save_snapshot(ema, run_dir, step, metadata={
-                    "step": str(step), "perceptual_loss": perceptual_desc})
-                ckpt.prune(run_dir, opts.keep)
-                logger.info("step %d: saved %s and %s", step, last_ckpt[0].name, last_snap[0].name)
-            dist.barrier()
-            return time.monotonic() - t
-
-        def write_samples(step: int) -> None:
-            if val_samples:
-                with autocast():
-                    probe = val_probe(ema, val_samples, perceptual)
-                with open(run_dir / VAL_METRICS, "a", encoding="utf-8") as f:
-                    f.write(json.dumps({"step": step, "epoch": round(step / steps_per_epoch, 4),
-                                        **{k: round(v, 6) for k, v in probe.items()}}) + "\n")
-                logger.info("step %d val: reconstruction L1 %.4f, KL %.2f nats/image, re-roll change inside "
-                            "the class %.4f (weakest class %.4f) vs outside %.4f", step, probe["val/rec_l1"],
-                            probe["val/kl_nats_per_image"], probe.get("val/reroll_in_mean", float("nan")),
-                            probe.get("val/reroll_in_min", float("nan")),
-                            probe.get("val/reroll_out_mean", float("nan")))
-            img = render_sample_grid(ema, samples, reroll)
-            info = PngImagePlugin.PngInfo()
-            info.add_text("smis:rows", f"mask; photo; fixed codes seeds 0-2; re-roll {config.class_names[reroll]!r}")
-            path = run_dir / "samples" / f"samples-{step:08d}.png"
-            path.parent.mkdir(exist_ok=True)
-            img.save(path, pnginfo=info)
-            if tb is not None:
-                tb.add_image("samples", np.asarray(img), step, dataformats="HWC")
-
-        # -- 9. Training ------------------------------------------------------------------------
+        # -- 7. Training ------------------------------------------------------------------------
         step = start_step
         epoch, in_epoch = divmod(step, steps_per_epoch)
         data_iter = None
-        sums = torch.zeros(len(LOSS_NAMES), device=device)
-        n_logged, t_log, step_time = 0, time.monotonic(), 0.0
+        meter, step_time = _Meter(device), 0.0
         save_cost = 5.0  # seconds; measured after the first save
         t_ckpt = time.monotonic()
-        budget_s = opts.max_minutes * 60 if opts.max_minutes else math.inf
+        budget_s = r.max_minutes * 60 if r.max_minutes else math.inf
         status = "finished" if step >= total_steps else ""
-        metrics_file = closing.enter_context(open(run_dir / "metrics.jsonl", "a", encoding="utf-8")) if main else None
-        if main and samples and step == 0:
-            write_samples(0)
+        if grids and step == 0:
+            show(0)
         pbar = closing.enter_context(tqdm(
-            total=total_steps, initial=start_step, disable=not (main and opts.progress), unit="it",
+            total=total_steps, initial=start_step, disable=not (main and r.progress), unit="it",
             dynamic_ncols=True, desc="train", mininterval=1.0 if sys.stderr.isatty() else 30.0))
         with _StopSignals() as signals, logging_redirect_tqdm():
             while step < total_steps:
@@ -535,167 +488,102 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                 batch = next(data_iter)
                 real = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
                 labels = batch["label"].to(device, non_blocking=True)
-                onehot = one_hot(labels, config.num_classes)
-                edges = None
-                if config.instance_edges:
-                    inst = batch.get("instance")
-                    src = (inst if inst is not None else batch["label"]).to(device, non_blocking=True)
-                    edges = instance_edges(src.unsqueeze(1))
-                label_t = label_input(onehot, edges).contiguous(memory_format=memory_format)
-                onehot = onehot.contiguous(memory_format=memory_format)
-                label2 = torch.cat([label_t, label_t])
-                factor = opts.lr_factor(step, total_steps)
-                for group in opt_g.param_groups:
-                    group["lr"] = opts.lr_g * factor
-                for group in opt_d.param_groups:
-                    group["lr"] = opts.lr_d * factor
+                inst = batch.get("instance")
+                inst = inst.to(device, non_blocking=True) if inst is not None and config.instance_edges else None
+                label = net.label_tensor(labels, inst).contiguous(memory_format=memory_format)
+                onehot = one_hot(labels, config.num_classes).contiguous(memory_format=memory_format)
+                factor = s.lr_factor(step, total_steps)
 
-                # 9a. Generator + encoder step. D runs without DDP and without parameter gradients.
+                # 7a. Generator + encoder step. D runs without DDP and without parameter gradients.
                 disc.requires_grad_(False)
-                with autocast():
-                    mu, logvar = e_train(real, onehot)
-                    mu, logvar = mu.float(), logvar.float()
-                    z = reparameterize(mu, logvar)
-                    fake = g_train(z, label_t)
-                    fake_out, real_out = split_halves(d_plain(label2, torch.cat([fake, real])))
-                    l_gan = g_hinge_loss(fake_out)
-                    l_feat = feature_matching_loss(fake_out, real_out) * feat_weight
-                    l_vgg = perceptual(fake, real) * opts.lambda_vgg if perceptual is not None else l_gan.new_zeros(())
-                    l_kl, kl_nats = kl_loss(mu, logvar, onehot, opts.kl_free_bits, opts.kl_per_image)
-                    l_kl = l_kl * opts.lambda_kl
-                    l_rec = (class_appearance_loss(fake, real, onehot, opts.rec_pool) * opts.lambda_rec
-                             if opts.lambda_rec > 0 else l_gan.new_zeros(()))
-                    loss_g = l_gan + l_feat + l_vgg + l_kl + l_rec
-                opt_g.zero_grad(set_to_none=True)
-                scaler_g.scale(loss_g).backward()
-                if opts.grad_clip > 0:
-                    scaler_g.unscale_(opt_g)
-                    torch.nn.utils.clip_grad_norm_(ge_params, opts.grad_clip)
-                scaler_g.step(opt_g)
-                scaler_g.update()
+                loss_g, fake, terms = objective.g_step(g_train, e_train, d_plain, real, onehot, label)
+                _optimiser_step(loss_g, nets.opt_g, nets.scaler_g, nets.opt_g.param_groups[0]["params"],
+                                s.lr_g * factor, s.grad_clip)
 
-                # 9b. Discriminator step on [fake; real] in one batch.
+                # 7b. Discriminator step on [fake; real] in one batch.
                 disc.requires_grad_(True)
-                with torch.no_grad():
-                    if opts.reuse_fake:
-                        fake_d = fake.detach()
-                    else:  # SPADE: a new fake from the updated G (new eps) under no_grad
-                        with autocast():
-                            mu_d, logvar_d = net.encoder(real, onehot)
-                            fake_d = net.generator(reparameterize(mu_d.float(), logvar_d.float()), label_t)
-                with autocast():
-                    fake_out, real_out = split_halves(d_train(label2, torch.cat([fake_d.to(real.dtype), real])))
-                    l_dfake, l_dreal = d_hinge_loss(fake_out, real_out)
-                    loss_d = l_dfake + l_dreal
-                opt_d.zero_grad(set_to_none=True)
-                scaler_d.scale(loss_d).backward()
-                if opts.grad_clip > 0:
-                    scaler_d.unscale_(opt_d)
-                    torch.nn.utils.clip_grad_norm_(disc.parameters(), opts.grad_clip)
-                scaler_d.step(opt_d)
-                scaler_d.update()
+                fake_d = objective.d_fake(net.generator, net.encoder, real, onehot, label, fake)
+                loss_d, d_terms = objective.d_step(d_train, real, label, fake_d)
+                _optimiser_step(loss_d, nets.opt_d, nets.scaler_d, list(disc.parameters()), s.lr_d * factor,
+                                s.grad_clip)
 
-                # 9c. EMA of G + E (rank 0 keeps it), bookkeeping.
+                # 7c. EMA of G + E (rank 0 keeps it), bookkeeping.
                 step += 1
                 in_epoch += 1
                 if in_epoch == steps_per_epoch:
                     epoch, in_epoch, data_iter = epoch + 1, 0, None
                 if ema is not None:
-                    _ema_update(ema, net, min(opts.ema_decay, (1 + step) / (10 + step)))
-                with torch.no_grad():
-                    l1 = (fake.detach().float() - real.float()).abs().mean()
-                    vals = torch.stack([l_gan, l_feat, l_vgg, l_kl, l_rec, loss_g, l1, kl_nats,
-                                        l_dfake, l_dreal, loss_d]).detach()
-                    sums += vals
-                n_logged += 1
-
+                    _ema_update(ema, net, min(s.ema_decay, (1 + step) / (10 + step)))
+                terms.update(d_terms)
+                vals = torch.stack([terms[k] for k in LOSS_NAMES]).detach()
+                meter.add(vals)
                 if step_callback is not None:
                     step_callback(step)
 
-                # 9d. One small all-reduce: non-finite losses, stop signals, time budget (rank 0's clock).
+                # 7d. One small all-reduce: non-finite losses, stop signals, time budget (rank 0's clock).
                 dt = time.monotonic() - t_step
                 step_time = dt if step_time == 0 else 0.9 * step_time + 0.1 * dt
                 elapsed = time.monotonic() - t0
-                flags = torch.tensor([0.0,
-                                      1.0 if signals.received else 0.0,
+                flags = torch.tensor([0.0, 1.0 if signals.received else 0.0,
                                       1.0 if main and elapsed + 2 * step_time + 1.5 * save_cost > budget_s else 0.0,
-                                      1.0 if main and opts.ckpt_minutes and
-                                      time.monotonic() - t_ckpt > opts.ckpt_minutes * 60 else 0.0], device=device)
+                                      1.0 if main and r.ckpt_minutes and
+                                      time.monotonic() - t_ckpt > r.ckpt_minutes * 60 else 0.0], device=device)
                 flags[0] = (~torch.isfinite(vals)).any().float()
                 diverged, term, budget, ckpt_due = (bool(v) for v in dist.all_reduce_(flags, "max").tolist())
                 pbar.update(1)
-
                 if diverged:
                     status = "diverged"
-                    vals_cpu = dict(zip(LOSS_NAMES, vals.tolist()))
                     logger.error("non-finite loss at step %d (%s): stopping without saving this state. Last good "
                                  "checkpoint: %s. Resume from it with --resume auto, perhaps with --grad-clip, a lower "
                                  "learning rate or --amp bf16 instead of fp16.", step,
-                                 ", ".join(f"{k}={v:.4g}" for k, v in vals_cpu.items()), last_ckpt[0])
+                                 ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_NAMES, vals.tolist())), last)
                     break
 
-                # 9e. Logging.
+                # 7e. Logging.
                 stopping = term or budget or step >= total_steps
-                if step % opts.log_every == 0 or stopping:
-                    dist.all_reduce_(sums, "mean")
-                    now = time.monotonic()
+                if step % r.log_every == 0 or stopping:
+                    avg, n, secs = meter.read()
                     if main:
-                        avg = dict(zip(LOSS_NAMES, (sums / n_logged).tolist()))
                         rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "time_s": round(elapsed, 2),
-                               "sec_per_step": round((now - t_log) / n_logged, 5),
-                               "img_per_s": round(n_logged * opts.batch_size / max(now - t_log, 1e-9), 3),
-                               "lr_G": opts.lr_g * factor, "lr_D": opts.lr_d * factor,
+                               "sec_per_step": round(secs / n, 5),
+                               "img_per_s": round(n * s.batch_size / max(secs, 1e-9), 3),
+                               "lr_G": s.lr_g * factor, "lr_D": s.lr_d * factor,
                                **{k: round(v, 6) for k, v in avg.items()}}
                         if cuda:
                             rec["mem_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-                        metrics_file.write(json.dumps(rec) + "\n")
-                        metrics_file.flush()
-                        if tb is not None:
-                            for k, v in rec.items():
-                                if k != "step":
-                                    tb.add_scalar(k if "/" in k else f"progress/{k}", v, step)
+                        folder.log_metrics(rec)
                         pbar.set_postfix({"G": f"{avg['G/total']:.3f}", "D": f"{avg['D/total']:.3f}"}, refresh=False)
                         logger.info("step %d/%d  G %.4f  D %.4f  l1 %.4f  %.3f s/step", step, total_steps,
-                                        avg["G/total"], avg["D/total"], avg["G/l1"], rec["sec_per_step"])
-                    sums.zero_()
-                    n_logged, t_log = 0, now
+                                    avg["G/total"], avg["D/total"], avg["G/l1"], rec["sec_per_step"])
 
-                # 9f. Samples, checkpoints, stop.
-                if main and samples and opts.sample_every and step % opts.sample_every == 0:
-                    write_samples(step)
-                if stopping or ckpt_due or (opts.ckpt_every and step % opts.ckpt_every == 0):
+                # 7f. Samples, checkpoints, stop.
+                if grids and r.sample_every and step % r.sample_every == 0:
+                    show(step)
+                if stopping or ckpt_due or (r.ckpt_every and step % r.ckpt_every == 0):
                     if not _all_finite(net, disc):  # identical on every rank: params are in sync
                         status = "diverged"
-                        logger.error("non-finite weights at step %d: not saved. Last good checkpoint: %s",
-                                     step, last_ckpt[0])
+                        logger.error("non-finite weights at step %d: not saved. Last good checkpoint: %s", step, last)
                         break
-                    save_cost = save_checkpoint(step)
+                    t_save = time.monotonic()
+                    saved = save_checkpoint(opts, nets, step, steps_per_epoch, header, device, perceptual_desc)
+                    last, last_snap = saved or (last, last_snap)
                     t_ckpt = time.monotonic()
+                    save_cost = t_ckpt - t_save
                 if stopping:
                     status = "finished" if step >= total_steps else ("interrupted" if term else "paused")
                     break
         closing.close()
+        folder.close_logs()
         bad = getattr(dataset, "bad", None)
         if bad:
             logger.warning("%d unusable data files were skipped (listed in log.txt)", len(bad))
-        result = RunResult(status, step, total_steps, run_dir, last_ckpt[0], last_snap[0])
+        folder.write_status({"status": status, "step": step, "total_steps": total_steps,
+                             "checkpoint": str(last) if last else None,
+                             "snapshot": str(last_snap) if last_snap else None,
+                             "elapsed_s": round(time.monotonic() - t0, 1), "pid": os.getpid()})
         if main:
-            (run_dir / "status.json").write_text(json.dumps({
-                "status": status, "step": step, "total_steps": total_steps,
-                "checkpoint": str(last_ckpt[0]) if last_ckpt[0] else None,
-                "snapshot": str(last_snap[0]) if last_snap[0] else None,
-                "elapsed_s": round(time.monotonic() - t0, 1), "pid": os.getpid()}, indent=2) + "\n")
-            if status == "paused":
-                logger.info("time budget reached at step %d/%d: continue with the same command and --resume auto",
-                            step, total_steps)
-            elif status == "interrupted":
-                logger.info("stopped by %s at step %d/%d; continue with --resume auto", signals.received, step,
-                            total_steps)
-            elif status == "finished":
-                logger.info("finished %d steps; EMA model: %s", total_steps, last_snap[0])
-        return result
+            _log_end(status, step, total_steps, signals.received, last_snap)
+        return RunResult(status, step, total_steps, opts.run_dir, last, last_snap)
     finally:
         closing.close()
-        if log_handler is not None:
-            logging.getLogger().removeHandler(log_handler)
-            log_handler.close()
+        folder.close()

@@ -2,18 +2,23 @@
 
 Losses are pure functions of network outputs; the only module is the perceptual loss, which owns a
 frozen feature network. Everything is computed in float32 whatever the autocast dtype.
+:class:`GroupDNetObjective` puts them together into the generator step's and the discriminator
+step's losses (the training loop does the optimiser steps).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from smis.functional import kl_per_class
+from smis.functional import kl_per_class, reparameterize
+
+from .options import ObjectiveOptions
 
 logger = logging.getLogger(__name__)
 
@@ -148,3 +153,61 @@ def build_perceptual(kind: str, weights_path: str | None = None) -> tuple[Percep
                 "partial: normalised VGG19 (Gatys et al.) relu1_1..relu3_1 only, weights 1/32, 1/16, 1/8 "
                 "(offline substitute for the full VGG19 loss)")
     raise ValueError(f"unknown perceptual loss {kind!r}")
+
+
+class GroupDNetObjective:
+    """The losses of one training step, SPADE's order: :meth:`g_step`, then :meth:`d_step` on
+    :meth:`d_fake`. The networks are passed in (plain, DDP-wrapped or compiled, as the loop runs them).
+
+    ``autocast``: a context factory for the forward passes (``nullcontext`` without mixed precision).
+    """
+
+    def __init__(self, opts: ObjectiveOptions, perceptual: nn.Module | None,
+                 autocast: Callable[[], AbstractContextManager]):
+        self.opts = opts
+        self.perceptual = perceptual
+        self.autocast = autocast
+
+    def g_step(self, g: nn.Module, e: nn.Module, d: nn.Module, real: torch.Tensor, onehot: torch.Tensor,
+               label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """G + E's loss: hinge + feature matching + VGG + KL (+ class-balanced reconstruction).
+
+        Returns (loss, fake, the logged terms). ``d`` should not collect parameter gradients here.
+        """
+        o = self.opts
+        with self.autocast():
+            mu, logvar = e(real, onehot)
+            mu, logvar = mu.float(), logvar.float()
+            fake = g(reparameterize(mu, logvar), label)
+            fake_out, real_out = split_halves(d(torch.cat([label, label]), torch.cat([fake, real])))
+            l_gan = g_hinge_loss(fake_out)
+            l_feat = feature_matching_loss(fake_out, real_out) * o.feat_weight
+            l_vgg = self.perceptual(fake, real) * o.lambda_vgg if self.perceptual is not None else l_gan.new_zeros(())
+            l_kl, kl_nats = kl_loss(mu, logvar, onehot, o.kl_free_bits, o.kl_per_image)
+            l_kl = l_kl * o.lambda_kl
+            l_rec = (class_appearance_loss(fake, real, onehot, o.rec_pool) * o.lambda_rec
+                     if o.lambda_rec > 0 else l_gan.new_zeros(()))
+            loss = l_gan + l_feat + l_vgg + l_kl + l_rec
+        with torch.no_grad():
+            l1 = (fake.detach().float() - real.float()).abs().mean()
+        return loss, fake, {"G/gan": l_gan, "G/feat": l_feat, "G/vgg": l_vgg, "G/kl": l_kl, "G/rec": l_rec,
+                            "G/total": loss, "G/l1": l1, "KL/nats_per_image": kl_nats}
+
+    @torch.no_grad()
+    def d_fake(self, g: nn.Module, e: nn.Module, real: torch.Tensor, onehot: torch.Tensor, label: torch.Tensor,
+               fake: torch.Tensor) -> torch.Tensor:
+        """The fake D sees: the G step's (``reuse_fake``), or SPADE's new one from the updated G (new eps)."""
+        if self.opts.reuse_fake:
+            return fake.detach()
+        with self.autocast():
+            mu, logvar = e(real, onehot)
+            return g(reparameterize(mu.float(), logvar.float()), label)
+
+    def d_step(self, d: nn.Module, real: torch.Tensor, label: torch.Tensor,
+               fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """D's hinge loss on [fake; real] in one batch; returns (loss, the logged terms)."""
+        with self.autocast():
+            fake_out, real_out = split_halves(d(torch.cat([label, label]), torch.cat([fake.to(real.dtype), real])))
+            l_fake, l_real = d_hinge_loss(fake_out, real_out)
+            loss = l_fake + l_real
+        return loss, {"D/fake": l_fake, "D/real": l_real, "D/total": loss}

@@ -1,149 +1,82 @@
-"""Typed training options and the command line that fills them.
+"""Typed, frozen training options in five groups, and the command line generated from them.
+
+Every field of :class:`DataOptions`, :class:`ModelOptions`, :class:`ScheduleOptions`,
+:class:`ObjectiveOptions` and :class:`RunOptions` is one flag, ``--field-name``: its default is the
+field's, its help the ``#:`` comment above it, its parsing follows the type (``Literal`` ->
+choices, ``bool`` -> ``true``/``false``, ``dict[str, int]`` -> ``KEY=INT,...``). A field's
+``metadata`` says the rest: ``SWITCH`` (a bare ``--flag`` sets it), ``NEGATED`` (``--no-flag``
+clears it), ``POSITIVE`` / ``NON_NEGATIVE`` (checked by :meth:`TrainOptions.validate`).
 
 The CLI refuses bad arguments before anything heavy starts (a dataset folder that is not there, a
 batch that does not split over the processes, fp16 without CUDA, ...), and the run writes the
-resolved options to ``training_options.json`` so every run says exactly how it was made.
+options, flat (one key per flag), to ``training_options.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import inspect
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 from smis.config import PRESETS, DiscriminatorConfig, SMISConfig, get_config
 
 VggKind = Literal["full", "partial", "none", "double-fm"]
 AmpKind = Literal["none", "bf16", "fp16"]
 
-VGG_CHOICES: tuple[str, ...] = ("full", "partial", "none", "double-fm")
-AMP_CHOICES: tuple[str, ...] = ("none", "bf16", "fp16")
+SWITCH = {"cli": "switch"}
+NEGATED = {"cli": "negated"}
+POSITIVE = {"check": "positive"}
+NON_NEGATIVE = {"check": "non-negative"}
 
 
-@dataclass
-class TrainOptions:
-    """Everything one training run needs; defaults follow the paper (SPADE's schedule)."""
+@dataclass(frozen=True)
+class DataOptions:
+    """What to train on (read by ``train.data.build_dataset``)."""
 
-    # -- data -------------------------------------------------------------------------------
-    #: Dataset root folder (read by ``train.data.build_dataset``).
-    data: str = ""
-    #: Dataset layout understood by ``train.data`` (e.g. ``generic``).
+    #: Dataset root folder.
+    data: str = field(default="", metadata={"required": True})
+    #: Dataset layout understood by train/data.py and train/formats.py (e.g. generic, ccp).
     format: str = "generic"
+    #: Dataset split to train on.
     split: str = "train"
-    #: Random horizontal flips (done by ``train.data``).
+    #: Random horizontal flips, zoom and crop position.
     augment: bool = True
-    #: What ``train.data`` does with an unreadable or mismatched pair: ``skip`` (log it) or ``error``.
-    on_bad: str = "skip"
+    #: Unreadable or mismatched pairs: skip them (logged) or stop.
+    on_bad: Literal["skip", "error"] = "skip"
     #: DataLoader worker processes per training process.
-    workers: int = 4
+    workers: int = field(default=4, metadata=NON_NEGATIVE)
 
-    # -- model ------------------------------------------------------------------------------
-    #: Named preset from ``smis.config.PRESETS``.
-    preset: str = "demo"
-    #: The preset's smallest twin (tests and smoke runs).
-    tiny: bool = False
-    #: Preset width overrides, e.g. ``{"nf": 32, "ndf": 64}`` (the preset function's arguments).
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """Which GroupDNet: a preset of ``smis.config.PRESETS`` at the training size."""
+
+    #: Named preset.
+    preset: str = field(default="demo", metadata={"choices": tuple(sorted(PRESETS))})
+    #: The preset's smallest twin (smoke tests).
+    tiny: bool = field(default=False, metadata=SWITCH)
+    #: Preset width overrides, e.g. nf=32,ndf=64 (the preset function's arguments).
     widths: dict[str, int] = field(default_factory=dict)
-    #: Training size; ``None`` keeps the preset's (multiples of 64).
-    height: int | None = None
-    width: int | None = None
-    #: Discriminator overrides (``None`` keeps SPADE's 64 / 4 layers / 2 scales).
-    d_ndf: int | None = None
-    d_layers: int | None = None
-    d_scales: int | None = None
+    #: Training height (multiple of 64; the preset's if omitted).
+    height: int | None = field(default=None, metadata=POSITIVE)
+    #: Training width (multiple of 64; the preset's if omitted).
+    width: int | None = field(default=None, metadata=POSITIVE)
+    #: Discriminator base width (the preset's: 64, or 32 for ccp-cpu).
+    d_ndf: int | None = field(default=None, metadata=POSITIVE)
+    #: Discriminator layers (4).
+    d_layers: int | None = field(default=None, metadata=POSITIVE)
+    #: Discriminator scales (2).
+    d_scales: int | None = field(default=None, metadata=POSITIVE)
 
-    # -- schedule ---------------------------------------------------------------------------
-    #: Images per optimiser step over all processes (split evenly between them).
-    batch_size: int = 32
-    #: Training length in epochs; ``steps`` (if set) overrides it. Defines the LR schedule, so
-    #: chunked runs (``max_minutes``) follow the same curve as one long run.
-    epochs: float = 100.0
-    steps: int | None = None
-    #: Fraction of the run over which both learning rates decay linearly to 0 (paper: 40/100).
-    decay_fraction: float = 0.4
-    lr_g: float = 1e-4
-    lr_d: float = 4e-4
-    beta1: float = 0.0
-    beta2: float = 0.9
-
-    # -- objective --------------------------------------------------------------------------
-    lambda_feat: float = 10.0
-    lambda_vgg: float = 10.0
-    lambda_kl: float = 0.05
-    #: Nats each present class of each image may use without a KL cost (0: paper's KL).
-    kl_free_bits: float = 0.0
-    #: Average the KL over the batch instead of summing it (SPADE sums).
-    kl_per_image: bool = False
-    #: Weight of the class-balanced appearance reconstruction (0: off, the paper's objective).
-    lambda_rec: float = 0.0
-    #: Average-pooling factor of that reconstruction term.
-    rec_pool: int = 4
-    #: Perceptual loss: ``full`` VGG19 relu1_1..relu5_1 (ImageNet weights), ``partial`` (the
-    #: offline normalised VGG19 up to relu3_1), ``none``, or ``double-fm`` (no VGG, feature
-    #: matching weight doubled).
-    vgg: VggKind = "full"
-    #: Local VGG19 weights file (torchvision layout) where the download is impossible.
-    vgg_weights: str | None = None
-    #: Use the G step's (detached) fake in the D step instead of generating a new one under
-    #: no_grad as SPADE does (saves one G+E forward per step).
-    reuse_fake: bool = False
-
-    # -- speed and stability ----------------------------------------------------------------
-    amp: AmpKind = "none"
-    #: channels-last tensors (``None``: on for CUDA).
-    channels_last: bool | None = None
-    compile: bool = False
-    #: EMA decay of G + E (warmed up as min(decay, (1 + step) / (10 + step))).
-    ema_decay: float = 0.999
-    #: Max global grad norm per network (0: no clipping).
-    grad_clip: float = 0.0
-    #: Deterministic algorithms (slower on GPU; bit-exact resume on CPU with ``workers=0``).
-    deterministic: bool = False
-    seed: int = 0
-    #: ``auto`` (cuda:LOCAL_RANK if available, else cpu), ``cpu``, ``cuda``.
-    device: str = "auto"
-
-    # -- run folder, logs, checkpoints ------------------------------------------------------
-    #: Run folder (``None``: ``runs/<preset>``); rerun with ``resume="auto"`` to continue.
-    outdir: str | None = None
-    #: ``None`` (fresh run), ``auto`` (newest complete checkpoint in outdir, fresh if none) or a path.
-    resume: str | None = None
-    #: Start a new run from these weights: a model folder or Hub repo id (G + E; D fresh) or a
-    #: training-state file (G, E, D, EMA; optimisers fresh). Ignored when ``resume`` finds a checkpoint.
-    init_from: str | None = None
-    #: Val images whose reconstruction distance (encode -> generate) is logged with every sample grid.
-    val_count: int = 16
-    log_every: int = 50
-    #: Checkpoint every N steps and/or every M minutes (0 disables either).
-    ckpt_every: int = 1000
-    ckpt_minutes: float = 20.0
-    #: Training states and EMA snapshots kept (oldest pruned).
-    keep: int = 3
-    sample_every: int = 1000
-    #: Masks (columns) in the sample grid.
-    sample_count: int = 6
-    #: Stop cleanly (checkpoint, exit 0) before this many minutes since start; ``None``: no limit.
-    max_minutes: float | None = None
-    tensorboard: bool = True
-    progress: bool = True
-
-    # -- derived ----------------------------------------------------------------------------
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.outdir if self.outdir else os.path.join("runs", self.preset))
-
-    @property
-    def feat_weight(self) -> float:
-        """Feature-matching weight actually used (doubled by ``vgg="double-fm"``)."""
-        return self.lambda_feat * (2.0 if self.vgg == "double-fm" else 1.0)
-
-    def model_config(self, class_names: tuple[str, ...] | None = None,
-                     palette: tuple[tuple[int, int, int], ...] | None = None) -> SMISConfig:
+    def config(self, class_names: tuple[str, ...] | None = None,
+               palette: tuple[tuple[int, int, int], ...] | None = None) -> SMISConfig:
         """The preset at the training size, with the dataset's class names and palette."""
         kw: dict[str, Any] = dict(self.widths)
         if self.height is not None:
@@ -152,10 +85,9 @@ class TrainOptions:
             kw["width"] = self.width
         cfg = get_config(self.preset, tiny=self.tiny, **kw)
         d = cfg.discriminator
-        disc = DiscriminatorConfig(
+        cfg = cfg.replace(discriminator=DiscriminatorConfig(
             ndf=self.d_ndf or d.ndf, num_layers=self.d_layers or d.num_layers,
-            num_scales=self.d_scales or d.num_scales, norm=d.norm, spectral_norm=d.spectral_norm)
-        cfg = cfg.replace(discriminator=disc)
+            num_scales=self.d_scales or d.num_scales, norm=d.norm, spectral_norm=d.spectral_norm))
         if class_names is not None:
             if len(class_names) != cfg.num_classes:
                 raise ValueError(
@@ -165,6 +97,33 @@ class TrainOptions:
             cfg = cfg.replace(class_names=tuple(class_names),
                               palette=tuple(tuple(int(v) for v in c) for c in palette) if palette else cfg.palette)
         return cfg
+
+
+@dataclass(frozen=True)
+class ScheduleOptions:
+    """How long and how fast: batch, length, learning rates (SPADE's schedule), EMA, clipping."""
+
+    #: Images per optimiser step over all processes (split evenly between them).
+    batch_size: int = field(default=32, metadata=POSITIVE)
+    #: Training length in epochs; it defines the LR schedule, so chunked runs (--max-minutes) follow
+    #: the same curve as one long run.
+    epochs: float = 100.0
+    #: Total optimiser steps (overrides --epochs).
+    steps: int | None = field(default=None, metadata=POSITIVE)
+    #: Final fraction of the run over which both learning rates decay linearly to 0 (paper: 40/100).
+    decay_fraction: float = 0.4
+    #: Learning rate of G + E.
+    lr_g: float = field(default=1e-4, metadata=POSITIVE)
+    #: Learning rate of D.
+    lr_d: float = field(default=4e-4, metadata=POSITIVE)
+    #: Adam beta1.
+    beta1: float = 0.0
+    #: Adam beta2.
+    beta2: float = 0.9
+    #: EMA decay of G + E (warmed up as min(decay, (1 + step) / (10 + step))).
+    ema_decay: float = 0.999
+    #: Max global grad norm per network (0: off).
+    grad_clip: float = field(default=0.0, metadata=NON_NEGATIVE)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return int(self.steps) if self.steps else max(1, int(round(self.epochs * steps_per_epoch)))
@@ -177,18 +136,121 @@ class TrainOptions:
             return 1.0
         return max(0.0, (total - step) / decay)
 
-    # -- serialisation ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ObjectiveOptions:
+    """The loss (``train.losses.GroupDNetObjective``): SPADE's terms and weights, plus extras."""
+
+    #: Weight of D feature matching.
+    lambda_feat: float = field(default=10.0, metadata=NON_NEGATIVE)
+    #: Weight of the perceptual loss.
+    lambda_vgg: float = field(default=10.0, metadata=NON_NEGATIVE)
+    #: Weight of the KL term.
+    lambda_kl: float = field(default=0.05, metadata=NON_NEGATIVE)
+    #: Nats per present class and image the KL does not charge (0: the paper's KL).
+    kl_free_bits: float = field(default=0.0, metadata=NON_NEGATIVE)
+    #: Average the KL over the batch instead of summing it (SPADE sums).
+    kl_per_image: bool = False
+    #: Class-balanced appearance reconstruction weight (0: off, the paper's objective).
+    lambda_rec: float = field(default=0.0, metadata=NON_NEGATIVE)
+    #: Average pooling of that reconstruction term.
+    rec_pool: int = field(default=4, metadata=POSITIVE)
+    #: Perceptual loss: full VGG19 relu1_1..relu5_1 (ImageNet weights), partial (the offline
+    #: normalised VGG19 up to relu3_1), none, or double-fm (no VGG, feature matching x2).
+    vgg: VggKind = field(default="full", metadata={
+        "also": ("--no-vgg", {"action": "store_const", "const": "none", "help": "same as --vgg none"})})
+    #: Local VGG19 weights (torchvision layout) where the download is impossible.
+    vgg_weights: str | None = None
+    #: D step reuses the G step's (detached) fake instead of generating a new one under no_grad as
+    #: SPADE does (saves one G+E forward per step).
+    reuse_fake: bool = field(default=False, metadata=SWITCH)
+
+    @property
+    def feat_weight(self) -> float:
+        """Feature-matching weight actually used (doubled by ``vgg="double-fm"``)."""
+        return self.lambda_feat * (2.0 if self.vgg == "double-fm" else 1.0)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How this process runs and what it writes: device, numerics, run folder, logs, checkpoints."""
+
+    #: Autocast dtype (fp16 adds GradScaler and needs CUDA).
+    amp: AmpKind = "none"
+    #: channels-last tensors (default: on for CUDA).
+    channels_last: bool | None = None
+    #: torch.compile the networks.
+    compile: bool = field(default=False, metadata=SWITCH)
+    #: Deterministic algorithms (slower on GPU; bit-exact resume on CPU with --workers 0).
+    deterministic: bool = field(default=False, metadata=SWITCH)
+    #: Seed of weights, data order, augmentation and codes.
+    seed: int = 0
+    #: auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda or cuda:N.
+    device: str = "auto"
+    #: Run folder (default runs/<preset>); rerun with --resume auto to continue.
+    outdir: str | None = None
+    #: 'auto' (newest complete checkpoint in --outdir, a new run if none) or a checkpoint file.
+    resume: str | None = None
+    #: Start a new run from a model folder / Hub repo id (G + E, D fresh) or a training-state file
+    #: (G, E, D, EMA; optimisers fresh); ignored once --resume auto finds a checkpoint.
+    init_from: str | None = None
+    #: Val images for the reconstruction distance logged with each sample grid (0: off).
+    val_count: int = field(default=16, metadata=NON_NEGATIVE)
+    #: Steps between log lines.
+    log_every: int = field(default=50, metadata=POSITIVE)
+    #: Steps between checkpoints (0: off).
+    ckpt_every: int = field(default=1000, metadata=NON_NEGATIVE)
+    #: Minutes between checkpoints (0: off).
+    ckpt_minutes: float = field(default=20.0, metadata=NON_NEGATIVE)
+    #: Training states and EMA snapshots kept (oldest pruned).
+    keep: int = field(default=3, metadata=POSITIVE)
+    #: Steps between sample grids (0: off).
+    sample_every: int = field(default=1000, metadata=NON_NEGATIVE)
+    #: Masks (columns) in the sample grid.
+    sample_count: int = field(default=6, metadata=POSITIVE)
+    #: Checkpoint and exit before this many minutes since start (resume with --resume auto).
+    max_minutes: float | None = field(default=None, metadata=POSITIVE)
+    #: TensorBoard scalars and sample grids (next to metrics.jsonl).
+    tensorboard: bool = field(default=True, metadata=NEGATED)
+    #: A progress bar on stderr.
+    progress: bool = field(default=True, metadata=NEGATED)
+
+
+GROUPS: dict[str, type] = {"data": DataOptions, "model": ModelOptions, "schedule": ScheduleOptions,
+                           "objective": ObjectiveOptions, "run": RunOptions}
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Everything one training run needs; defaults follow the paper (SPADE's schedule)."""
+
+    data: DataOptions = field(default_factory=DataOptions)
+    model: ModelOptions = field(default_factory=ModelOptions)
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    objective: ObjectiveOptions = field(default_factory=ObjectiveOptions)
+    run: RunOptions = field(default_factory=RunOptions)
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.outdir if self.run.outdir else os.path.join("runs", self.model.preset))
+
+    # -- the flat form: one key per flag (training_options.json, model cards, tests) --------
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = {}
+        for g in GROUPS:
+            out.update(dataclasses.asdict(getattr(self, g)))  # asdict copies the widths dict
+        return out
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainOptions:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
+    def from_dict(cls, d: dict[str, Any], validate: bool = True) -> TrainOptions:
+        """From the flat form (missing keys keep their defaults)."""
+        unknown = sorted(set(d) - {f.name for c in GROUPS.values() for f in dataclasses.fields(c)})
         if unknown:
             raise ValueError(f"unknown training options: {', '.join(unknown)}")
-        opts = cls(**d)
-        opts.validate()
+        opts = cls(**{g: c(**{f.name: d[f.name] for f in dataclasses.fields(c) if f.name in d})
+                      for g, c in GROUPS.items()})
+        if validate:
+            opts.validate()
         return opts
 
     def to_json(self) -> str:
@@ -196,63 +258,85 @@ class TrainOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option that cannot work."""
-        if not self.data:
+        d, s = self.data, self.schedule
+        if not d.data:
             raise ValueError("--data is required: the dataset root folder")
-        if self.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
-        positive = {"batch_size": self.batch_size, "log_every": self.log_every, "keep": self.keep,
-                    "sample_count": self.sample_count, "lr_g": self.lr_g, "lr_d": self.lr_d}
-        for k, v in positive.items():
-            if not v > 0:
-                raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
-        non_negative = {"workers": self.workers, "ckpt_every": self.ckpt_every,
-                        "ckpt_minutes": self.ckpt_minutes, "sample_every": self.sample_every,
-                        "grad_clip": self.grad_clip, "lambda_feat": self.lambda_feat,
-                        "lambda_vgg": self.lambda_vgg, "lambda_kl": self.lambda_kl,
-                        "kl_free_bits": self.kl_free_bits, "lambda_rec": self.lambda_rec, "val_count": self.val_count}
-        for k, v in non_negative.items():
-            if not (v >= 0 and math.isfinite(v)):
-                raise ValueError(f"--{k.replace('_', '-')} must be >= 0, got {v}")
-        if self.steps is None and not (self.epochs > 0 and math.isfinite(self.epochs)):
-            raise ValueError(f"--epochs must be positive, got {self.epochs}")
-        if self.steps is not None and self.steps <= 0:
-            raise ValueError(f"--steps must be positive, got {self.steps}")
-        if not 0.0 <= self.decay_fraction <= 1.0:
-            raise ValueError(f"--decay-fraction must be in [0, 1], got {self.decay_fraction}")
-        if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0):
+        if self.model.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.model.preset!r}; choose one of {', '.join(PRESETS)}")
+        for group, f, hint in _fields():
+            v, flag = getattr(getattr(self, group), f.name), _flag(f.name)
+            check = f.metadata.get("check")
+            if check == "positive" and v is not None and not v > 0:
+                raise ValueError(f"{flag} must be positive, got {v}")
+            if check == "non-negative" and not (v >= 0 and math.isfinite(v)):
+                raise ValueError(f"{flag} must be >= 0, got {v}")
+            choices = get_args(hint) if get_origin(hint) is Literal else ()
+            if choices and v not in choices:
+                raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {v!r}")
+        if s.steps is None and not (s.epochs > 0 and math.isfinite(s.epochs)):
+            raise ValueError(f"--epochs must be positive, got {s.epochs}")
+        if not 0.0 <= s.decay_fraction <= 1.0:
+            raise ValueError(f"--decay-fraction must be in [0, 1], got {s.decay_fraction}")
+        if not (0.0 <= s.beta1 < 1.0 and 0.0 <= s.beta2 < 1.0):
             raise ValueError("Adam betas must be in [0, 1)")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"--ema-decay must be in [0, 1), got {self.ema_decay}")
-        if self.vgg not in VGG_CHOICES:
-            raise ValueError(f"--vgg must be one of {', '.join(VGG_CHOICES)}, got {self.vgg!r}")
-        if self.vgg_weights is not None and self.vgg in ("full", "partial") and not Path(self.vgg_weights).is_file():
-            raise ValueError(f"--vgg-weights {self.vgg_weights}: no such file")
-        if self.amp not in AMP_CHOICES:
-            raise ValueError(f"--amp must be one of {', '.join(AMP_CHOICES)}, got {self.amp!r}")
-        if self.on_bad not in ("skip", "error"):
-            raise ValueError(f"--on-bad must be 'skip' or 'error', got {self.on_bad!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise ValueError(f"--device must be auto, cpu or cuda, got {self.device!r}")
-        if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"--max-minutes must be positive, got {self.max_minutes}")
-        if self.rec_pool < 1:
-            raise ValueError(f"--rec-pool must be >= 1, got {self.rec_pool}")
-        for k in ("height", "width", "d_ndf", "d_layers", "d_scales"):
-            v = getattr(self, k)
-            if v is not None and v <= 0:
-                raise ValueError(f"--{k.replace('_', '-')} must be positive, got {v}")
-        if self.resume not in (None, "auto") and not Path(self.resume).is_file():
-            raise ValueError(f"--resume {self.resume}: no such checkpoint file (use --resume auto to "
+        if not 0.0 <= s.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
+        o, r = self.objective, self.run
+        if o.vgg_weights is not None and o.vgg in ("full", "partial") and not Path(o.vgg_weights).is_file():
+            raise ValueError(f"--vgg-weights {o.vgg_weights}: no such file")
+        if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
+            raise ValueError(f"--device must be auto, cpu or cuda, got {r.device!r}")
+        if r.resume not in (None, "auto") and not Path(r.resume).is_file():
+            raise ValueError(f"--resume {r.resume}: no such checkpoint file (use --resume auto to "
                              "continue from the newest checkpoint in --outdir)")
         try:
-            self.model_config()
+            self.model.config()
         except (TypeError, ValueError) as err:
-            raise ValueError(f"the model options do not make a valid {self.preset!r} model: {err}") from err
+            raise ValueError(f"the model options do not make a valid {self.model.preset!r} model: {err}") from err
+
+
+def check_launch(opts: TrainOptions, world: int, cuda: bool) -> None:
+    """What the processes and the device must allow: the CLI checks it before anything heavy starts
+    (from ``WORLD_SIZE``), :func:`train.loop.train` again with the real process group."""
+    if opts.schedule.batch_size % world:
+        raise ValueError(f"--batch-size {opts.schedule.batch_size} does not split evenly over {world} processes")
+    if opts.run.amp == "fp16" and not cuda:
+        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line
+# Command line: generated from the fields
 # ---------------------------------------------------------------------------------------------
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
+    """(group, field, type hint with ``None`` removed) for every option, in flag order."""
+    out = []
+    for group, cls in GROUPS.items():
+        hints = get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            args = [a for a in get_args(hints[f.name]) if a is not type(None)]
+            optional = type(None) in get_args(hints[f.name])
+            out.append((group, f, args[0] if optional and len(args) == 1 else hints[f.name]))
+    return out
+
+
+def _field_help(cls: type) -> dict[str, str]:
+    """The ``#:`` comment lines above each field of ``cls``, joined (rst markup dropped)."""
+    helps: dict[str, str] = {}
+    pending: list[str] = []
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if text.startswith("#:"):
+            pending.append(text[2:].strip())
+        elif (m := re.match(r"(\w+)\s*:", text)) and pending:
+            helps[m.group(1)] = " ".join(pending).replace("``", "").replace("%", "%%")
+            pending = []
+    return helps
+
 
 def _widths(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
@@ -274,117 +358,59 @@ def _bool(text: str) -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    d = TrainOptions()
+    """One flag per option field, in argument groups data / model / schedule / objective / run."""
     p = argparse.ArgumentParser(
         prog="python -m train",
         description="Train GroupDNet (single process, torchrun on one or many GPUs/nodes, or CPU/gloo).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    g = p.add_argument_group("data")
-    g.add_argument("--data", required=True, help="dataset root folder")
-    g.add_argument("--format", default=d.format, help="dataset layout understood by train/data.py")
-    g.add_argument("--split", default=d.split)
-    g.add_argument("--augment", type=_bool, default=d.augment, help="random horizontal flips")
-    g.add_argument("--on-bad", choices=("skip", "error"), default=d.on_bad,
-                   help="unreadable or mismatched pairs: skip them (logged) or stop")
-    g.add_argument("--workers", type=int, default=d.workers, help="DataLoader workers per process")
-    g = p.add_argument_group("model")
-    g.add_argument("--preset", choices=sorted(PRESETS), default=d.preset)
-    g.add_argument("--tiny", action="store_true", help="the preset's smallest twin (smoke tests)")
-    g.add_argument("--widths", type=_widths, default={}, help="preset width overrides, e.g. nf=32,ndf=64")
-    g.add_argument("--height", type=int, default=None, help="training height (preset's if omitted)")
-    g.add_argument("--width", type=int, default=None, help="training width (preset's if omitted)")
-    g.add_argument("--d-ndf", type=int, default=None, help="discriminator base width (64)")
-    g.add_argument("--d-layers", type=int, default=None, help="discriminator layers (4)")
-    g.add_argument("--d-scales", type=int, default=None, help="discriminator scales (2)")
-    g = p.add_argument_group("schedule")
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch (all processes)")
-    g.add_argument("--epochs", type=float, default=d.epochs)
-    g.add_argument("--steps", type=int, default=None, help="total optimiser steps (overrides --epochs)")
-    g.add_argument("--decay-fraction", type=float, default=d.decay_fraction,
-                   help="final fraction of the run with linear LR decay to 0")
-    g.add_argument("--lr-g", type=float, default=d.lr_g)
-    g.add_argument("--lr-d", type=float, default=d.lr_d)
-    g.add_argument("--beta1", type=float, default=d.beta1)
-    g.add_argument("--beta2", type=float, default=d.beta2)
-    g = p.add_argument_group("objective")
-    g.add_argument("--lambda-feat", type=float, default=d.lambda_feat)
-    g.add_argument("--lambda-vgg", type=float, default=d.lambda_vgg)
-    g.add_argument("--lambda-kl", type=float, default=d.lambda_kl)
-    g.add_argument("--kl-free-bits", type=float, default=d.kl_free_bits,
-                   help="nats per present class and image the KL does not charge (0: the paper's KL)")
-    g.add_argument("--kl-per-image", type=_bool, default=d.kl_per_image,
-                   help="average the KL over the batch instead of summing it (SPADE sums)")
-    g.add_argument("--lambda-rec", type=float, default=d.lambda_rec,
-                   help="class-balanced appearance reconstruction weight (0: off)")
-    g.add_argument("--rec-pool", type=int, default=d.rec_pool, help="average pooling of that term")
-    g.add_argument("--vgg", choices=VGG_CHOICES, default=d.vgg,
-                   help="perceptual loss: full VGG19 (ImageNet weights), partial (offline relu1_1-relu3_1), "
-                        "none, or double-fm (no VGG, feature matching x2)")
-    g.add_argument("--no-vgg", dest="vgg", action="store_const", const="none", help="same as --vgg none")
-    g.add_argument("--vgg-weights", default=None, help="local VGG19 weights (torchvision layout)")
-    g.add_argument("--reuse-fake", action="store_true",
-                   help="D step reuses the G step's fake instead of generating again (faster)")
-    g = p.add_argument_group("speed and stability")
-    g.add_argument("--amp", choices=AMP_CHOICES, default=d.amp, help="autocast dtype (fp16 adds GradScaler)")
-    g.add_argument("--channels-last", type=_bool, default=None, help="default: on for CUDA")
-    g.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    g.add_argument("--ema-decay", type=float, default=d.ema_decay)
-    g.add_argument("--grad-clip", type=float, default=d.grad_clip, help="max grad norm (0: off)")
-    g.add_argument("--deterministic", action="store_true")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--device", default=d.device, help="auto, cpu, cuda")
-    g = p.add_argument_group("run folder")
-    g.add_argument("--outdir", default=None, help="run folder (default runs/<preset>)")
-    g.add_argument("--resume", default=None, help="'auto' (newest checkpoint in --outdir) or a checkpoint file")
-    g.add_argument("--init-from", default=None,
-                   help="start a new run from a model folder / Hub repo id (G + E, D fresh) or a training-state "
-                        "file (G, E, D, EMA); ignored once --resume auto finds a checkpoint")
-    g.add_argument("--val-count", type=int, default=d.val_count,
-                   help="val images for the reconstruction distance logged with each sample grid (0: off)")
-    g.add_argument("--log-every", type=int, default=d.log_every, help="steps between log lines")
-    g.add_argument("--ckpt-every", type=int, default=d.ckpt_every, help="steps between checkpoints (0: off)")
-    g.add_argument("--ckpt-minutes", type=float, default=d.ckpt_minutes,
-                   help="minutes between checkpoints (0: off)")
-    g.add_argument("--keep", type=int, default=d.keep, help="checkpoints and snapshots kept")
-    g.add_argument("--sample-every", type=int, default=d.sample_every, help="steps between sample grids (0: off)")
-    g.add_argument("--sample-count", type=int, default=d.sample_count, help="masks in the sample grid")
-    g.add_argument("--max-minutes", type=float, default=None,
-                   help="checkpoint and exit before this many minutes (resume with --resume auto)")
-    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
-    g.add_argument("--no-progress", dest="progress", action="store_false")
+    defaults = TrainOptions()
+    groups = {g: p.add_argument_group(g) for g in GROUPS}
+    helps = {g: _field_help(cls) for g, cls in GROUPS.items()}
+    for group, f, hint in _fields():
+        g, meta = groups[group], f.metadata
+        kw: dict[str, Any] = {"dest": f.name, "default": getattr(getattr(defaults, group), f.name),
+                              "help": helps[group].get(f.name)}
+        if meta.get("cli") == "switch":
+            g.add_argument(_flag(f.name), action="store_true", **kw)
+        elif meta.get("cli") == "negated":
+            g.add_argument(_flag("no_" + f.name), action="store_false", **kw)
+        else:
+            if get_origin(hint) is Literal:
+                kw["choices"] = get_args(hint)
+            else:
+                kw["type"] = _bool if hint is bool else _widths if get_origin(hint) is dict else hint
+            kw.update({k: v for k, v in meta.items() if k in ("choices", "required")})
+            g.add_argument(_flag(f.name), **kw)
+        if "also" in meta:
+            alias, extra = meta["also"]
+            g.add_argument(alias, dest=f.name, **extra)
     return p
 
 
 def options_to_cli(options: dict[str, Any]) -> str:
-    """The ``python -m train`` command line that gives these options (non-default ones only).
+    """The ``python -m train`` command line that gives these flat options (non-default ones only).
 
     Inverse of :func:`parse_args` for the model card and logs: ``parse_args`` of the result's
     arguments gives the same :class:`TrainOptions`.
     """
-    parser = build_parser()
-    defaults = TrainOptions()
+    defaults = TrainOptions().to_dict()
     args = ["python -m train"]
-    by_dest: dict[str, argparse.Action] = {}
-    for action in parser._actions:
-        if action.option_strings and action.dest not in by_dest and action.dest != "help":
-            by_dest[action.dest] = action
-    for f in dataclasses.fields(TrainOptions):
-        if f.name not in options or f.name not in by_dest:
+    for _, f, _ in _fields():
+        if f.name not in options:
             continue
-        value, default = options[f.name], getattr(defaults, f.name)
-        action = by_dest[f.name]
-        flag = action.option_strings[0]
-        if f.name in ("data", "preset") or value != default:
-            if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
-                args.append(flag)
-            elif isinstance(action, argparse._StoreConstAction):
-                args.append(f"--{f.name.replace('_', '-')} {value}")
-            elif isinstance(value, dict):
-                args.append(f"{flag} " + ",".join(f"{k}={v}" for k, v in value.items()))
-            elif isinstance(value, bool):
-                args.append(f"{flag} {str(value).lower()}")
-            elif value is not None:
-                args.append(f"{flag} {value}")
+        value, kind = options[f.name], f.metadata.get("cli")
+        if f.name not in ("data", "preset") and value == defaults[f.name]:
+            continue
+        if kind == "switch":
+            args.append(_flag(f.name))
+        elif kind == "negated":
+            args.append(_flag("no_" + f.name))
+        elif isinstance(value, dict):
+            args.append(f"{_flag(f.name)} " + ",".join(f"{k}={v}" for k, v in value.items()))
+        elif isinstance(value, bool):
+            args.append(f"{_flag(f.name)} {str(value).lower()}")
+        elif value is not None:
+            args.append(f"{_flag(f.name)} {value}")
     return " ".join(args)
 
 
@@ -392,9 +418,8 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
     """Parse and validate; exits with a CLI error (status 2) on bad arguments."""
     parser = build_parser()
     ns = parser.parse_args(argv)
-    opts = TrainOptions(**vars(ns))
     try:
-        opts.validate()
+        opts = TrainOptions.from_dict(vars(ns))
         check_environment(opts)
     except ValueError as err:
         parser.error(str(err))
@@ -403,17 +428,13 @@ def parse_args(argv: list[str] | None = None) -> TrainOptions:
 
 def check_environment(opts: TrainOptions) -> None:
     """Checks that need the file system or the launcher, done before anything heavy starts."""
-    if not Path(opts.data).is_dir():
-        raise ValueError(f"--data {opts.data}: no such folder")
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if opts.batch_size % world:
-        raise ValueError(f"--batch-size {opts.batch_size} does not split evenly over {world} processes")
-    cuda = opts.device.startswith("cuda") or (opts.device == "auto" and _cuda_available())
-    if opts.amp == "fp16" and not cuda:
-        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
-    if opts.device.startswith("cuda") and not _cuda_available():
+    if not Path(opts.data.data).is_dir():
+        raise ValueError(f"--data {opts.data.data}: no such folder")
+    check_launch(opts, int(os.environ.get("WORLD_SIZE", "1")),
+                 opts.run.device.startswith("cuda") or (opts.run.device == "auto" and _cuda_available()))
+    if opts.run.device.startswith("cuda") and not _cuda_available():
         raise ValueError("--device cuda but no CUDA device is visible; use --device cpu")
-    if opts.resume is None and opts.run_dir.is_dir():
+    if opts.run.resume is None and opts.run_dir.is_dir():
         from .checkpoint import list_checkpoints
 
         if list_checkpoints(opts.run_dir):

@@ -1,0 +1,120 @@
+"""The files a training run writes into its folder, besides checkpoints and snapshots
+(:mod:`train.checkpoint`): rank 0 writes them; on other ranks every method does nothing.
+
+- ``log.txt``: this process's log lines (appended by every chunk of the run);
+- ``training_options.json``: ``{"options": flat options, "resolved": what they resolved to, "config": the model}``;
+- ``metrics.jsonl``: one JSON line per log interval (losses averaged over the interval and the processes);
+- ``val_metrics.jsonl``: one JSON line per sample grid (:func:`train.monitor.val_probe`);
+- ``samples/samples-<step>.png``: the progress grid (:func:`train.monitor.render_sample_grid`);
+- ``status.json``: how the last chunk ended; ``tensorboard/``: the same scalars and grids (optional).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+from . import checkpoint as ckpt
+
+logger = logging.getLogger(__name__)
+
+OPTIONS_FILE = "training_options.json"
+METRICS_FILE = "metrics.jsonl"
+#: Per-sample-grid measurements on val images (``train.monitor.val_probe``), one JSON line each.
+VAL_METRICS = "val_metrics.jsonl"
+STATUS_FILE = "status.json"
+
+
+class RunFolder:
+    """``run_dir``'s log, options, metrics, samples and status files (written when ``enabled``)."""
+
+    def __init__(self, run_dir: Path, enabled: bool):
+        self.path = Path(run_dir)
+        self.enabled = enabled
+        self._metrics = self._tb = self._log = None
+        if enabled:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._log = logging.FileHandler(self.path / "log.txt", encoding="utf-8")
+            self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+            self._log.setLevel(logging.INFO)
+            logging.getLogger().addHandler(self._log)
+            ckpt.clean_temporaries(self.path)
+
+    def previous_options(self) -> dict[str, Any]:
+        """The ``training_options.json`` an earlier chunk of this run wrote (``{}`` if none)."""
+        try:
+            return json.loads((self.path / OPTIONS_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def start(self, options: dict[str, Any], tensorboard: bool) -> None:
+        """Write ``training_options.json`` and open the metrics file (and TensorBoard)."""
+        if not self.enabled:
+            return
+        (self.path / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.path / "tensorboard"))
+            except ImportError:
+                logger.warning("TensorBoard is not installed (pip install tensorboard): scalars go to "
+                               "metrics.jsonl only")
+        self._metrics = open(self.path / METRICS_FILE, "a", encoding="utf-8")  # closed by close_logs()
+
+    def log_metrics(self, record: dict[str, Any]) -> None:
+        """One line of ``metrics.jsonl`` (and TensorBoard scalars; keys without ``/`` go to ``progress/``)."""
+        if self._metrics is None:
+            return
+        self._metrics.write(json.dumps(record) + "\n")
+        self._metrics.flush()
+        if self._tb is not None:
+            for k, v in record.items():
+                if k != "step":
+                    self._tb.add_scalar(k if "/" in k else f"progress/{k}", v, record["step"])
+
+    def log_val(self, step: int, epoch: float, probe: dict[str, float]) -> None:
+        if not self.enabled:
+            return
+        with open(self.path / VAL_METRICS, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"step": step, "epoch": round(epoch, 4),
+                                **{k: round(v, 6) for k, v in probe.items()}}) + "\n")
+        logger.info("step %d val: reconstruction L1 %.4f, KL %.2f nats/image, re-roll change inside "
+                    "the class %.4f (weakest class %.4f) vs outside %.4f", step, probe["val/rec_l1"],
+                    probe["val/kl_nats_per_image"], probe.get("val/reroll_in_mean", float("nan")),
+                    probe.get("val/reroll_in_min", float("nan")), probe.get("val/reroll_out_mean", float("nan")))
+
+    def save_samples(self, step: int, image: Image.Image, rows: str) -> None:
+        """``samples/samples-<step>.png`` with ``rows`` (what each row shows) in its ``smis:rows`` text."""
+        if not self.enabled:
+            return
+        info = PngImagePlugin.PngInfo()
+        info.add_text("smis:rows", rows)
+        path = self.path / "samples" / f"samples-{step:08d}.png"
+        path.parent.mkdir(exist_ok=True)
+        image.save(path, pnginfo=info)
+        if self._tb is not None:
+            self._tb.add_image("samples", np.asarray(image), step, dataformats="HWC")
+
+    def write_status(self, status: dict[str, Any]) -> None:
+        if self.enabled:
+            (self.path / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+
+    def close_logs(self) -> None:
+        """Close the metrics file and TensorBoard (the run's end, before the last messages)."""
+        for f in (self._metrics, self._tb):
+            if f is not None:
+                f.close()
+        self._metrics = self._tb = None
+
+    def close(self) -> None:
+        self.close_logs()
+        if self._log is not None:
+            logging.getLogger().removeHandler(self._log)
+            self._log.close()
+            self._log = None

@@ -1,0 +1,83 @@
+"""``python -m train.showcase``: the picture of a model that goes at the top of the README.
+
+One row per shipped example (val photos the model never trained on): the mask, the real photo, its
+re-synthesis from its own codes (encode -> generate), three random-code samples, and two re-rolls
+of one class only (the largest clothing class of the mask), everything else kept. Images are
+upscaled for display with a Lanczos filter (the factor is written under the grid).
+
+    python -m train.showcase --model smis/assets/ccp-demo --out docs/images/showcase.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from smis import SMISPipeline
+from smis.hub import BUNDLED_MODEL_DIR
+
+EXAMPLES = BUNDLED_MODEL_DIR.parent / "examples" / "ccp"
+CLOTHES = ("upper clothes", "dress", "lower clothes")
+
+
+def _tile(img: Image.Image | np.ndarray, size: tuple[int, int]) -> Image.Image:
+    im = img if isinstance(img, Image.Image) else Image.fromarray(np.asarray(img))
+    resample = Image.NEAREST if im.mode == "P" else Image.LANCZOS
+    return im.convert("RGB").resize(size, resample)
+
+
+def showcase(pipe: SMISPipeline, examples_dir: Path = EXAMPLES, scale: int = 2, seeds: tuple[int, ...] = (0, 1, 2),
+             max_rows: int = 6) -> Image.Image:
+    meta = json.loads((examples_dir / "examples.json").read_text())
+    cfg = pipe.config
+    size = (cfg.width * scale, cfg.height * scale)
+    header = ["mask", "photo", "its codes", *[f"seed {s}" for s in seeds], "re-roll 1", "re-roll 2"]
+    rows = []
+    for ex in meta["examples"][:max_rows]:
+        labels = pipe.prepare_mask(examples_dir / ex["mask"])
+        photo = pipe.prepare_photo(examples_dir / ex["photo"])
+        rec = pipe.generate(labels, codes=pipe.encode(examples_dir / ex["photo"], examples_dir / ex["mask"]))
+        samples = [pipe.generate(labels, seed=s) for s in seeds]
+        areas = {n: float((labels == cfg.class_id(n)).mean()) for n in CLOTHES}
+        cls = max(areas, key=areas.get)
+        rerolls = [pipe.reroll(labels, samples[0].codes, [cls], seed=100 + k) for k in range(2)]
+        row = [pipe.colorize(labels), photo, rec.image, *[s.image for s in samples], *[r.image for r in rerolls]]
+        rows.append(([_tile(x, size) for x in row], cls))
+    pad, top, foot = 4, 22, 30
+    w = len(header) * (size[0] + pad) + pad
+    h = top + len(rows) * (size[1] + pad) + pad + foot
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(header):
+        draw.text((pad + j * (size[0] + pad) + 4, 5), name, fill=(0, 0, 0))
+    for i, (tiles, cls) in enumerate(rows):
+        y = top + pad + i * (size[1] + pad)
+        for j, t in enumerate(tiles):
+            canvas.paste(t, (pad + j * (size[0] + pad), y))
+        draw.text((pad + (len(header) - 2) * (size[0] + pad) + 4, y + 4), f"only {cls}", fill=(255, 255, 255))
+    draw.text((pad, h - foot + 8), f"{cfg.name} model, {cfg.height}x{cfg.width} output upscaled x{scale} (Lanczos) "
+              "for display; masks and photos: CCP val images (not trained on).", fill=(0, 0, 0))
+    return canvas
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m train.showcase", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
+    p.add_argument("--out", default="docs/images/showcase.png")
+    p.add_argument("--scale", type=int, default=2, help="display upscaling factor (Lanczos)")
+    a = p.parse_args(argv)
+    pipe = SMISPipeline.from_pretrained(a.model, device="cpu")
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    showcase(pipe, scale=a.scale).save(out)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

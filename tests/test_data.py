@@ -14,7 +14,8 @@ from PIL import Image
 
 from smis import labels as L
 from train import data as D
-from train.data import build_dataset, dataset_classes
+from train.data import build_dataset
+from train.formats import CCP_GROUPS, dataset_classes
 from train.prepare import main as prepare_main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp"
@@ -154,7 +155,7 @@ def test_ade20k_reader(tmp_path):
 def _ccp_classes_json() -> dict:
     """CCP's classes.json layout (only the fields the reader needs), built from the built-in table."""
     return {"suggested_groups": [{"id": g, "name": L.CCP10_CLASSES[g], "fine_ids": list(f)}
-                                 for g, f in D.CCP_GROUPS.items()]}
+                                 for g, f in CCP_GROUPS.items()]}
 
 
 # fine id -> expected 10-class id, spelled out by name so the test does not reuse the table
@@ -189,9 +190,9 @@ def test_ccp_grouping_and_split(tmp_path, with_json):
 
 
 def test_ccp_builtin_groups_cover_every_fine_id_once():
-    ids = sorted(f for fine in D.CCP_GROUPS.values() for f in fine)
+    ids = sorted(f for fine in CCP_GROUPS.values() for f in fine)
     assert ids == list(range(59))
-    assert len(D.CCP_GROUPS) == len(L.CCP10_CLASSES) == 10
+    assert len(CCP_GROUPS) == len(L.CCP10_CLASSES) == 10
 
 
 def test_ccp_groups_match_shared_layout_names(tmp_path):

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from train import features as feat
+from train import inception
 from train import metrics as M
 
 
@@ -378,7 +379,7 @@ def test_alexnet_and_inception_match_torchvision_parameter_counts():
     # torchvision: alexnet 61,100,840 params, of which the classifier holds 58,631,144;
     # inception_v3 27,161,264 including fc (2,049,000) and AuxLogits (3,326,696).
     assert sum(p.numel() for p in feat.AlexNetFeatures().parameters()) == 61_100_840 - 58_631_144
-    inc = feat.InceptionV3Pool()
+    inc = inception.InceptionV3Pool()
     assert sum(p.numel() for p in inc.parameters()) == 27_161_264 - 2_049_000 - 3_326_696
     names = inc.state_dict()
     assert tuple(names["Mixed_7c.branch3x3dbl_3b.conv.weight"].shape) == (384, 384, 3, 1)
@@ -387,15 +388,15 @@ def test_alexnet_and_inception_match_torchvision_parameter_counts():
 
 
 def test_inception_variant_detection_and_ignored_keys(tmp_path):
-    state = dict(feat.InceptionV3Pool("torchvision").state_dict())
+    state = dict(inception.InceptionV3Pool("torchvision").state_dict())
     # pytorch-fid's FID network has a 1008-class fc; torchvision's has 1000 classes and AuxLogits.
-    assert feat.inception_variant({"fc.weight": torch.zeros(1008, 2048)}) == "fid"
-    assert feat.inception_variant({"fc.weight": torch.zeros(1000, 2048)}) == "torchvision"
+    assert inception.inception_variant({"fc.weight": torch.zeros(1008, 2048)}) == "fid"
+    assert inception.inception_variant({"fc.weight": torch.zeros(1000, 2048)}) == "torchvision"
     # An old checkpoint without BatchNorm num_batches_tracked still loads.
     old = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     torch.save({**old, "fc.weight": torch.zeros(1000, 2048), "AuxLogits.fc.bias": torch.zeros(1000)},
                tmp_path / "tv.pth")
-    tv = feat.InceptionV3Pool.from_pretrained(tmp_path / "tv.pth")
+    tv = inception.InceptionV3Pool.from_pretrained(tmp_path / "tv.pth")
     assert tv.variant == "torchvision" and not tv.training
     assert torch.equal(tv.Mixed_7c.branch_pool.bn.running_var, state["Mixed_7c.branch_pool.bn.running_var"])
     tv.train()
@@ -404,7 +405,7 @@ def test_inception_variant_detection_and_ignored_keys(tmp_path):
 
 @pytest.mark.slow
 def test_inception_forward_shape():
-    assert feat.InceptionV3Pool().eval()(_images(1, 32, 32)).shape == (1, 2048)
+    assert inception.InceptionV3Pool().eval()(_images(1, 32, 32)).shape == (1, 2048)
 
 
 def test_missing_vgg_weights_raise_with_the_helpful_message(tmp_path, monkeypatch):
@@ -440,7 +441,7 @@ def test_wrong_checkpoint_is_named(tmp_path):
     with pytest.raises(feat.FeatureWeightsUnavailable, match="could not read"):
         feat.AlexNetFeatures.from_pretrained(tmp_path / "junk.pth")
     with pytest.raises(feat.FeatureWeightsUnavailable, match="--inception-weights"):
-        feat.InceptionV3Pool.from_pretrained(tmp_path / "missing.pth")
+        inception.InceptionV3Pool.from_pretrained(tmp_path / "missing.pth")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -459,7 +460,7 @@ def test_parity_with_torchvision_models():
     x = _images(1, 80, 72)
     vgg = tv.models.vgg19(weights=None).eval()
     mine = feat.VGG19Features()
-    feat._load_matching(mine, vgg.state_dict(), "vgg19", "")
+    feat.load_matching(mine, vgg.state_dict(), "vgg19", "")
     with torch.no_grad():
         h = ((x + 1) / 2 - torch.tensor(feat.IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
             feat.IMAGENET_STD).view(1, 3, 1, 1)
@@ -473,8 +474,8 @@ def test_parity_with_torchvision_models():
         pool = {}
         inc.avgpool.register_forward_hook(lambda mod, i, o: pool.__setitem__("x", o.flatten(1)))
         inc(torch.nn.functional.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False))
-        ours = feat.InceptionV3Pool("torchvision")
-        feat._load_matching(ours, inc.state_dict(), "inception", "")
+        ours = inception.InceptionV3Pool("torchvision")
+        feat.load_matching(ours, inc.state_dict(), "inception", "")
         assert torch.allclose(ours.eval()(x), pool["x"], rtol=1e-4)
     assert set(feat.AlexNetFeatures().state_dict()) == {
         k for k in tv.models.alexnet(weights=None).state_dict() if k.startswith("features.")}

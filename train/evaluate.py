@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from . import features as feat
 from . import metrics as M
+from .inception import InceptionV3Pool
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ def load_distance_net(lpips_weights: str | None = None, alexnet_weights: str | N
 
 def describe_fid_net(net: torch.nn.Module) -> dict:
     """How the report names FID / KID computed on ``net``'s features (substitutes say so)."""
-    if isinstance(net, feat.InceptionV3Pool):
+    if isinstance(net, InceptionV3Pool):
         return {"fid_name": f"FID (InceptionV3 pool3, {net.variant} weights)", "kid_name": "KID (InceptionV3 pool3)",
                 "network": f"{net.name}-{net.variant}", "substitute": False}
     if isinstance(net, feat.PooledFeatures) and isinstance(net.net, feat.NormalisedVGG19Relu31):
@@ -92,7 +93,7 @@ def load_fid_net(inception_weights: str | None = None, download: bool = False,
                  device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """InceptionV3 pool3 if its weights can be had, else pooled VGG-relu3 features (substitute)."""
     try:
-        net = feat.InceptionV3Pool.from_pretrained(inception_weights, download=download)
+        net = InceptionV3Pool.from_pretrained(inception_weights, download=download)
         return net.to(device), {**describe_fid_net(net), "weights": inception_weights or "torch hub cache"}
     except feat.FeatureWeightsUnavailable as err:
         if inception_weights:

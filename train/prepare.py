@@ -28,7 +28,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .data import FORMATS, BadSampleError, SMISDataset, build_dataset
+from .data import BadSampleError, SMISDataset, build_dataset
+from .formats import FORMATS
 
 logger = logging.getLogger(__name__)
 

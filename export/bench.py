@@ -66,11 +66,6 @@ CPU_EXTRA = ("torch-bf16", "ort-fp16")
 REROLL_MODES = ("torch-reroll", "ort-reroll")
 CUDA_MODES = ("torch-eager", "torch-tf32", "torch-bf16", "torch-fp16", "torch-channels-last", "torch-compile",
               "torch-cudagraphs", "ort-cuda-fp32", "ort-cuda-fp16", "ort-trt-fp16", "ort-trt-fp32")
-PRECISION = {"torch-eager": "fp32", "torch-baked": "fp32", "torch-folded": "fp32", "torch-bf16": "bf16",
-             "torch-tf32": "tf32", "torch-fp16": "fp16", "torch-channels-last": "bf16", "torch-compile": "bf16",
-             "torch-cudagraphs": "bf16", "ort-fp32": "fp32", "ort-fp16": "fp16", "ort-cuda-fp32": "fp32",
-             "ort-cuda-fp16": "fp16", "ort-trt-fp32": "fp32", "ort-trt-fp16": "fp16", "torch-reroll": "fp32",
-             "ort-reroll": "fp32"}
 
 
 @dataclass
@@ -145,95 +140,86 @@ class ModeFactory:
             self._cache[key] = folder
         return self._cache[key]
 
-    # -- the modes --------------------------------------------------------------------------------
+    # -- the modes (see MODES) -------------------------------------------------------------------
     def runner(self, mode: str, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
         """(timed call, call returning float32 numpy for the error check)."""
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}")
+        if MODES[mode].cuda_only and self.device.type != "cuda":
+            raise ValueError(f"mode {mode} needs --device cuda")
+        return MODES[mode].build(self, inputs)
+
+    def _torch(self, net: GroupDNet, inputs: dict[str, np.ndarray], autocast: torch.dtype | None = None,
+               channels_last: bool = False, compiled: Callable | None = None) -> tuple[Runner, Runner]:
+        """The generator of ``net`` (or ``compiled``) on torch tensors, optionally autocast / channels-last."""
         dev = self.device
         labels = torch.from_numpy(inputs["labels"][:, 0]).to(dev)
         z = torch.from_numpy(inputs["z"]).to(dev)
+        if channels_last:
+            net = net.to(memory_format=torch.channels_last)
+        fwd = compiled or net.generator
 
-        def torch_mode(net: GroupDNet, autocast=None, channels_last=False, compiled=None):
-            if channels_last:
-                net = net.to(memory_format=torch.channels_last)
-            fwd = compiled or net.generator
+        def call():
+            ctx = torch.autocast(dev.type, dtype=autocast) if autocast else contextlib.nullcontext()
+            with torch.inference_mode(), ctx:
+                lab = net.label_tensor(labels)
+                if autocast is not None:
+                    lab = lab.to(autocast)
+                if channels_last:
+                    lab = lab.contiguous(memory_format=torch.channels_last)
+                out = fwd(z, lab)
+            _sync(dev)
+            return out
 
-            def call():
-                ctx = torch.autocast(dev.type, dtype=autocast) if autocast else contextlib.nullcontext()
-                with torch.inference_mode(), ctx:
-                    lab = net.label_tensor(labels)
-                    if autocast is not None:
-                        lab = lab.to(autocast)
-                    if channels_last:
-                        lab = lab.contiguous(memory_format=torch.channels_last)
-                    out = fwd(z, lab)
-                _sync(dev)
-                return out
+        return call, lambda: call().float().cpu().numpy()
 
-            return call, lambda: call().float().cpu().numpy()
+    def _eager_fp32(self, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        return self._torch(self._eager(), inputs)
 
-        if mode == "torch-eager":
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
-            return torch_mode(self._eager())
-        if mode == "torch-baked":
-            if "baked" not in self._cache:
-                from smis.backends import TorchBackend
+    def _tf32(self, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
+        call, _ = self._torch(self._folded(), inputs)
 
-                # A new mask every call: the label-branch cache (re-rolls) is measured by *-reroll.
-                self._cache["baked"] = TorchBackend(_owned_copy(self.model), str(dev), cache_label_features=False)
-                torch.set_num_threads(self.threads)  # TorchBackend takes every core
-            backend = self._cache["baked"]
-            lab_np, z_np = inputs["labels"][:, 0], inputs["z"]
-            call = lambda: backend.generate(lab_np, z_np)  # noqa: E731
-            return call, call
-        if mode == "torch-reroll":
-            if "reroll" not in self._cache:
-                from smis.backends import TorchBackend
+        def tf32_call():
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            try:
+                return call()
+            finally:
+                torch.backends.cuda.matmul.allow_tf32 = False
+                torch.backends.cudnn.allow_tf32 = False
 
-                self._cache["reroll"] = TorchBackend(_owned_copy(self.model), str(dev))
-                torch.set_num_threads(self.threads)
-            backend = self._cache["reroll"]
-            lab_np, z_np = inputs["labels"][:, 0], inputs["z"]
-            if not np.all(lab_np == lab_np[:1]):
-                raise ValueError("re-roll modes need one mask for the whole batch")
-            call = lambda: backend.generate(lab_np, z_np)  # noqa: E731
-            return call, call
-        if mode == "torch-folded":
-            return torch_mode(self._folded())
-        if mode == "torch-bf16":
-            return torch_mode(self._folded(), autocast=torch.bfloat16)
-        if mode in ("torch-tf32", "torch-fp16", "torch-channels-last", "torch-compile", "torch-cudagraphs"):
-            if dev.type != "cuda":
-                raise ValueError(f"mode {mode} needs --device cuda")
-            if mode == "torch-tf32":
-                call, check = torch_mode(self._folded())
+        return tf32_call, lambda: tf32_call().float().cpu().numpy()
 
-                def tf32_call():
-                    torch.backends.cuda.matmul.allow_tf32 = True
-                    torch.backends.cudnn.allow_tf32 = True
-                    try:
-                        return call()
-                    finally:
-                        torch.backends.cuda.matmul.allow_tf32 = False
-                        torch.backends.cudnn.allow_tf32 = False
+    def _compiled(self, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
+        if "compiled" not in self._cache:
+            net = self._folded().to(memory_format=torch.channels_last)
+            self._cache["compiled"] = torch.compile(net.generator, mode=self.compile_mode)
+        return self._torch(self._folded(), inputs, torch.bfloat16, True, compiled=self._cache["compiled"])
 
-                return tf32_call, lambda: tf32_call().float().cpu().numpy()
-            if mode == "torch-fp16":
-                return torch_mode(self._folded(), autocast=torch.float16)
-            if mode == "torch-channels-last":
-                return torch_mode(self._folded(), autocast=torch.bfloat16, channels_last=True)
-            if mode == "torch-compile":
-                if "compiled" not in self._cache:
-                    net = self._folded().to(memory_format=torch.channels_last)
-                    self._cache["compiled"] = torch.compile(net.generator, mode=self.compile_mode)
-                return torch_mode(self._folded(), torch.bfloat16, True, compiled=self._cache["compiled"])
-            return self._cudagraph(labels, z)
-        if mode.startswith("ort-"):
-            return self._ort(mode, inputs)
-        raise ValueError(f"unknown mode {mode!r}")
+    def _torch_backend(self, key: str, inputs: dict[str, np.ndarray], reroll: bool) -> tuple[Runner, Runner]:
+        """``smis.backends.TorchBackend``: a new mask every call, or (``reroll``) its label-branch cache warm."""
+        if key not in self._cache:
+            from smis.backends import TorchBackend
 
-    def _cudagraph(self, labels: torch.Tensor, z: torch.Tensor) -> tuple[Runner, Runner]:
+            # A new mask every call for "baked": the label-branch cache is measured by the re-roll modes.
+            self._cache[key] = TorchBackend(_owned_copy(self.model), str(self.device), cache_label_features=reroll)
+            torch.set_num_threads(self.threads)  # TorchBackend takes every core
+        return self._backend_call(self._cache[key], inputs, reroll)
+
+    @staticmethod
+    def _backend_call(backend, inputs: dict[str, np.ndarray], reroll: bool) -> tuple[Runner, Runner]:
+        lab_np, z_np = inputs["labels"][:, 0], inputs["z"]
+        if reroll and not np.all(lab_np == lab_np[:1]):
+            raise ValueError("re-roll modes need one mask for the whole batch")
+        call = lambda: backend.generate(lab_np, z_np)  # noqa: E731
+        return call, call
+
+    def _cudagraph(self, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
         # A bf16 copy instead of autocast: autocast's weight-cast cache does not mix with capture.
+        labels = torch.from_numpy(inputs["labels"][:, 0]).to(self.device)
+        z = torch.from_numpy(inputs["z"]).to(self.device)
         if "bf16" not in self._cache:
             import copy
 
@@ -284,11 +270,7 @@ class ModeFactory:
             self.providers[mode] = got
         backend = self._cache[mode]
         if mode == "ort-reroll":
-            lab_np, z_np = inputs["labels"][:, 0], inputs["z"]
-            if not np.all(lab_np == lab_np[:1]):
-                raise ValueError("re-roll modes need one mask for the whole batch")
-            call = lambda: backend.generate(lab_np, z_np)  # noqa: E731
-            return call, call
+            return self._backend_call(backend, inputs, reroll=True)
         session = backend.session
         feed = {"labels": inputs["labels"], "z": inputs["z"]}
         if device == "cpu":
@@ -307,6 +289,43 @@ class ModeFactory:
             return binding
 
         return call, lambda: call().copy_outputs_to_cpu()[0]
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One benchmark mode: the precision it is reported under and how :class:`ModeFactory` builds it."""
+
+    precision: str
+    build: Callable[[ModeFactory, dict[str, np.ndarray]], tuple[Runner, Runner]]
+    cuda_only: bool = False
+
+
+def _ort_mode(precision: str, mode: str) -> Mode:
+    return Mode(precision, lambda f, inputs: f._ort(mode, inputs))
+
+
+MODES: dict[str, Mode] = {
+    "torch-eager": Mode("fp32", ModeFactory._eager_fp32),
+    "torch-baked": Mode("fp32", lambda f, inputs: f._torch_backend("baked", inputs, reroll=False)),
+    "torch-folded": Mode("fp32", lambda f, inputs: f._torch(f._folded(), inputs)),
+    "torch-bf16": Mode("bf16", lambda f, inputs: f._torch(f._folded(), inputs, autocast=torch.bfloat16)),
+    "torch-tf32": Mode("tf32", ModeFactory._tf32, cuda_only=True),
+    "torch-fp16": Mode("fp16", lambda f, inputs: f._torch(f._folded(), inputs, autocast=torch.float16),
+                       cuda_only=True),
+    "torch-channels-last": Mode("bf16", lambda f, inputs: f._torch(f._folded(), inputs, torch.bfloat16, True),
+                                cuda_only=True),
+    "torch-compile": Mode("bf16", ModeFactory._compiled, cuda_only=True),
+    "torch-cudagraphs": Mode("bf16", ModeFactory._cudagraph, cuda_only=True),
+    "ort-fp32": _ort_mode("fp32", "ort-fp32"),
+    "ort-fp16": _ort_mode("fp16", "ort-fp16"),
+    "ort-cuda-fp32": _ort_mode("fp32", "ort-cuda-fp32"),
+    "ort-cuda-fp16": _ort_mode("fp16", "ort-cuda-fp16"),
+    "ort-trt-fp32": _ort_mode("fp32", "ort-trt-fp32"),
+    "ort-trt-fp16": _ort_mode("fp16", "ort-trt-fp16"),
+    "torch-reroll": Mode("fp32", lambda f, inputs: f._torch_backend("reroll", inputs, reroll=True)),
+    "ort-reroll": _ort_mode("fp32", "ort-reroll"),
+}
+PRECISION = {name: mode.precision for name, mode in MODES.items()}
 
 
 # ---------------------------------------------------------------------------------------------

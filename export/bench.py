@@ -11,24 +11,8 @@ run). Modes run round-robin (one call of each per round), so load from other pro
 shared machine hits all of them alike: compare the ratios, not the absolute times. Writes
 ``bench-<preset>-<device>.json`` and ``.md`` under ``--out``.
 
-Modes (``--modes``, comma-separated; the defaults depend on the device):
-
-=====================  ===================================================================
-torch-eager            the model as loaded (spectral norm parametrized), fp32 — the baseline
-torch-baked            smis.backends.TorchBackend (spectral norm baked), fp32
-torch-folded           the export copy in PyTorch (SN baked, BatchNorm folded), fp32
-torch-bf16             bf16 autocast (CPU or CUDA)
-torch-tf32             CUDA: TF32 matmuls / convolutions
-torch-fp16             CUDA: fp16 autocast
-torch-channels-last    CUDA: folded model, channels-last, bf16 autocast
-torch-compile          CUDA: the same through torch.compile(mode="max-autotune")
-torch-cudagraphs       CUDA: the same captured once as a CUDA graph and replayed
-torch-reroll           TorchBackend with its label-branch cache warm: a re-roll on an unchanged mask
-ort-reroll             OnnxBackend (generator-label + generator-render graphs), cache warm
-ort-fp32 / ort-fp16    ONNX Runtime, CPU execution provider, fp32 / fp16 graph
-ort-cuda-fp32/-fp16    ONNX Runtime CUDA provider (TF32 off for fp32), device-resident I/O binding
-ort-trt-fp32/-fp16     ONNX Runtime TensorRT provider (engine cache under the work folder)
-=====================  ===================================================================
+Modes (``--modes``, comma-separated; the defaults depend on the device) are the table :data:`MODES`,
+each with its precision and a line on what it runs (listed by ``--help``).
 
 ``--train-step`` adds a training-step measurement (generator + encoder forward/backward with an
 L1 + KL loss and an Adam step; no discriminator or VGG) for fp32 and bf16 autocast.
@@ -293,37 +277,46 @@ class ModeFactory:
 
 @dataclass(frozen=True)
 class Mode:
-    """One benchmark mode: the precision it is reported under and how :class:`ModeFactory` builds it."""
+    """One benchmark mode: its precision, what it runs, and how :class:`ModeFactory` builds it."""
 
     precision: str
+    description: str
     build: Callable[[ModeFactory, dict[str, np.ndarray]], tuple[Runner, Runner]]
     cuda_only: bool = False
 
 
-def _ort_mode(precision: str, mode: str) -> Mode:
-    return Mode(precision, lambda f, inputs: f._ort(mode, inputs))
+def _ort_mode(mode: str, description: str) -> Mode:
+    return Mode("fp16" if mode.endswith("fp16") else "fp32", description, lambda f, inputs: f._ort(mode, inputs))
 
 
 MODES: dict[str, Mode] = {
-    "torch-eager": Mode("fp32", ModeFactory._eager_fp32),
-    "torch-baked": Mode("fp32", lambda f, inputs: f._torch_backend("baked", inputs, reroll=False)),
-    "torch-folded": Mode("fp32", lambda f, inputs: f._torch(f._folded(), inputs)),
-    "torch-bf16": Mode("bf16", lambda f, inputs: f._torch(f._folded(), inputs, autocast=torch.bfloat16)),
-    "torch-tf32": Mode("tf32", ModeFactory._tf32, cuda_only=True),
-    "torch-fp16": Mode("fp16", lambda f, inputs: f._torch(f._folded(), inputs, autocast=torch.float16),
-                       cuda_only=True),
-    "torch-channels-last": Mode("bf16", lambda f, inputs: f._torch(f._folded(), inputs, torch.bfloat16, True),
+    "torch-eager": Mode("fp32", "the model as loaded (spectral norm parametrized) - the baseline",
+                        ModeFactory._eager_fp32),
+    "torch-baked": Mode("fp32", "smis.backends.TorchBackend (spectral norm baked)",
+                        lambda f, inputs: f._torch_backend("baked", inputs, reroll=False)),
+    "torch-folded": Mode("fp32", "the export copy in PyTorch (SN baked, BatchNorm folded)",
+                         lambda f, inputs: f._torch(f._folded(), inputs)),
+    "torch-bf16": Mode("bf16", "bf16 autocast (CPU or CUDA)",
+                       lambda f, inputs: f._torch(f._folded(), inputs, autocast=torch.bfloat16)),
+    "torch-tf32": Mode("tf32", "CUDA: TF32 matmuls / convolutions", ModeFactory._tf32, cuda_only=True),
+    "torch-fp16": Mode("fp16", "CUDA: fp16 autocast",
+                       lambda f, inputs: f._torch(f._folded(), inputs, autocast=torch.float16), cuda_only=True),
+    "torch-channels-last": Mode("bf16", "CUDA: folded model, channels-last, bf16 autocast",
+                                lambda f, inputs: f._torch(f._folded(), inputs, torch.bfloat16, True),
                                 cuda_only=True),
-    "torch-compile": Mode("bf16", ModeFactory._compiled, cuda_only=True),
-    "torch-cudagraphs": Mode("bf16", ModeFactory._cudagraph, cuda_only=True),
-    "ort-fp32": _ort_mode("fp32", "ort-fp32"),
-    "ort-fp16": _ort_mode("fp16", "ort-fp16"),
-    "ort-cuda-fp32": _ort_mode("fp32", "ort-cuda-fp32"),
-    "ort-cuda-fp16": _ort_mode("fp16", "ort-cuda-fp16"),
-    "ort-trt-fp32": _ort_mode("fp32", "ort-trt-fp32"),
-    "ort-trt-fp16": _ort_mode("fp16", "ort-trt-fp16"),
-    "torch-reroll": Mode("fp32", lambda f, inputs: f._torch_backend("reroll", inputs, reroll=True)),
-    "ort-reroll": _ort_mode("fp32", "ort-reroll"),
+    "torch-compile": Mode("bf16", "CUDA: the same through torch.compile (--compile-mode)",
+                          ModeFactory._compiled, cuda_only=True),
+    "torch-cudagraphs": Mode("bf16", "CUDA: the same captured once as a CUDA graph and replayed",
+                             ModeFactory._cudagraph, cuda_only=True),
+    "ort-fp32": _ort_mode("ort-fp32", "ONNX Runtime, CPU execution provider, fp32 graph"),
+    "ort-fp16": _ort_mode("ort-fp16", "ONNX Runtime, CPU execution provider, fp16 graph"),
+    "ort-cuda-fp32": _ort_mode("ort-cuda-fp32", "ONNX Runtime CUDA provider (TF32 off), device-resident I/O"),
+    "ort-cuda-fp16": _ort_mode("ort-cuda-fp16", "ONNX Runtime CUDA provider, fp16 graph, device-resident I/O"),
+    "ort-trt-fp32": _ort_mode("ort-trt-fp32", "ONNX Runtime TensorRT provider (engine cache in the work folder)"),
+    "ort-trt-fp16": _ort_mode("ort-trt-fp16", "ONNX Runtime TensorRT provider, fp16"),
+    "torch-reroll": Mode("fp32", "TorchBackend with its label-branch cache warm: a re-roll on an unchanged mask",
+                         lambda f, inputs: f._torch_backend("reroll", inputs, reroll=True)),
+    "ort-reroll": _ort_mode("ort-reroll", "OnnxBackend (generator-label + generator-render graphs), cache warm"),
 }
 PRECISION = {name: mode.precision for name, mode in MODES.items()}
 
@@ -573,9 +566,9 @@ def _ints(text: str) -> list[int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    modes = "\n".join(f"  {name:21s} {m.precision:5s} {m.description}" for name, m in MODES.items())
     p = argparse.ArgumentParser(prog="python -m export.bench", description=__doc__.split("\n\n")[0],
-                                epilog="Modes" + __doc__.split("Modes", 1)[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                epilog=f"modes:\n{modes}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="demo", choices=sorted(PRESETS), help="architecture (default demo)")
     p.add_argument("--tiny", action="store_true", help="the preset's tiny twin (smoke runs)")
     p.add_argument("--model", help="a model folder or Hub repo id to take weights from (default: random "
@@ -617,9 +610,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                            if args.torch_device.type == "cpu" else [])
     else:
         args.mode_list = [m.strip() for m in args.modes.split(",") if m.strip()]
-        unknown = [m for m in args.mode_list if m not in PRECISION]
+        unknown = [m for m in args.mode_list if m not in MODES]
         if unknown:
-            p.error(f"unknown modes {unknown}; choose from {', '.join(PRECISION)}")
+            p.error(f"unknown modes {unknown}; choose from {', '.join(MODES)}")
     return args
 
 

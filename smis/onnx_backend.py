@@ -299,18 +299,17 @@ class OnnxBackend:
         folder = _resolve_folder(name_or_path, revision)
         config_file = folder / "config.json"
         config = SMISConfig.load(config_file) if config_file.is_file() else None
-        graphs = ensure_graphs(folder, fp16, cache_dir, exporter=exporter)
-        backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
-                      graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
-        source = backend.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
-        if source and graphs["generator"].parent == folder and any(folder.glob("model*.safetensors")) \
-                and source != weights_file_digest(folder):
+        for use_folder in (True, False):
+            graphs = ensure_graphs(folder, fp16, cache_dir, use_folder, exporter)
+            backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
+                          graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
+            source = backend.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
+            if not (source and graphs["generator"].parent == folder and any(folder.glob("model*.safetensors"))
+                    and source != weights_file_digest(folder)):
+                break
             logger.warning("%s was exported from other weights than the safetensors now in %s; using a "
                            "fresh export instead (run `python -m export onnx --model %s` to replace it)",
                            graphs["generator"].name, folder, folder)
-            graphs = ensure_graphs(folder, fp16, cache_dir, use_folder=False, exporter=exporter)
-            backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
-                          graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
         return backend
 
     # -- the Backend protocol --------------------------------------------------------------

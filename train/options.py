@@ -258,11 +258,9 @@ class TrainOptions:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first option that cannot work."""
-        d, s = self.data, self.schedule
-        if not d.data:
+        s, o, r = self.schedule, self.objective, self.run
+        if not self.data.data:
             raise ValueError("--data is required: the dataset root folder")
-        if self.model.preset not in PRESETS:
-            raise ValueError(f"unknown preset {self.model.preset!r}; choose one of {', '.join(PRESETS)}")
         for group, f, hint in _fields():
             v, flag = getattr(getattr(self, group), f.name), _flag(f.name)
             check = f.metadata.get("check")
@@ -270,7 +268,7 @@ class TrainOptions:
                 raise ValueError(f"{flag} must be positive, got {v}")
             if check == "non-negative" and not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{flag} must be >= 0, got {v}")
-            choices = get_args(hint) if get_origin(hint) is Literal else ()
+            choices = get_args(hint) if get_origin(hint) is Literal else f.metadata.get("choices")
             if choices and v not in choices:
                 raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {v!r}")
         if s.steps is None and not (s.epochs > 0 and math.isfinite(s.epochs)):
@@ -281,7 +279,6 @@ class TrainOptions:
             raise ValueError("Adam betas must be in [0, 1)")
         if not 0.0 <= s.ema_decay < 1.0:
             raise ValueError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
-        o, r = self.objective, self.run
         if o.vgg_weights is not None and o.vgg in ("full", "partial") and not Path(o.vgg_weights).is_file():
             raise ValueError(f"--vgg-weights {o.vgg_weights}: no such file")
         if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):

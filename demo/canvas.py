@@ -9,6 +9,7 @@ frees only the one an event consumes).
 
 from __future__ import annotations
 
+import logging
 import threading
 from abc import ABCMeta
 from collections import OrderedDict
@@ -22,6 +23,8 @@ from smis import SMISPipeline
 from smis.labels import ids_to_color
 
 from .uploads import CANVAS, UserError, file_path, open_image, open_image_bytes
+
+logger = logging.getLogger(__name__)
 
 BACKGROUND = 0
 #: A colour upload with more distinct colours outside the palette than this is taken for a photo.
@@ -102,6 +105,13 @@ class Canvas(gr.ImageEditor, metaclass=_NoStub):
         pass
 
     def preprocess(self, payload: Any) -> dict | None:
+        try:
+            return self._read(payload)
+        except UserError as err:  # refused before the event runs: log it as the events do
+            logger.info("refused canvas: %s", err.message)
+            raise
+
+    def _read(self, payload: Any) -> dict | None:
         if payload is None:
             return None
         if payload.id is not None:

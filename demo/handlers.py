@@ -378,8 +378,13 @@ class DemoHandlers:
 
     @event
     def user_reference(self, photo: Any, mask: Any) -> Image.Image | None:
-        """Preview (photo | mask) of the visitor's reference once both files are there."""
+        """Preview (photo | mask) of the visitor's reference once both files are there; one alone is checked."""
         if file_path(photo) is None or file_path(mask) is None:
+            if file_path(photo) is not None:
+                open_image(photo, "photo", PHOTO, self.max_upload_bytes)
+            if file_path(mask) is not None:
+                self.canvas.mask_labels(open_image(mask, "mask of your photo", MASK, self.max_upload_bytes),
+                                        "mask of your photo")
             return None
         rgb, labels = self._user_reference(photo, mask)
         pair = Image.new("RGB", (self.config.width * 2, self.config.height))

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -95,16 +96,15 @@ def _visitor(url: str, files: dict[str, Path], rounds: int, errors: list[str]) -
 
 
 def run(model: str | None, clients: int, rounds: int, tiny: bool, extra_args: list[str]) -> dict:
-    from smis import get_config
+    from smis import SMISConfig, get_config
+    from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV
 
     tmp = Path(tempfile.mkdtemp(prefix="smis-membench-"))
     if tiny:
         model = str(_tiny_model(tmp / "model"))
-    cfg = get_config("demo", tiny=tiny) if model is None or tiny else None
-    if cfg is None:
-        from smis import SMISConfig
-
-        cfg = SMISConfig.load(Path(model) / "config.json")
+    folder = Path(model or os.environ.get(MODEL_ENV) or BUNDLED_MODEL_DIR)
+    # what app.py will load: a model folder, else (no model anywhere) its untrained "demo" fallback
+    cfg = SMISConfig.load(folder / "config.json") if (folder / "config.json").is_file() else get_config("demo")
     files = _inputs(tmp, cfg.height, cfg.width, cfg.palette)
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
@@ -148,13 +148,14 @@ def run(model: str | None, clients: int, rounds: int, tiny: bool, extra_args: li
                 proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    tracebacks = log_path.read_text().count("Traceback (most recent call last)")
-    return {"model": cfg.name if not tiny else f"{cfg.name} (tiny)", "size": f"{cfg.height}x{cfg.width}",
+    log = log_path.read_text()
+    shutil.rmtree(tmp, ignore_errors=True)
+    return {"model": f"{cfg.name} (tiny)" if tiny else cfg.name, "size": f"{cfg.height}x{cfg.width}",
             "clients": clients, "rounds": rounds, "calls": clients * rounds * 4,
             "rss_launch_mb": round(launched), "rss_warm_mb": round(warm), "rss_after_mb": round(after["VmRSS"]),
             "rss_peak_mb": round(after["VmHWM"]), "growth_mb": round(after["VmRSS"] - warm),
             "burst_s": round(burst_s, 1), "errors": len(errors), "first_errors": errors[:3],
-            "log_tracebacks": tracebacks, "log_lines": len(log_path.read_text().splitlines())}
+            "log_tracebacks": log.count("Traceback (most recent call last)"), "log_lines": len(log.splitlines())}
 
 
 def main(argv: list[str] | None = None) -> None:

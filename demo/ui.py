@@ -42,15 +42,16 @@ CSS = """
 /* small models: show images large and crisp (display only; downloads keep the true size) */
 #result img, #label-map img, #morph-frame img, #example-mask img { width: 100%; height: 100%;
     object-fit: contain; image-rendering: pixelated; }
-/* variant captions wrap instead of being cut ("#2 re-roll upper clothes") */
+/* variant captions wrap instead of being cut ("#2 re-roll upper clothes"); the strip is as tall as its rows */
 #strip .caption-label { white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
     max-width: none !important; line-height: 1.2; }
-#strip .grid-wrap { max-height: 480px; overflow-y: auto; }
-/* upload boxes: the whole file name */
-.upload-box .file-name { white-space: normal !important; word-break: break-all; overflow: visible !important; }
+#strip .grid-wrap { height: auto !important; min-height: 0 !important; max-height: 480px; overflow-y: auto; }
+#strip .empty { min-height: 64px !important; height: 64px !important; }
+/* file boxes: the whole file name, wrapped */
+.upload-box td.filename, .upload-box td.filename .stem { white-space: normal !important; overflow: visible !important;
+    text-overflow: clip !important; word-break: break-all; }
 @media (max-width: 640px) {
-  #result, #morph-frame { max-height: 360px; }
-  .mix-source { min-width: 140px !important; flex: 1 1 140px !important; }
+  #result img, #morph-frame img { max-height: 320px; }
 }
 """
 
@@ -170,7 +171,8 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                         fill_class = gr.Dropdown(names, value=names[min(2, len(names) - 1)],
                                                  label="Fill class", elem_id="fill-class", scale=1, min_width=120)
                     mask_upload = gr.File(label="Upload a mask: PNG of class ids, or the legend colours",
-                                          file_types=[".png"], elem_id="mask-upload", elem_classes="upload-box")
+                                          file_types=["image"], elem_id="mask-upload", elem_classes="upload-box",
+                                          height=120)
                 examples = h.example_masks()
                 example_mask = gr.Image(label="Example mask", type="filepath", image_mode=None,
                                         interactive=False, visible=False, height=120,
@@ -191,8 +193,8 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                                         height=420, elem_id="result")
                 result_file = gr.File(label="Download PNG (mask + codes inside)", interactive=False,
                                       elem_id="result-file", elem_classes="upload-box")
-                reopen_file = gr.File(label="Re-open a result PNG saved by this demo", file_types=[".png"],
-                                      elem_id="reopen", elem_classes="upload-box")
+                reopen_file = gr.File(label="Re-open a result PNG saved by this demo", file_types=["image"],
+                                      elem_id="reopen", elem_classes="upload-box", height=120)
 
             # ---- 3 · re-roll -------------------------------------------------------------------
             with gr.Column(scale=4, min_width=260):
@@ -221,13 +223,13 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
                         gr.Gallery(h.reference_gallery(), label="Reference photos (photo | mask)", columns=4,
-                                   height=300, format="png", interactive=False, elem_id="references")
+                                   height="auto", format="png", interactive=False, elem_id="references")
                     with gr.Column(scale=2):
                         user_photo = gr.File(label="Your photo (JPEG, PNG or WebP)",
-                                             file_types=[".jpg", ".jpeg", ".png", ".webp"],
-                                             elem_id="user-photo", elem_classes="upload-box")
-                        user_mask = gr.File(label="Its mask (PNG, same size)", file_types=[".png"],
-                                            elem_id="user-mask", elem_classes="upload-box")
+                                             file_types=["image"],
+                                             elem_id="user-photo", elem_classes="upload-box", height=120)
+                        user_mask = gr.File(label="Its mask (PNG, same size)", file_types=["image"],
+                                            elem_id="user-mask", elem_classes="upload-box", height=120)
                         user_preview = gr.Image(label="Your reference", type="pil", interactive=False,
                                                 height=160, buttons=[])
                 choices = h.mix_choices()
@@ -240,12 +242,11 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                     with gr.Row():
                         for name in names[start:start + per_row]:
                             sources.append(gr.Dropdown(choices, value="keep", label=name, min_width=120,
-                                                       elem_id=f"mix-{name.replace(' ', '-')}",
-                                                       elem_classes="mix-source"))
+                                                       elem_id=f"mix-{name.replace(' ', '-')}"))
                 with gr.Row():
                     mix_btn = gr.Button("Mix", variant="primary", elem_id="mix")
                 mix_preview = gr.Image(label="Mixed result (also the current result above)", type="filepath",
-                                       interactive=False, height=300, format="png")
+                                       interactive=False, height=240, format="png")
 
             with gr.Tab("Style morphing", id="morph"):
                 gr.Markdown("Interpolate every class's code from A to B on the current mask. A and B can be "

@@ -216,6 +216,64 @@ def test_api_bad_uploads_do_not_kill_the_app(client, canvas_files, server):
     assert SMISResult.load(out[3]).seed == 5
 
 
+def test_api_refusals_are_clear_quick_and_logged_once(client, canvas_files, server):
+    """Issue 12: a GIF mask is refused (1); messages name the problem (9); a huge or damaged canvas is
+    refused from its header with a clear message (13); mixing only absent classes says so (8); and the
+    server logs one line per refusal, no traceback (12)."""
+    from gradio_client import handle_file
+    from gradio_client.exceptions import AppError
+    from test_demo_handlers import png_header_only
+
+    folder, labels = canvas_files
+    tmp = server["tmp"]
+    gif = tmp / "mask.gif"
+    Image.fromarray(labels.astype(np.uint8)).save(gif)
+    with pytest.raises(AppError, match="mask is a GIF"):
+        client.predict(handle_file(str(gif)), editor_value(folder), api_name="/upload_mask")
+    jpeg = tmp / "mask.jpg"
+    Image.fromarray(np.asarray(get_palette_image(labels))).save(jpeg, quality=90)
+    with pytest.raises(AppError, match="JPEG compression changes the colours"):
+        client.predict(handle_file(str(jpeg)), editor_value(folder), api_name="/upload_mask")
+    with pytest.raises(AppError, match="is a JPEG; open a PNG saved by this demo"):
+        client.predict(handle_file(str(jpeg)), [], None, [], api_name="/reopen")
+    photo = tmp / "photo.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (128, 64, 3), dtype=np.uint8)).save(photo)
+    with pytest.raises(AppError, match="looks like a photo, not a mask"):
+        client.predict(handle_file(str(photo)), editor_value(folder), api_name="/upload_mask")
+
+    huge = tmp / "huge.png"
+    huge.write_bytes(png_header_only(10000, 10000))  # 100 megapixels in a few bytes
+    t0 = time.perf_counter()
+    with pytest.raises(AppError, match="canvas background is 10000x10000 pixels"):
+        client.predict({"background": handle_file(str(huge)), "layers": [], "composite": None}, 1, False, [],
+                       None, [], api_name="/generate")
+    assert time.perf_counter() - t0 < 10
+    corrupt = tmp / "corrupt-canvas.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"not really a png" * 20)
+    with pytest.raises(AppError, match="canvas background is not an image file") as err:
+        client.predict({"background": handle_file(str(corrupt)), "layers": [], "composite": None}, 1, False, [],
+                       None, [], api_name="/generate")
+    assert "preprocess" not in str(err.value)
+
+    out = client.predict(editor_value(folder), 3, False, [], None, [], api_name="/generate")
+    sources = ["keep"] * 10
+    sources[1] = "ref:ex0"  # hair: the blocky mask has none
+    with pytest.raises(AppError, match="'hair' is not in the current mask, so mixing would not change the image"):
+        client.predict(handle_file(out[3]), None, None, [], None, [], *sources, api_name="/mix")
+
+    log = server["log"].read_text()
+    assert "Traceback" not in log, log[-3000:]
+    refusals = [line for line in log.splitlines() if " refused " in line]
+    assert any("refused upload_mask: The mask is a GIF" in line for line in refusals)
+    assert any("refused canvas: The canvas background is 10000x10000" in line for line in refusals)
+
+
+def get_palette_image(labels):
+    from smis import get_config
+
+    return Image.fromarray(np.asarray(get_config("demo", tiny=True).palette, np.uint8)[labels])
+
+
 def test_examples_are_cached_at_launch(server):
     """Two built-in figures + the two references of the temporary examples folder."""
     import csv
@@ -307,6 +365,83 @@ def test_browser_draw_generate_reroll(server, tmp_path):
     assert changed == [SHOES]
     with Image.open(tmp_path / "browser.png") as shot:
         assert shot.size == (1400, 1000)
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+def test_browser_brush_seed_and_layout(server, tmp_path):
+    """Issue 12 in a browser: the class selector sets the brush and the colour popup closes (3); a seed
+    typed during a generation is kept and used next (4); nothing covers the label map (2); variant
+    captions and file names are not cut (6, 7); on a phone the mixture dropdowns are readable (10)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(server["url"])
+            page.locator("#canvas canvas").first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            swatches = page.locator("#canvas button.color")
+            page.locator("#brush-class label", has_text="shoes").click()
+            sync_api.expect(swatches).to_have_count(0)  # picked, and the popup closed again
+            page.click("#canvas button[aria-label='Color']")
+            sync_api.expect(swatches.nth(SHOES)).to_have_attribute("title", "shoes")  # named swatches
+            page.keyboard.press("Escape")
+            sync_api.expect(swatches).to_have_count(0)
+            box = page.locator("#canvas canvas").first.bounding_box()
+            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6
+            page.mouse.move(x - 60, y)
+            page.mouse.down()
+            page.mouse.move(x + 60, y + 10, steps=15)
+            page.mouse.up()
+
+            # a seed typed while a (random-seed) generation runs is kept, and the next Generate uses it
+            link = page.locator("#result-file a[href]").first
+            page.click("#generate")
+            page.locator("#seed input").fill("4242")
+            sync_api.expect(link).to_have_attribute("download", re.compile("generate"), timeout=60_000)
+            page.wait_for_timeout(500)
+            assert page.locator("#seed input").input_value() == "4242"
+            assert not page.locator("#randomize input").is_checked()
+            first_url = link.get_attribute("href")
+            page.click("#generate")
+            sync_api.expect(link).to_have_attribute("download", re.compile("seed4242"), timeout=60_000)
+            page.locator("#reroll-class input").click()
+            page.get_by_role("option", name="shoes").click()
+            page.click("#reroll")
+            sync_api.expect(link).to_have_attribute("download", re.compile("re-roll-shoes"), timeout=60_000)
+
+            def uncovered(selector: str) -> bool:  # the element's own top edge takes the clicks
+                return page.locator(selector).first.evaluate(
+                    "e => { e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+                    " return document.elementFromPoint(r.left + r.width / 2, r.top + 8) === e; }")
+
+            def cut(selector: str) -> list[str]:  # texts wider than their box (ellipsis / clipped)
+                return page.locator(selector).evaluate_all(
+                    "els => els.filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+
+            assert uncovered("#label-map img")
+            sync_api.expect(page.locator("#strip .caption-label")).to_have_count(3)
+            assert cut("#strip .caption-label") == []
+            assert "re-roll shoes" in page.locator("#strip .caption-label").last.text_content()
+            assert uncovered("#strip .gallery-item img")
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844})
+            phone.goto(server["url"])
+            phone.locator("#canvas canvas").first.wait_for(timeout=60_000)
+            phone.click("#generate")
+            sync_api.expect(phone.locator("#result-file a[href]").first).to_have_attribute(
+                "download", re.compile("generate"), timeout=60_000)
+            page = phone
+            assert cut("#result-file td.filename .stem") == []
+            phone.get_by_role("tab", name="Appearance mixture").click()
+            phone.wait_for_timeout(500)
+            assert cut("#features input[role=listbox]") == []
+        finally:
+            browser.close()
+    with urllib.request.urlopen(first_url) as r:
+        first = SMISResult.load(r.read())
+    assert set(np.unique(first.labels)) == {0, SHOES}
 
 
 # -- app.py options and the untrained fallback ---------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import gradio as gr
 import numpy as np
@@ -358,6 +359,10 @@ def test_mix_errors(h, first, examples_dir, tmp_path):
     pair = h.user_reference(str(examples_dir / "ex0.jpg"), str(examples_dir / "ex0.png"))
     assert pair.size == (2 * 64, 128)
     assert h.user_reference(None, str(examples_dir / "ex0.png")) is None
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    with pytest.raises(gr.Error, match="photo is not an image file"):  # one file alone is checked at once
+        h.user_reference(str(text), None)
 
 
 def test_morph_scrub_keep(h, first):
@@ -449,3 +454,148 @@ def test_events_refuse_before_any_model_work(h, first, examples_dir, tmp_path, m
     with pytest.raises(gr.Error, match="not an image file"):
         h.load_example(str(bad), 0)
     assert calls == []
+
+
+# -- issue 12: uploads, messages, mixture of absent classes, memory ----------------------------------
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header says width x height but whose pixel data is a few bytes (never decoded)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def test_gif_and_other_formats_are_refused_alike_in_every_box(h, first, labels, tmp_path):
+    """A GIF's palette indices are never read as class ids; each box says what it takes."""
+    gif = tmp_path / "mask.gif"
+    Image.fromarray(labels.astype(np.uint8)).save(gif)  # indices 0..5: would have been a random mask
+    with pytest.raises(gr.Error, match="mask is a GIF: .* Save it as PNG"):
+        h.upload_mask(str(gif), None, [])
+    with pytest.raises(gr.Error, match="result PNG is a GIF"):
+        h.reopen(str(gif), [])
+    animated = tmp_path / "photo.gif"
+    frames = [Image.new("RGB", (64, 128), c) for c in ((200, 0, 0), (0, 200, 0))]
+    frames[0].save(animated, save_all=True, append_images=frames[1:])
+    ids = tmp_path / "ids.png"
+    Image.fromarray(labels.astype(np.uint8)).save(ids)
+    with pytest.raises(gr.Error, match="photo is a GIF; upload a JPEG, PNG or WebP photo"):
+        h.user_reference(str(animated), str(ids))
+    webp = tmp_path / "photo.webp"
+    frames[0].save(webp, save_all=True, append_images=frames[1:])
+    with pytest.raises(gr.Error, match=r"photo is animated \(2 frames\)"):
+        h.user_reference(str(webp), str(ids))
+    with pytest.raises(gr.Error, match="mask of your photo is a GIF"):
+        h.user_reference(str(tmp_path / "ids.png"), str(gif))
+
+
+def test_indexed_png_is_read_as_the_visitor_sees_it(h, labels, tmp_path):
+    """Indexed PNG: by colour when it is drawn in class colours (an optimiser's output), else by index."""
+    drawn = h.canvas.colorize(labels).quantize(colors=8)  # palette order unrelated to class ids
+    assert drawn.mode == "P" and not np.array_equal(np.asarray(drawn), labels)
+    drawn.save(tmp_path / "drawn.png")
+    ed, *_ = h.upload_mask(str(tmp_path / "drawn.png"), None, [])
+    np.testing.assert_array_equal(h.canvas.to_labels(ed), labels)
+    voc = Image.fromarray(labels.astype(np.uint8), "L").convert("P")
+    voc.putpalette([v for i in range(256) for v in (i * 7 % 256, 40, 90)])  # a display palette
+    voc.save(tmp_path / "voc.png")
+    ed, *_ = h.upload_mask(str(tmp_path / "voc.png"), None, [])
+    np.testing.assert_array_equal(h.canvas.to_labels(ed), labels)
+
+
+def test_messages_say_what_happened(h, first, labels, tmp_path):
+    jpeg = tmp_path / "mask.jpg"
+    h.canvas.colorize(labels).save(jpeg, quality=90)
+    with pytest.raises(gr.Error, match="JPEG compression changes the colours.* Save the mask as PNG"):
+        h.upload_mask(str(jpeg), None, [])
+    photo = tmp_path / "photo.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (128, 64, 3), dtype=np.uint8)).save(photo)
+    with pytest.raises(gr.Error, match="looks like a photo, not a mask") as err:
+        h.upload_mask(str(photo), None, [])
+    assert "#" not in str(err.value)  # no list of hex colours
+    few = np.asarray(h.canvas.colorize(labels)).copy()
+    few[:4, :4] = (12, 200, 33)
+    Image.fromarray(few).save(tmp_path / "few.png")
+    with pytest.raises(gr.Error, match=r"16 pixels of the mask have colours that are not class colours \(#0cc821\)"):
+        h.upload_mask(str(tmp_path / "few.png"), None, [])
+    with pytest.raises(gr.Error, match="is a JPEG; open a PNG saved by this demo") as err:
+        h.reopen(str(jpeg), [])
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
+    for call in (lambda: h.upload_mask(str(corrupt), None, []), lambda: h.reopen(str(corrupt), [])):
+        with pytest.raises(gr.Error) as err:
+            call()
+        assert "Error" not in str(err.value) and "JPEG" not in str(err.value)  # no exception names
+
+
+def test_huge_images_are_refused_from_the_header(h, tmp_path):
+    """A 10000x10000 PNG of a few bytes is refused at once, wherever it enters (nothing is decoded)."""
+    import time
+
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_header_only(10000, 10000))
+    t0 = time.perf_counter()
+    with pytest.raises(gr.Error, match="canvas layer is 10000x10000 pixels"):
+        h.generate({"background": str(huge), "layers": [], "composite": None}, 1, False, [])
+    with pytest.raises(gr.Error, match="mask is 10000x10000 pixels"):
+        h.upload_mask(str(huge), None, [])
+    with pytest.raises(gr.Error, match="result PNG is 10000x10000 pixels"):
+        h.reopen(str(huge), [])
+    assert time.perf_counter() - t0 < 2
+
+
+def test_mixing_a_class_the_mask_lacks_says_so(h, first):
+    """Item 8: absent classes are named; if none of the chosen ones is in the mask, nothing is made."""
+    path, strip = first[3], first[4]
+    sources = ["keep"] * 10
+    sources[HAIR] = sources[8] = "ref:ex0"
+    with pytest.raises(gr.Error, match="'hair' and 'bag' are not in the current mask, so mixing would not "
+                                       "change the image"):
+        h.mix(path, None, None, strip, None, [], *sources)
+    sources[UPPER] = "ref:ex0"
+    with pytest.warns(UserWarning, match="'hair' and 'bag' are not in the current mask: the code is taken"):
+        out = h.mix(path, None, None, strip, None, [], *sources)
+    caption = out[2][-1][1]
+    assert "upper clothes←example ex0" in caption and "hair" not in caption and "bag" not in caption
+    new, ref = SMISResult.load(out[1]), h.references.codes("ex0")
+    np.testing.assert_allclose(new.codes.values[HAIR], ref.values[HAIR], atol=1e-6)  # shows once painted
+
+
+def test_mix_warning_names_each_missing_class_in_number(h, first):
+    sources = ["keep"] * 10
+    sources[UPPER] = sources[SKIN] = "ref:ex1"  # ex1 (dress and bag) has skin, no upper clothes
+    with pytest.warns(UserWarning, match="'upper clothes' is not in example ex1, so its code from it carries"):
+        h.mix(first[3], None, None, first[4], None, [], *sources)
+    sources[LOWER] = "ref:ex1"
+    with pytest.warns(UserWarning, match="'upper clothes' and 'lower clothes' are not in example ex1, so "
+                                         "their codes from it carry no appearance"):
+        h.mix(first[3], None, None, first[4], None, [], *sources)
+
+
+def test_example_status_names_no_launch_time(h):
+    """Item 11: cached examples were computed at launch; their status must not look like the visitor's time."""
+    masks = h.example_masks()
+    status = h.load_example(masks[0][0], 0)[-1]
+    assert "example" in status and not re.search(r"\d\.\d\d s", status)
+
+
+def test_undo_history_is_compact_and_blobs_are_bounded(h, labels):
+    """Item 12: what the server keeps per visitor is small and bounded."""
+    from types import SimpleNamespace
+
+    from demo.canvas import BlobStore
+
+    _, hist, _ = h.clear_mask(h.canvas.to_editor(labels), [])
+    assert hist[0].dtype == np.uint8 and hist[0].nbytes == labels.size
+    store = BlobStore(max_items=3, max_bytes=1000)
+    for i in range(10):
+        store[f"id{i}"] = SimpleNamespace(background=b"x" * 100, composite=None, layers=[b"y" * 100])
+    assert len(store) == 3 and "id9" in store and "id6" not in store and store.nbytes == 600
+    store["big"] = SimpleNamespace(background=b"x" * 900, composite=None, layers=[])
+    assert list(store._items) == ["big"] and store.pop("big").background and len(store) == 0

@@ -169,7 +169,7 @@ def _open_image(obj: str | os.PathLike | bytes | Image.Image, what: str) -> Imag
     try:
         img = Image.open(src)
         # Refuse absurd sizes from the header, before decoding a possible decompression bomb.
-        _check_side(img.size[::-1])
+        check_side(img.size[::-1])
         img.load()
     except Image.DecompressionBombError as err:
         raise ValueError(f"the {what} is far too large to decode ({err}); resize it first") from err
@@ -210,7 +210,7 @@ def load_mask(
     if arr.ndim == 3 and arr.shape[0] == 1:
         arr = arr[0]
     if arr.ndim == 3 and arr.shape[2] in (3, 4):
-        _check_side(arr.shape[:2])
+        check_side(arr.shape[:2])
         if arr.dtype != np.uint8:
             raise ValueError(f"a colour mask must be uint8, got {arr.dtype}")
         return color_to_ids(arr, palette, snap=snap_colors)
@@ -218,7 +218,7 @@ def load_mask(
         raise ValueError(
             f"a mask must be (H, W) class ids or (H, W, 3) colours, got shape {arr.shape}"
         )
-    _check_side(arr.shape)
+    check_side(arr.shape)
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)) or not np.all(arr == np.round(arr)):
             raise ValueError("a class-id mask must hold whole numbers; got fractional values")
@@ -235,11 +235,12 @@ def load_mask(
     return ids
 
 
-def _check_side(shape: Sequence[int]) -> None:
+def check_side(shape: Sequence[int], what: str = "mask") -> None:
+    """Refuse an image whose (H, W) is outside ``MIN_MASK_SIDE..MAX_MASK_SIDE`` (read it from the header)."""
     h, w = int(shape[0]), int(shape[1])
     if min(h, w) < MIN_MASK_SIDE or max(h, w) > MAX_MASK_SIDE:
         raise ValueError(
-            f"mask size {h}x{w} is outside {MIN_MASK_SIDE}..{MAX_MASK_SIDE} pixels per side; "
+            f"{what} size {h}x{w} is outside {MIN_MASK_SIDE}..{MAX_MASK_SIDE} pixels per side; "
             "resize it first"
         )
 
@@ -263,5 +264,5 @@ def load_photo(photo: object) -> np.ndarray:
                 arr = (arr * 255.0 + 0.5).astype(np.uint8)
             else:
                 raise ValueError(f"a photo array must be uint8 (or float in [0, 1]), got {arr.dtype}")
-    _check_side(arr.shape[:2])
+    check_side(arr.shape[:2])
     return arr

@@ -8,9 +8,9 @@ Each upload box takes a fixed set of formats, said in its label and in its refus
     canvas layers              PNG or WebP (what the browser's editor sends)
 
 An image is refused before it is decoded when it is missing, empty, over the size limit, not an
-image, in another format, animated, or larger than ``MAX_MASK_SIDE`` per side (the limit of
-:mod:`smis.labels`). Refusals are :class:`UserError`: the message is for the visitor, and the
-server logs one line instead of a traceback.
+image, in another format, animated, or outside the side limits of :func:`smis.labels.check_side`
+(the one owner of that rule). Refusals are :class:`UserError`: the message is for the visitor, and
+the server logs one line instead of a traceback.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 from PIL import Image
 
-from smis.labels import MAX_MASK_SIDE, MIN_MASK_SIDE
+from smis.labels import check_side
 
 #: Uploads larger than this are refused before they are opened.
 MAX_UPLOAD_BYTES = 10 * 2**20
@@ -105,10 +105,10 @@ def _decode(src: str | io.BytesIO, what: str, kind: Kind) -> Image.Image:
         raise UserError(_format_refusal(what, fmt, kind))
     if getattr(img, "n_frames", 1) > 1:
         raise UserError(f"The {what} is animated ({img.n_frames} frames); {kind.advice} with one frame.")
-    w, h = img.size
-    if max(w, h) > MAX_MASK_SIDE or min(w, h) < MIN_MASK_SIDE:
-        raise UserError(f"The {what} is {w}x{h} pixels; each side must be {MIN_MASK_SIDE} to {MAX_MASK_SIDE}. "
-                        "Resize it first.")
+    try:
+        check_side(img.size[::-1], what)  # from the header: nothing is decoded yet
+    except ValueError as err:
+        raise UserError(f"The {err}.") from None
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):

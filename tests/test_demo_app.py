@@ -244,7 +244,7 @@ def test_api_refusals_are_clear_quick_and_logged_once(client, canvas_files, serv
     huge = tmp / "huge.png"
     huge.write_bytes(png_header_only(10000, 10000))  # 100 megapixels in a few bytes
     t0 = time.perf_counter()
-    with pytest.raises(AppError, match="canvas background is 10000x10000 pixels"):
+    with pytest.raises(AppError, match="canvas background size 10000x10000 is outside 8..4096 pixels per side"):
         client.predict({"background": handle_file(str(huge)), "layers": [], "composite": None}, 1, False, [],
                        None, [], api_name="/generate")
     assert time.perf_counter() - t0 < 10
@@ -265,7 +265,7 @@ def test_api_refusals_are_clear_quick_and_logged_once(client, canvas_files, serv
     assert "Traceback" not in log, log[-3000:]
     refusals = [line for line in log.splitlines() if " refused " in line]
     assert any("refused upload_mask: The mask is a GIF" in line for line in refusals)
-    assert any("refused canvas: The canvas background is 10000x10000" in line for line in refusals)
+    assert any("refused canvas: The canvas background size 10000x10000" in line for line in refusals)
 
 
 def get_palette_image(labels):

@@ -36,9 +36,9 @@ def _stroke(page, x0: float, y0: float, x1: float, y1: float) -> None:
 
 
 def _pick_colour(page, index: int) -> None:
-    page.click("#canvas button[aria-label='Color']")
-    page.locator("#canvas button.color").nth(index).click()
-    page.mouse.click(3, 3)  # close the popup, or it swallows the next stroke
+    """The brush class selector sets the canvas' colour (and leaves its popup closed)."""
+    page.locator("#brush-class label").nth(index).click()
+    page.wait_for_timeout(300)
 
 
 def _select(page, elem_id: str, option: str) -> None:

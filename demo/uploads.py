@@ -16,6 +16,7 @@ the server logs one line instead of a traceback.
 from __future__ import annotations
 
 import io
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ def open_image_bytes(data: bytes, what: str, kind: Kind, max_bytes: int = MAX_UP
 
 def _decode(src: str | io.BytesIO, what: str, kind: Kind) -> Image.Image:
     try:
-        img = Image.open(src)  # reads the header only
+        with warnings.catch_warnings():  # sides are checked below, with a message for the visitor
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(src)  # reads the header only
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise UserError(f"The {what} is not an image file (or it is damaged); {kind.advice}.") from None
     fmt = (img.format or "").upper()

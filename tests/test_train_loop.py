@@ -208,6 +208,27 @@ def test_init_from_starts_a_new_run_and_resume_auto_continues_it(straight, tmp_p
     assert resolved["start_step"] == 1 and str(straight.snapshot) in resolved["initialised_from"]
 
 
+def test_init_step_continues_the_schedule_of_the_weights_it_starts_from(straight, tmp_path):
+    """A fresh machine: no run folder, only the weights of step 2 of a 4-step run. --init-step auto
+    continues at step 2 (LR schedule, data position), and the history counts epochs once."""
+    from train import history
+
+    source = ckpt.state_path(straight.run_dir, 2)
+    result = train(tiny_options(outdir=str(tmp_path), init_from=str(source), init_step="auto"),
+                   dataset=BlobDataset(8))
+    assert result.status == "finished" and result.step == 4
+    resolved = json.loads((tmp_path / "training_options.json").read_text())["resolved"]
+    assert resolved["start_step"] == 2 and resolved["init_step"] == 2
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [3, 4]
+    merged = history.run_history(tmp_path)
+    assert [(r["step"], r["epoch"]) for r in merged.train] == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
+    with pytest.raises(ValueError, match="outside this run's 0..3 steps"):
+        train(tiny_options(outdir=str(tmp_path / "b"), init_from=str(source), init_step="9"), dataset=BlobDataset(8))
+    with pytest.raises(ValueError, match="--init-step needs --init-from"):
+        tiny_options(init_step="2")
+
+
 # -- the val probe ---------------------------------------------------------------------------------
 def test_val_probe_measures_reconstruction_and_per_class_reroll_locality():
     from train.monitor import val_probe

@@ -215,6 +215,27 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
     return what
 
 
+def init_source_step(source: str) -> int:
+    """The step the ``--init-from`` source stopped at: a training state's step, else the last step
+    in a model folder's ``training_log``."""
+    from smis import hub
+
+    from . import history
+
+    path = Path(source).expanduser()
+    if path.is_file():
+        return int(load_state(path)["step"])
+    try:
+        folder = hub.resolve_model_dir(source)
+    except hub.CheckpointError as err:
+        raise TrainingStateError(f"--init-from {source}: {err}") from err
+    log = history.read_log_dir(folder / history.MODEL_LOG_DIR)
+    if log.train:
+        return int(log.train[-1]["step"])
+    raise TrainingStateError(f"--init-step auto: {folder} has no {history.MODEL_LOG_DIR}/ to read its step from; "
+                             "pass the step number")
+
+
 # ---------------------------------------------------------------------------------------------
 # RNG states as tensors (so the state file stays weights_only-loadable)
 # ---------------------------------------------------------------------------------------------

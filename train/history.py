@@ -99,7 +99,13 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
     """
     run = Path(run_dir)
     hist = read_log_dir(run / HISTORY_DIR)
+    opts_file = run / "training_options.json"
+    resolved = json.loads(opts_file.read_text()).get("resolved", {}) if opts_file.is_file() else {}
+    # A run started with --init-step N counts its epochs from step 0 of the schedule it continues:
+    # its first record already says N / steps-per-epoch, which the history has counted.
     offset = hist.last_epoch
+    if resolved.get("init_step") and resolved.get("steps_per_epoch"):
+        offset -= resolved["init_step"] / resolved["steps_per_epoch"]
     steps_per_epoch = None
     own_train, own_val = [], []
     for rec in _read_jsonl(run / LOG_FILES["train"]):
@@ -123,7 +129,6 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
         epoch = offset + (step / steps_per_epoch if steps_per_epoch else 0.0)
         evals.append(eval_record(json.loads(path.read_text()), step, epoch))
     runs = list(hist.runs)
-    opts_file = run / "training_options.json"
     if opts_file.is_file() and (own_train or own_val):
         d = json.loads(opts_file.read_text())
         o = d.get("options", {})
@@ -133,7 +138,8 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
             command = options_to_cli(o)
         except (TypeError, ValueError):
             command = None
-        runs.append({"name": run.name, "epoch": round(offset, 4),
+        first = min((r["epoch"] for r in own_train + own_val), default=offset)
+        runs.append({"name": run.name, "epoch": round(min(first, hist.last_epoch) if hist else offset, 4),
                      "initialised_from": d.get("resolved", {}).get("initialised_from"),
                      "options": {k: o.get(k) for k in RECIPE_KEYS if k in o}, "command": command})
     return History(hist.train + own_train, hist.val + own_val, hist.evals + evals, runs)

@@ -282,10 +282,19 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
                 history.write_log_dir(inherited, run_dir / history.HISTORY_DIR)
                 logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
                             run_dir / history.HISTORY_DIR)
-    torch.manual_seed(seed + rank)
-    np.random.seed((seed + rank) % 2**32)
-    random.seed(seed + rank)
-    return 0, None, initialised_from
+    start_step = 0
+    if opts.run.init_step is not None:
+        start_step = (ckpt.init_source_step(opts.run.init_from) if opts.run.init_step == "auto"
+                      else int(opts.run.init_step))
+        if not 0 <= start_step < total_steps:
+            raise ValueError(f"--init-step {start_step} is outside this run's 0..{total_steps - 1} steps; "
+                             "use the --epochs / --steps the source was trained with")
+        logger.info("continuing the LR schedule and data order at step %d of %d (--init-step)", start_step,
+                    total_steps)
+    torch.manual_seed(seed + rank + 1000 * start_step)
+    np.random.seed((seed + rank + 1000 * start_step) % 2**32)
+    random.seed(seed + rank + 1000 * start_step)
+    return start_step, None, initialised_from
 
 
 def save_checkpoint(opts: TrainOptions, nets: Networks, step: int, steps_per_epoch: int, header: dict[str, Any],
@@ -436,8 +445,10 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
 
         # -- 6. Run folder: options, logs, fixed samples -------------------------------------
         grids = SampleGrids(dataset, opts, config, perceptual, enabled=main)
+        init_step = start_step if initialised_from else 0
         if initialised_from is None and resumed_from:  # a resumed chunk keeps saying what the run grew from
-            initialised_from = folder.previous_options().get("resolved", {}).get("initialised_from")
+            prior = folder.previous_options().get("resolved", {})
+            initialised_from, init_step = prior.get("initialised_from"), prior.get("init_step", 0)
         folder.start({"options": opts.to_dict(), "resolved": {
             "world_size": world, "batch_per_process": local_batch, "device": str(device),
             "dataset_size": len(dataset), "steps_per_epoch": steps_per_epoch,
@@ -447,7 +458,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
             "channels_last": channels_last, "sync_batchnorm": world > 1 and cuda,
             "sample_reroll_class": config.class_names[grids.reroll],
             "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
-            "initialised_from": initialised_from,
+            "initialised_from": initialised_from, "init_step": init_step,
             "torch": torch.__version__, "smis": smis.__version__, "python": platform.python_version(),
         }, "config": config.to_dict()}, r.tensorboard)
         if main:

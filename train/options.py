@@ -194,6 +194,10 @@ class RunOptions:
     #: Start a new run from a model folder / Hub repo id (G + E, D fresh) or a training-state file
     #: (G, E, D, EMA; optimisers fresh); ignored once --resume auto finds a checkpoint.
     init_from: str | None = None
+    #: With --init-from: start the step counter (LR schedule, data position) at N, or 'auto' at the
+    #: step the source stopped at (a training state's step, a model folder's last logged step), so a
+    #: run continued from shipped weights on a fresh machine keeps its schedule.
+    init_step: str | None = None
     #: Val images for the reconstruction distance logged with each sample grid (0: off).
     val_count: int = field(default=16, metadata=NON_NEGATIVE)
     #: Steps between log lines.
@@ -283,6 +287,10 @@ class TrainOptions:
             raise ValueError(f"--vgg-weights {o.vgg_weights}: no such file")
         if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {r.device!r}")
+        if r.init_step is not None and not (r.init_step == "auto" or r.init_step.isdigit()):
+            raise ValueError(f"--init-step must be 'auto' or a step number, got {r.init_step!r}")
+        if r.init_step is not None and not r.init_from:
+            raise ValueError("--init-step needs --init-from (the weights whose schedule it continues)")
         if r.resume not in (None, "auto") and not Path(r.resume).is_file():
             raise ValueError(f"--resume {r.resume}: no such checkpoint file (use --resume auto to "
                              "continue from the newest checkpoint in --outdir)")

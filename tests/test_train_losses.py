@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from smis.functional import one_hot
 from train import losses
 from train.options import TrainOptions, parse_args
 
@@ -107,6 +109,34 @@ def test_class_appearance_loss_weighs_every_present_class_the_same():
     fake = real.clone()
     fake[:, :, 4:] = 1.0  # the large class is wrong (3/4 of its area)
     assert losses.class_appearance_loss(fake, real, onehot).item() == pytest.approx((192 / 240) / 2)
+
+
+def test_noise_warmup_ramps_the_sampling_noise_and_zero_noise_renders_the_means():
+    from smis import GroupDNet, get_config
+    from train.options import ObjectiveOptions
+
+    o = ObjectiveOptions(noise_warmup=100, vgg="none")
+    assert [o.noise_scale(s) for s in (0, 25, 100, 500)] == [0.0, 0.25, 1.0, 1.0]
+    assert ObjectiveOptions().noise_scale(0) == 1.0  # off: the paper's sampling from the first step
+    late = ObjectiveOptions(noise_warmup=100, noise_warmup_start=300)
+    assert [late.noise_scale(s) for s in (0, 300, 350, 400, 900)] == [0.0, 0.0, 0.5, 1.0, 1.0]
+    torch.manual_seed(0)
+    model = GroupDNet(get_config("ccp-cpu", tiny=True)).eval()
+    objective = losses.GroupDNetObjective(o, None, contextlib.nullcontext)
+    labels = torch.randint(0, 10, (2, 128, 64))
+    real = torch.rand(2, 3, 128, 64) * 2 - 1
+    onehot = one_hot(labels, 10)
+    label = model.label_tensor(labels)
+
+    def d(lab, img):  # a stand-in discriminator: one scale, one feature map and the logits
+        return [[img.mean(1, keepdim=True), img.mean(1, keepdim=True)]]
+
+    with torch.no_grad():
+        _, fake0, terms = objective.g_step(model.generator, model.encoder, d, real, onehot, label, noise=0.0)
+        mu, _ = model.encoder(real, onehot)
+        torch.testing.assert_close(fake0, model.generator(mu, label))
+        _, fake1, _ = objective.g_step(model.generator, model.encoder, d, real, onehot, label, noise=1.0)
+    assert terms["G/noise"].item() == 0.0 and not torch.allclose(fake0, fake1)
 
 
 def test_full_vgg_without_weights_stops_with_the_options(monkeypatch):

@@ -50,7 +50,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "smis-training-state/1"
 #: Scalars logged per step (averaged over the steps of a log interval and over processes).
-LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/rec", "G/total", "G/l1", "KL/nats_per_image",
+LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/rec", "G/total", "G/l1", "KL/nats_per_image", "G/noise",
               "D/fake", "D/real", "D/total")
 
 
@@ -507,13 +507,15 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
 
                 # 7a. Generator + encoder step. D runs without DDP and without parameter gradients.
                 disc.requires_grad_(False)
-                loss_g, fake, terms = objective.g_step(g_train, e_train, d_plain, real, onehot, label)
+                loss_g, fake, terms = objective.g_step(g_train, e_train, d_plain, real, onehot, label,
+                                                         noise=o.noise_scale(step))
                 _optimiser_step(loss_g, nets.opt_g, nets.scaler_g, nets.opt_g.param_groups[0]["params"],
                                 s.lr_g * factor, s.grad_clip)
 
                 # 7b. Discriminator step on [fake; real] in one batch.
                 disc.requires_grad_(True)
-                fake_d = objective.d_fake(net.generator, net.encoder, real, onehot, label, fake)
+                fake_d = objective.d_fake(net.generator, net.encoder, real, onehot, label, fake,
+                                          noise=o.noise_scale(step))
                 loss_d, d_terms = objective.d_step(d_train, real, label, fake_d)
                 _optimiser_step(loss_d, nets.opt_d, nets.scaler_d, list(disc.parameters()), s.lr_d * factor,
                                 s.grad_clip)

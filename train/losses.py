@@ -155,6 +155,13 @@ def build_perceptual(kind: str, weights_path: str | None = None) -> tuple[Percep
     raise ValueError(f"unknown perceptual loss {kind!r}")
 
 
+def _sample(mu: torch.Tensor, logvar: torch.Tensor, noise: float) -> torch.Tensor:
+    """z = mu + noise * eps * sigma (``reparameterize`` when ``noise`` is 1)."""
+    if noise == 1.0:
+        return reparameterize(mu, logvar)
+    return mu + noise * (reparameterize(mu, logvar) - mu)
+
+
 class GroupDNetObjective:
     """The losses of one training step, SPADE's order: :meth:`g_step`, then :meth:`d_step` on
     :meth:`d_fake`. The networks are passed in (plain, DDP-wrapped or compiled, as the loop runs them).
@@ -169,16 +176,17 @@ class GroupDNetObjective:
         self.autocast = autocast
 
     def g_step(self, g: nn.Module, e: nn.Module, d: nn.Module, real: torch.Tensor, onehot: torch.Tensor,
-               label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+               label: torch.Tensor, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """G + E's loss: hinge + feature matching + VGG + KL (+ class-balanced reconstruction).
 
+        ``noise``: the factor on the sampling noise, z = mu + noise * eps * sigma (1: the paper).
         Returns (loss, fake, the logged terms). ``d`` should not collect parameter gradients here.
         """
         o = self.opts
         with self.autocast():
             mu, logvar = e(real, onehot)
             mu, logvar = mu.float(), logvar.float()
-            fake = g(reparameterize(mu, logvar), label)
+            fake = g(_sample(mu, logvar, noise), label)
             fake_out, real_out = split_halves(d(torch.cat([label, label]), torch.cat([fake, real])))
             l_gan = g_hinge_loss(fake_out)
             l_feat = feature_matching_loss(fake_out, real_out) * o.feat_weight
@@ -191,17 +199,18 @@ class GroupDNetObjective:
         with torch.no_grad():
             l1 = (fake.detach().float() - real.float()).abs().mean()
         return loss, fake, {"G/gan": l_gan, "G/feat": l_feat, "G/vgg": l_vgg, "G/kl": l_kl, "G/rec": l_rec,
-                            "G/total": loss, "G/l1": l1, "KL/nats_per_image": kl_nats}
+                            "G/total": loss, "G/l1": l1, "KL/nats_per_image": kl_nats,
+                            "G/noise": l1.new_tensor(noise)}
 
     @torch.no_grad()
     def d_fake(self, g: nn.Module, e: nn.Module, real: torch.Tensor, onehot: torch.Tensor, label: torch.Tensor,
-               fake: torch.Tensor) -> torch.Tensor:
+               fake: torch.Tensor, noise: float = 1.0) -> torch.Tensor:
         """The fake D sees: the G step's (``reuse_fake``), or SPADE's new one from the updated G (new eps)."""
         if self.opts.reuse_fake:
             return fake.detach()
         with self.autocast():
             mu, logvar = e(real, onehot)
-            return g(reparameterize(mu.float(), logvar.float()), label)
+            return g(_sample(mu.float(), logvar.float(), noise), label)
 
     def d_step(self, d: nn.Module, real: torch.Tensor, label: torch.Tensor,
                fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

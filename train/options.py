@@ -155,6 +155,12 @@ class ObjectiveOptions:
     lambda_rec: float = field(default=0.0, metadata=NON_NEGATIVE)
     #: Average pooling of that reconstruction term.
     rec_pool: int = field(default=4, metadata=POSITIVE)
+    #: Steps over which the sampling noise of z = mu + s * eps * sigma ramps from s = 0 to 1 (0: s = 1
+    #: throughout, the paper). Early on the decoder sees the encoder's signal without noise, so it
+    #: learns to use every class's code instead of learning to ignore noise (posterior collapse).
+    noise_warmup: int = field(default=0, metadata=NON_NEGATIVE)
+    #: Step at which that ramp starts (s = 0 before it); lets a run already under way start one.
+    noise_warmup_start: int = field(default=0, metadata=NON_NEGATIVE)
     #: Perceptual loss: full VGG19 relu1_1..relu5_1 (ImageNet weights), partial (the offline
     #: normalised VGG19 up to relu3_1), none, or double-fm (no VGG, feature matching x2).
     vgg: VggKind = field(default="full", metadata={
@@ -164,6 +170,12 @@ class ObjectiveOptions:
     #: D step reuses the G step's (detached) fake instead of generating a new one under no_grad as
     #: SPADE does (saves one G+E forward per step).
     reuse_fake: bool = field(default=False, metadata=SWITCH)
+
+    def noise_scale(self, step: int) -> float:
+        """The factor s on the sampling noise at ``step`` (see ``noise_warmup``)."""
+        if self.noise_warmup <= 0:
+            return 1.0
+        return min(1.0, max(0.0, step - self.noise_warmup_start) / self.noise_warmup)
 
     @property
     def feat_weight(self) -> float:

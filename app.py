@@ -72,7 +72,16 @@ def build_fallback_model(backend: str, device: str | None) -> SMISPipeline:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             GroupDNet(get_config("demo")).save_pretrained(folder, metadata={"trained": "false"})
-        return SMISPipeline.from_pretrained(folder, backend=backend, device=device)
+        return SMISPipeline.from_pretrained(folder, backend=backend, device=device, **_backend_kwargs(backend))
+
+
+def _backend_kwargs(backend: str) -> dict:
+    """ONNX Runtime: a model folder without .onnx graphs gets them exported once, into the cache."""
+    if backend != "onnx":
+        return {}
+    from export.onnx import export_model
+
+    return {"exporter": export_model}
 
 
 def load_pipeline(model: str | None, backend: str = "torch",
@@ -83,7 +92,7 @@ def load_pipeline(model: str | None, backend: str = "torch",
     """
     if model is None and not os.environ.get(MODEL_ENV) and not BUNDLED_MODEL_DIR.is_dir():
         return build_fallback_model(backend, device), FALLBACK_BANNER
-    return SMISPipeline.from_pretrained(model, backend=backend, device=device), None
+    return SMISPipeline.from_pretrained(model, backend=backend, device=device, **_backend_kwargs(backend)), None
 
 
 def create_app(args: argparse.Namespace) -> gr.Blocks:

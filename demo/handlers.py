@@ -182,7 +182,7 @@ class DemoHandlers:
             others = [n for n in present if self.config.class_id(n) != BACKGROUND]
             chosen = others[0] if others else present[0]
         kept = [n for n in (locked or []) if n in present]
-        return (path, path, strip_out, gr.update(choices=present, value=chosen),
+        return (self.files.display(path), path, strip_out, gr.update(choices=present, value=chosen),
                 gr.update(choices=present, value=kept), self.status(op, seconds))
 
     # -- the canvas: upload, fill, clear, undo ----------------------------------------------
@@ -507,7 +507,9 @@ class DemoHandlers:
         dt = time.perf_counter() - t0
         folder = self.files.new_dir()
         paths = [str(r.save(folder / f"morph-{i:02d}.png")) for i, r in enumerate(results)]
-        images = [r.image for r in results]
+        k = self.files.display_scale  # the GIF is for looking at: upscaled like the result view
+        images = [r.image.resize((r.image.width * k, r.image.height * k), Image.LANCZOS) if k > 1 else r.image
+                  for r in results]
         gif = folder / f"smis-morph-{slug(src_a.name)}-to-{slug(src_b.name)}.gif"
         loop = images + images[-2:0:-1]  # there and back again
         loop[0].save(gif, save_all=True, append_images=loop[1:], duration=90, loop=0, optimize=False)

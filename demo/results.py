@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from smis import SMISConfig, SMISPipeline, SMISResult
 
 from .references import slug
@@ -24,6 +26,8 @@ from .uploads import MAX_UPLOAD_BYTES, RESULT, UserError, file_path, open_image
 
 #: Per-request files (results, frames, GIFs) older than this are deleted.
 KEEP_FILES_S = 2 * 3600
+#: Results smaller than this are shown upscaled (Lanczos) by a whole factor; the download keeps the model's size.
+DISPLAY_MIN_HEIGHT = 384
 #: Variants kept in the strip (oldest dropped first).
 MAX_STRIP = 24
 
@@ -72,6 +76,26 @@ class ResultFiles:
 
     def save(self, result: SMISResult, stem: str) -> str:
         return str(result.save(self.new_dir() / f"{slug(stem)}.png"))
+
+    @property
+    def display_scale(self) -> int:
+        """Whole factor by which results are upscaled for display (1: shown as they are)."""
+        return max(1, -(-DISPLAY_MIN_HEIGHT // self.config.height))
+
+    def display(self, path: str) -> str:
+        """The image to show for a result file: a Lanczos-upscaled copy when the model is small.
+
+        The copy sits next to the result (same lifetime) and carries no metadata; downloads and
+        re-opening use the result file itself, at the model's size.
+        """
+        k = self.display_scale
+        if k == 1:
+            return path
+        view = Path(path).with_suffix(".view.png")
+        if not view.is_file():
+            with Image.open(path) as im:
+                im.convert("RGB").resize((im.width * k, im.height * k), Image.LANCZOS).save(view)
+        return str(view)
 
     def load(self, value: Any, what: str = "result PNG") -> SMISResult:
         """A result PNG (path or Gradio file value) made by this model, with its mask at model size."""

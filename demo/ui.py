@@ -189,7 +189,9 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     regen_btn = gr.Button("Same codes, new mask", elem_id="apply-mask-edit")
-                result_image = gr.Image(label="Result", type="filepath", format="png", interactive=False,
+                scale = h.files.display_scale
+                result_image = gr.Image(label="Result" + (f" (shown ×{scale}, Lanczos)" if scale > 1 else ""),
+                                        type="filepath", format="png", interactive=False,
                                         height=420, elem_id="result")
                 result_file = gr.File(label="Download PNG (mask + codes inside)", interactive=False,
                                       elem_id="result-file", elem_classes="upload-box")
@@ -339,15 +341,20 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
 
 def about_markdown(h: DemoHandlers) -> str:
     cfg = h.config
+    grid = cfg.latent_grid()
+    codes = (f"one code of {cfg.z_channels} numbers per class" if grid == (1, 1)
+             else f"{cfg.z_channels} latent channels per class on a {grid[0]}×{grid[1]} grid")
+    k = h.files.display_scale
+    shown = (f" Results are shown upscaled ×{k} with a Lanczos filter; the PNG you download is the model's "
+             f"{cfg.height}×{cfg.width} output." if k > 1 else "")
     return f"""
-**GroupDNet** (Zhu, Xu, Yang, Wang, Zhang, Wang; CVPR 2020, [paper]({PAPER_URL})) is a conditional GAN for
+**GroupDNet** (Zhu, Xu, You, Bai; CVPR 2020, [paper]({PAPER_URL})) is a conditional GAN for
 *semantically multi-modal image synthesis*: from a label map it generates images, and every semantic class has
 its own latent code. Its encoder and decoder use **group convolutions**, one group per class, so the code of
 class *c* only controls the pixels of class *c*.
 
 What this demo runs: the `{cfg.name}` model — {cfg.num_classes} classes ({", ".join(cfg.class_names)}),
-{cfg.height}×{cfg.width} pixels, {cfg.z_channels} latent channels per class on a
-{cfg.latent_grid()[0]}×{cfg.latent_grid()[1]} grid — with {h.backend_label()}.
+{cfg.height}×{cfg.width} pixels, {codes} — with {h.backend_label()}.{shown}
 
 Every result PNG carries its mask and its codes in the PNG metadata: download it, and re-open it later
 (under *Generate*) to keep editing. Metadata is lost if the PNG is re-encoded (e.g. by some chat apps).

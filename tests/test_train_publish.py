@@ -139,7 +139,9 @@ def test_history_chain_through_a_published_folder(run, tmp_path):
     from train import checkpoint as ckpt
     from train import history
 
-    first = publish.build_folder(run, tmp_path / "pub1", fp16=True)
+    notes = tmp_path / "notes.md"
+    notes.write_text("# How it was made\n\nFree bits: before 2.6, after 4.1.\n")
+    first = publish.build_folder(run, tmp_path / "pub1", fp16=True, notes=notes)
     names = {p.name for p in first.iterdir()}
     assert {ckpt.DISCRIMINATOR_NAME, "training_curves.png", history.MODEL_LOG_DIR} <= names
     d = load_file(str(first / ckpt.DISCRIMINATOR_NAME))
@@ -150,6 +152,7 @@ def test_history_chain_through_a_published_folder(run, tmp_path):
     assert log.runs[0]["command"].startswith("python -m train --data")
     card = (first / "README.md").read_text()
     assert "![training curves](training_curves.png)" in card and log.runs[0]["command"] in card
+    assert "## How it was made\n\nFree bits: before 2.6, after 4.1." in card
 
     second_run = tmp_path / "run2"
     train(tiny_options(outdir=str(second_run), steps=2, init_from=str(first)), dataset=BlobDataset(4))

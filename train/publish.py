@@ -200,7 +200,7 @@ def _fmt(v: Any) -> str:
 
 
 def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: DatasetInfo | None,
-               license_id: str, weights_dtype: str, dataset_id: str | None = None) -> str:
+               license_id: str, weights_dtype: str, dataset_id: str | None = None, notes: str | None = None) -> str:
     """README.md with Hub YAML front matter."""
     o, r = info.options, info.resolved
     name = repo_id or f"groupdnet-{config.name}"
@@ -272,6 +272,8 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
         lines += [f"Losses averaged over the last logged interval (step {info.last_losses.get('step')}):", "",
                   "| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
                   "| " + " | ".join(_fmt(info.last_losses[k]) for k in keys) + " |", ""]
+    if notes:
+        lines += [x if not x.startswith("#") else f"#{x}" for x in notes.strip().splitlines()] + [""]
     if info.history_plot:
         lines += ["## Training history", "", "![training curves](training_curves.png)", "",
                   "Every run (chunk) the weights went through, oldest first; the curves above cover all of them "
@@ -324,7 +326,8 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
 def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot: str | os.PathLike | None = None,
                  fp16: bool = False, max_shard_mb: float = DEFAULT_MAX_SHARD_MB, repo_id: str | None = None,
                  dataset: str | None = None, license_id: str | None = None,
-                 metrics: str | os.PathLike | None = None, dataset_id: str | None = None) -> Path:
+                 metrics: str | os.PathLike | None = None, dataset_id: str | None = None,
+                 notes: str | os.PathLike | None = None) -> Path:
     """Write the Hub-ready folder for a run; returns it."""
     import torch
 
@@ -365,7 +368,10 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
         shutil.copyfile(info.metrics_path, out / "metrics.json")
         if info.metrics_md is not None:
             (out / "metrics.md").write_text(info.metrics_md, encoding="utf-8")
-    card = model_card(info, model.config, repo_id, ds, lic, "float16" if fp16 else "float32", dataset_id)
+    if notes is not None and not Path(notes).is_file():
+        raise PublishError(f"--notes {notes}: no such file")
+    card = model_card(info, model.config, repo_id, ds, lic, "float16" if fp16 else "float32", dataset_id,
+                      Path(notes).read_text(encoding="utf-8") if notes else None)
     (out / "README.md").write_text(card, encoding="utf-8")
     logger.info("wrote %s (step %d, %s)", out, info.step, ", ".join(sorted(p.name for p in out.iterdir())))
     return out
@@ -430,6 +436,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset-id", help="Hub dataset repo id for the card's `datasets:` field")
     p.add_argument("--license", dest="license_id", help="Hub licence id (default: the dataset's)")
     p.add_argument("--metrics", help="metrics.json from python -m train.evaluate (default: found in RUN)")
+    p.add_argument("--notes", help="a Markdown file put into the card after the training table (how the model "
+                                   "was made: recipe choices and their measured effect)")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--revision", help="branch to upload to (created if missing)")
     p.add_argument("--commit-message", help="commit message")
@@ -452,7 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         folder = build_folder(a.run, a.out or Path(a.run) / "publish", snapshot=a.snapshot, fp16=a.fp16,
                               max_shard_mb=a.max_shard_mb, repo_id=a.repo_id, dataset=a.dataset,
-                              license_id=a.license_id, metrics=a.metrics, dataset_id=a.dataset_id)
+                              license_id=a.license_id, metrics=a.metrics, dataset_id=a.dataset_id, notes=a.notes)
         if a.dry_run:
             print(f"dry run: wrote {folder} (nothing uploaded)")
             return 0

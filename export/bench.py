@@ -182,13 +182,16 @@ class ModeFactory:
             self._cache["compiled"] = torch.compile(net.generator, mode=self.compile_mode)
         return self._torch(self._folded(), inputs, torch.bfloat16, True, compiled=self._cache["compiled"])
 
-    def _torch_backend(self, key: str, inputs: dict[str, np.ndarray], reroll: bool) -> tuple[Runner, Runner]:
-        """``smis.backends.TorchBackend``: a new mask every call, or (``reroll``) its label-branch cache warm."""
+    def _torch_backend(self, key: str, inputs: dict[str, np.ndarray], reroll: bool,
+                       dtype: str | None = None) -> tuple[Runner, Runner]:
+        """``smis.backends.TorchBackend``: a new mask every call, or (``reroll``) its label-branch cache warm;
+        ``dtype`` "bfloat16" runs the weights in bf16 (``SMISPipeline.from_pretrained(..., dtype=...)``)."""
         if key not in self._cache:
             from smis.backends import TorchBackend
 
             # A new mask every call for "baked": the label-branch cache is measured by the re-roll modes.
-            self._cache[key] = TorchBackend(_owned_copy(self.model), str(self.device), cache_label_features=reroll)
+            self._cache[key] = TorchBackend(_owned_copy(self.model), str(self.device), dtype=dtype,
+                                            cache_label_features=reroll)
             torch.set_num_threads(self.threads)  # TorchBackend takes every core
         return self._backend_call(self._cache[key], inputs, reroll)
 
@@ -317,6 +320,10 @@ MODES: dict[str, Mode] = {
     "torch-reroll": Mode("fp32", "TorchBackend with its label-branch cache warm: a re-roll on an unchanged mask",
                          lambda f, inputs: f._torch_backend("reroll", inputs, reroll=True)),
     "ort-reroll": _ort_mode("ort-reroll", "OnnxBackend (generator-label + generator-render graphs), cache warm"),
+    "torch-backend-bf16": Mode("bf16", "TorchBackend with bf16 weights (the pipeline's dtype='bfloat16'), new mask",
+                               lambda f, inputs: f._torch_backend("backend-bf16", inputs, False, "bfloat16")),
+    "torch-reroll-bf16": Mode("bf16", "TorchBackend with bf16 weights, label-branch cache warm: a re-roll",
+                              lambda f, inputs: f._torch_backend("reroll-bf16", inputs, True, "bfloat16")),
 }
 PRECISION = {name: mode.precision for name, mode in MODES.items()}
 

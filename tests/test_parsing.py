@@ -128,7 +128,7 @@ def test_strict_loading_errors(tmp_path, monkeypatch):
         ParserNet.from_pretrained(tmp_path / "g")
     # The shipped parser, before it has been trained.
     monkeypatch.delenv(parsing.PARSER_ENV, raising=False)
-    monkeypatch.setattr(parsing, "BUNDLED_PARSER_DIR", tmp_path / "absent")
+    monkeypatch.setattr(parsing.config, "BUNDLED_PARSER_DIR", tmp_path / "absent")
     with pytest.raises(CheckpointError, match="not been trained yet"):
         HumanParser.from_pretrained()
 

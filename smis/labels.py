@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 Color = tuple[int, int, int]
 
@@ -245,12 +245,32 @@ def check_side(shape: Sequence[int], what: str = "mask") -> None:
         )
 
 
+def photo_rgb(img: Image.Image) -> Image.Image:
+    """A decoded photo as the camera meant it, in RGB: EXIF orientation applied, transparency over
+    white, grey-scale (8 or 16 bit) and palette images expanded to RGB."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16-bit grey: scale to 8 bits instead of clipping
+        arr = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if arr.max(initial=0) > 255 else 255.0
+        img = Image.fromarray((arr * (255.0 / top) + 0.5).clip(0, 255).astype(np.uint8))
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(white, rgba)
+    return img.convert("RGB")
+
+
 def load_photo(photo: object) -> np.ndarray:
-    """A path, bytes, PIL image or (H, W, 3) uint8 array -> RGB uint8 (H, W, 3)."""
+    """A path, bytes, PIL image or (H, W, 3|4) / (H, W) uint8 array -> RGB uint8 (H, W, 3).
+
+    Files and PIL images go through :func:`photo_rgb` (EXIF orientation, alpha over white, grey).
+    """
     if photo is None:
         raise ValueError("no photo given")
     if isinstance(photo, (str, os.PathLike, bytes, Image.Image)):
-        arr = np.asarray(_open_image(photo, "photo").convert("RGB"))
+        arr = np.asarray(photo_rgb(_open_image(photo, "photo")))
     else:
         arr = np.asarray(photo)
         if arr.ndim == 3 and arr.shape[2] == 4:
@@ -266,3 +286,44 @@ def load_photo(photo: object) -> np.ndarray:
                 raise ValueError(f"a photo array must be uint8 (or float in [0, 1]), got {arr.dtype}")
     check_side(arr.shape[:2])
     return arr
+
+
+Box = tuple[int, int, int, int]
+
+
+def letterbox_box(size: Sequence[int], height: int, width: int) -> Box:
+    """Where an image of ``size`` (h, w) lands when fitted into ``height`` x ``width`` with its
+    aspect ratio kept: ``(top, left, h', w')``, centred."""
+    h, w = int(size[0]), int(size[1])
+    s = min(height / h, width / w)
+    nh, nw = min(height, max(1, round(h * s))), min(width, max(1, round(w * s)))
+    return (height - nh) // 2, (width - nw) // 2, nh, nw
+
+
+def letterbox_photo(photo: np.ndarray, height: int, width: int,
+                    fill: Sequence[int] | None = None) -> tuple[np.ndarray, Box]:
+    """An RGB uint8 photo (H, W, 3) fitted into ``height`` x ``width``: resized (Lanczos) with its
+    aspect kept, never stretched; the bands are ``fill`` (default: the mean colour of the photo's
+    border, so they read as more background). Returns the photo and its box (see :func:`letterbox_box`)."""
+    top, left, nh, nw = box = letterbox_box(photo.shape[:2], height, width)
+    if (nh, nw) == photo.shape[:2] and (nh, nw) == (height, width):
+        return photo, box
+    if fill is None:
+        edge = np.concatenate([photo[0], photo[-1], photo[:, 0], photo[:, -1]])
+        fill = tuple(int(v + 0.5) for v in edge.reshape(-1, 3).mean(0))
+    if (nh, nw) != photo.shape[:2]:
+        photo = np.asarray(Image.fromarray(photo).resize((nw, nh), Image.LANCZOS))
+    out = np.empty((height, width, 3), np.uint8)
+    out[:] = np.asarray(fill, np.uint8)
+    out[top:top + nh, left:left + nw] = photo
+    return out, box
+
+
+def letterbox_labels(labels: np.ndarray, height: int, width: int, background: int = 0) -> np.ndarray:
+    """Class ids (H, W) fitted like :func:`letterbox_photo` (nearest, exact ids); bands are background."""
+    top, left, nh, nw = letterbox_box(labels.shape, height, width)
+    rows = (np.arange(nh) * labels.shape[0]) // nh
+    cols = (np.arange(nw) * labels.shape[1]) // nw
+    out = np.full((height, width), background, labels.dtype)
+    out[top:top + nh, left:left + nw] = labels[rows[:, None], cols[None, :]]
+    return out

@@ -27,7 +27,7 @@ from .backends import Backend, load_backend
 from .codes import ClassCodes
 from .config import SMISConfig
 from .functional import to_uint8
-from .labels import ids_to_color, load_mask, load_photo
+from .labels import ids_to_color, letterbox_labels, letterbox_photo, load_mask, load_photo
 
 logger = logging.getLogger(__name__)
 
@@ -153,12 +153,10 @@ class SMISPipeline:
         return resize_labels(ids, self.config.height, self.config.width)
 
     def prepare_photo(self, photo: object) -> np.ndarray:
-        """Any accepted photo -> RGB uint8 (H, W, 3) at the model's size."""
-        arr = load_photo(photo)
-        if arr.shape[:2] != (self.config.height, self.config.width):
-            img = Image.fromarray(arr).resize((self.config.width, self.config.height), Image.BICUBIC)
-            arr = np.asarray(img)
-        return arr
+        """Any accepted photo -> RGB uint8 (H, W, 3) at the model's size, letterboxed: the aspect
+        ratio is kept (never stretched) and the bands take the photo's border colour. EXIF
+        orientation, transparency and grey-scale are handled by :func:`smis.labels.load_photo`."""
+        return letterbox_photo(load_photo(photo), self.config.height, self.config.width)[0]
 
     def class_ids(self, classes: ClassRef | Iterable[ClassRef]) -> list[int]:
         if isinstance(classes, (int, str, np.integer)):
@@ -200,7 +198,8 @@ class SMISPipeline:
         return SMISResult(self.render(labels, [new])[0], labels, new, seed, self.config.name)
 
     def encode(self, photo: object, mask: object) -> ClassCodes:
-        """Per-class codes (the encoder's mean maps) of a real photo and its mask."""
+        """Per-class codes (the encoder's mean maps) of a real photo and its mask (same size; both
+        letterboxed to the model, the bands counted as background)."""
         arr = load_photo(photo)
         ids = load_mask(mask, self.config.num_classes, self.config.palette)
         if arr.shape[:2] != ids.shape:
@@ -208,7 +207,7 @@ class SMISPipeline:
                 f"the photo is {arr.shape[0]}x{arr.shape[1]} but its mask is "
                 f"{ids.shape[0]}x{ids.shape[1]}; they must have the same size")
         photo_arr = self.prepare_photo(arr)
-        labels = resize_labels(ids, self.config.height, self.config.width)
+        labels = letterbox_labels(ids, self.config.height, self.config.width)  # the same box as the photo
         x = photo_arr.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
         mu, _ = self.backend.encode(x, labels[None])
         return ClassCodes.from_latent(mu, self.class_names)

@@ -7,11 +7,14 @@ Options (command line, or the environment variable in brackets):
     --model    [SMIS_MODEL]    model folder or Hub repo id (default: the bundled CCP model)
     --backend  [SMIS_BACKEND]  torch | onnx (default torch)
     --device   [SMIS_DEVICE]   cpu, cuda, ... (default: auto)
+    --parser   [SMIS_PARSER]   human-parser folder or Hub repo id for "Start from a photo"
+                               (default: the bundled smis/assets/ccp-parser; "none" turns it off)
     --host     [GRADIO_SERVER_NAME]  default 0.0.0.0 on a Space, else 127.0.0.1
     --port     [GRADIO_SERVER_PORT]  default 7860
 
 If no model is given and the bundled one is missing, an *untrained* GroupDNet is built so the UI
-still works, and a banner says so on every page — never silently.
+still works, and a banner says so on every page — never silently. If no parser is given and the
+bundled one is missing, the demo runs without mask prediction and "Start from a photo" says so.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import gradio as gr
 from demo import CSS, build_demo, load_references
 from smis import SMISPipeline
 from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV
+from smis.parsing import BUNDLED_PARSER_DIR, PARSER_ENV
 
 logger = logging.getLogger("smis.app")
 
@@ -43,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--backend", default=env.get("SMIS_BACKEND", "torch"), choices=["torch", "onnx"],
                    help="inference backend (env SMIS_BACKEND)")
     p.add_argument("--device", default=env.get("SMIS_DEVICE") or None, help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--parser", default=env.get(PARSER_ENV) or None,
+                   help=f"human-parser folder or Hub repo id (env {PARSER_ENV}; default: the bundled one if "
+                        "present; 'none': no mask prediction)")
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1"),
                    help="address to serve on (env GRADIO_SERVER_NAME; 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", 7860)),
@@ -95,15 +102,37 @@ def load_pipeline(model: str | None, backend: str = "torch",
     return SMISPipeline.from_pretrained(model, backend=backend, device=device, **_backend_kwargs(backend)), None
 
 
+NO_PARSER_NOTE = ("The trained human parser is not bundled yet (smis/assets/ccp-parser), so masks cannot be "
+                  "predicted from photos")
+
+
+def load_parser(name: str | None, device: str | None = None):
+    """The human parser for "Start from a photo", and a note when there is none.
+
+    Only the *default* parser may be missing: one you named that cannot be loaded is an error.
+    """
+    from smis.parsing import HumanParser
+
+    if name is not None and name.strip().lower() == "none":
+        return None, "Mask prediction is turned off on this server (--parser none)"
+    if name is None and not (BUNDLED_PARSER_DIR / "config.json").is_file():
+        logger.warning("%s; \"Start from a photo\" needs masks drawn by hand", NO_PARSER_NOTE)
+        return None, NO_PARSER_NOTE
+    parser = HumanParser.from_pretrained(name, device=device)
+    logger.info("human parser: %s (%s)", name or BUNDLED_PARSER_DIR, parser.backend)
+    return parser, None
+
+
 def create_app(args: argparse.Namespace) -> gr.Blocks:
     pipe, banner = load_pipeline(args.model, args.backend, args.device)
+    parser, parser_note = load_parser(args.parser, args.device)
     try:
         refs = load_references(args.examples, class_names=pipe.config.class_names)
     except ValueError as err:
         logger.error("examples not loaded: %s", err)
         refs = []
     demo = build_demo(pipe, references=refs, banner=banner, cache_examples=not args.no_cache_examples,
-                      max_upload_bytes=_parse_size(args.max_file_size))
+                      max_upload_bytes=_parse_size(args.max_file_size), parser=parser, parser_note=parser_note)
     on_gpu = not str(pipe.backend.device).lower().startswith("cpu")
     concurrency = args.concurrency or (4 if on_gpu else 1)
     return demo.queue(max_size=args.max_queue, default_concurrency_limit=concurrency)

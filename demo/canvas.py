@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from smis import SMISPipeline
-from smis.labels import ids_to_color
+from smis.labels import ids_to_color, load_mask
 
 from .uploads import CANVAS, UserError, file_path, open_image, open_image_bytes
 
@@ -203,12 +203,13 @@ class LabelCanvas:
             canvas[opaque] = im[..., :3][opaque]
         return self.pipe.prepare_mask(canvas, snap_colors=True)
 
-    def mask_labels(self, img: Image.Image, what: str = "mask") -> np.ndarray:
-        """An uploaded (decoded) mask image -> class ids at the model's size.
+    def mask_labels(self, img: Image.Image, what: str = "mask", resize: bool = True) -> np.ndarray:
+        """An uploaded (decoded) mask image -> class ids at the model's size (``resize=False``: at its own).
 
         Single-channel images are class ids; colour images must use the palette exactly. A colour
         image with many colours outside the palette is called a photo, not listed colour by colour.
         """
+        read = self.pipe.prepare_mask if resize else self._read_mask
         if img.mode in ("P", "PA"):
             # Indexed: read by colour when every colour used is a class colour (what the visitor sees,
             # e.g. a drawing an optimiser made indexed), else by index (a class-id PNG with a display
@@ -218,16 +219,19 @@ class LabelCanvas:
             pal = np.asarray(img.getpalette() or [0, 0, 0], np.uint8).reshape(-1, 3)
             used = np.unique(idx)
             if used.max() >= len(pal) or not self._all_class_colours(pal[used]):
-                return self.pipe.prepare_mask(idx)
+                return read(idx)
             rgb = pal[idx]
         elif img.mode in ("RGB", "RGBA"):
             rgb = np.asarray(img.convert("RGB"))
         else:
-            return self.pipe.prepare_mask(img)
+            return read(img)
         try:
-            return self.pipe.prepare_mask(rgb)
+            return read(rgb)
         except ValueError as err:
             raise UserError(self._colour_refusal(rgb, what)) from err
+
+    def _read_mask(self, mask: Any) -> np.ndarray:
+        return load_mask(mask, self.config.num_classes, self.config.palette)
 
     def _all_class_colours(self, rgb: np.ndarray) -> bool:
         return bool(np.isin(_key(rgb), _key(np.asarray(self.config.palette))).all())

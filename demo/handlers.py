@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 
 from smis import ClassCodes, SMISPipeline, SMISResult
+from smis.labels import letterbox_labels, load_photo
+from smis.parsing import NotAPersonError
 
 from .canvas import BACKGROUND, LabelCanvas, compact, flood_fill
 from .references import Reference, ReferenceLibrary, slug
@@ -43,6 +45,8 @@ MAX_SEED = 2**31 - 1
 #: Mask states kept for "Undo fill / upload".
 MAX_HISTORY = 20
 MORPH_MIN_FRAMES, MORPH_MAX_FRAMES = 2, 48
+#: Said wherever a mask would be predicted but no human parser is loaded.
+NO_PARSER = "the human parser that predicts a photo's mask is not bundled yet"
 
 
 def _heap_trimmer() -> Callable[[], None]:
@@ -121,10 +125,19 @@ class DemoHandlers:
     """Every demo event, on one pipeline. Thread-safe: the shared state is the reference-codes cache."""
 
     def __init__(self, pipeline: SMISPipeline, references: Iterable[Reference] = (),
-                 workdir: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES):
+                 workdir: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
+                 parser: Any = None, parser_note: str | None = None):
+        """``parser``: a :class:`smis.parsing.HumanParser` for "Start from a photo" and photos without
+        a mask (``None``: the UI says masks cannot be predicted, ``parser_note`` why)."""
         self.pipe = pipeline
         self.config = pipeline.config
         self.class_names: tuple[str, ...] = tuple(self.config.class_names)
+        if parser is not None and tuple(parser.class_names) != self.class_names:
+            parser_note = (f"The human parser's classes ({', '.join(parser.class_names)}) are not this model's, "
+                           "so it is not used.")
+            parser = None
+        self.parser = parser
+        self.parser_note = parser_note if parser is None else None
         self.max_upload_bytes = max_upload_bytes
         self.canvas = LabelCanvas(pipeline)
         self.files = ResultFiles(pipeline, workdir, max_upload_bytes)
@@ -357,6 +370,94 @@ class DemoHandlers:
         return (self.canvas.to_editor(result.labels), self.canvas.colorize(result.labels),
                 *self._outputs(result, strip, f"re-opened {name}", "re-open", dt, chosen, locked))
 
+    # -- start from a photo: parse, encode, re-synthesise ---------------------------------------
+    def no_parser_reason(self) -> str:
+        """Why no mask can be predicted (lower case, no full stop)."""
+        text = self.parser_note or NO_PARSER
+        return (text[:1].lower() + text[1:]).rstrip(".")
+
+    def parser_markdown(self) -> str:
+        """The line under 'Start from a photo' that says whether masks are predicted."""
+        if self.parser is not None:
+            return ("Upload a full-body photo of one person: its mask is predicted onto the canvas, its codes are "
+                    "encoded, and the result is the photo re-synthesised. Then re-roll, lock, mix or morph as usual; "
+                    "fix the mask with the brushes and press *Re-synthesise* to keep the photo's codes.")
+        return (f"⚠️ **No mask prediction:** {self.no_parser_reason()}. Upload a photo, draw its mask on the canvas "
+                "(the photo is shown beside it) and press *Re-synthesise with the canvas mask*.")
+
+    def _parse(self, rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
+        """The parser's labels for a photo, and why it is not one full-body person (``None``: it is)."""
+        try:
+            return self.parser.predict(rgb).labels, None
+        except NotAPersonError as err:
+            return err.result.labels, str(err)
+
+    def _photo(self, photo: Any) -> np.ndarray:
+        """An uploaded photo -> RGB at the model's size (letterboxed; EXIF, alpha, grey handled)."""
+        return self.pipe.prepare_photo(open_image(photo, "photo", PHOTO, self.max_upload_bytes))
+
+    def side_by_side(self, rgb: np.ndarray, labels: np.ndarray | None, result: SMISResult | None) -> Image.Image:
+        """photo | mask | re-synthesis at the model's size, upscaled like the result view (blank panels: grey)."""
+        h, w, k = self.config.height, self.config.width, self.files.display_scale
+        grey = Image.new("RGB", (w, h), (200, 200, 200))
+        panels = [Image.fromarray(rgb), self.canvas.colorize(labels) if labels is not None else grey,
+                  result.image.convert("RGB") if result is not None else grey]
+        out = Image.new("RGB", (3 * w * k, h * k), (255, 255, 255))
+        for i, (im, filt) in enumerate(zip(panels, (Image.LANCZOS, Image.NEAREST, Image.LANCZOS))):
+            out.paste(im.resize((w * k, h * k), filt) if k > 1 else im, (i * w * k, 0))
+        return out
+
+    def _resynthesise(self, rgb: np.ndarray, labels: np.ndarray) -> tuple[SMISResult, float]:
+        t0 = time.perf_counter()
+        result = self.pipe.generate(labels, codes=self.pipe.encode(rgb, labels))
+        return result, time.perf_counter() - t0
+
+    @event(model=True)
+    def start_from_photo(self, photo: Any, editor: Any, history: list | None, strip: Any,
+                         chosen: str | None = None, locked: Sequence[str] | None = None) -> tuple:
+        """A photo -> its predicted mask on the canvas -> its codes -> the photo re-synthesised.
+
+        Returns (editor, history, label map, photo | mask | re-synthesis, *result outputs). A photo
+        that is not one full-body person: the parse goes on the canvas (to fix by hand), a warning
+        says why, and the current result is left as it was; so it is without a parser.
+        """
+        rgb = self._photo(photo)
+        unchanged = (gr.update(),) * 5
+        if self.parser is None:
+            gr.Warning(f"No mask predicted: {self.no_parser_reason()}. Draw the photo's mask on the canvas and "
+                       "press 'Re-synthesise with the canvas mask'.")
+            return (gr.update(), history, gr.update(), self.side_by_side(rgb, None, None), *unchanged,
+                    self.status("photo (no parser)"))
+        t0 = time.perf_counter()
+        labels, problem = self._parse(rgb)
+        dt_parse = time.perf_counter() - t0
+        canvas_out = self._edit(self._canvas_or_none(editor), history, labels)
+        if problem:
+            gr.Warning(f"{problem} The predicted mask is on the canvas: fix it with the brushes, then press "
+                       "'Re-synthesise with the canvas mask'.")
+            return (*canvas_out, self.side_by_side(rgb, labels, None), *unchanged, self.status("parse", dt_parse))
+        result, dt = self._resynthesise(rgb, labels)
+        name = Path(file_path(photo) or "photo").stem
+        outs = self._outputs(result, strip, f"photo {name} · re-synthesised", "parse + encode + generate",
+                             dt_parse + dt, chosen, locked)
+        return (*canvas_out, self.side_by_side(rgb, labels, result), *outs)
+
+    @event(model=True)
+    def resynthesise_photo(self, photo: Any, editor: Any, strip: Any, chosen: str | None = None,
+                           locked: Sequence[str] | None = None) -> tuple:
+        """The uploaded photo's codes encoded with the canvas mask (fixed or drawn by hand), re-synthesised.
+
+        Returns (label map, photo | mask | re-synthesis, *result outputs).
+        """
+        if file_path(photo) is None:
+            raise UserError("Upload a photo under 'Start from a photo' first.")
+        labels = self.canvas.to_labels(editor)
+        rgb = self._photo(photo)
+        result, dt = self._resynthesise(rgb, labels)
+        name = Path(file_path(photo) or "photo").stem
+        outs = self._outputs(result, strip, f"photo {name} · canvas mask", "encode + generate", dt, chosen, locked)
+        return (self.canvas.colorize(labels), self.side_by_side(rgb, labels, result), *outs)
+
     # -- reference photos, appearance mixture, morphing ----------------------------------------
     def reference_gallery(self) -> list[tuple[str, str]]:
         return self.references.gallery(self.files.static_dir)
@@ -364,32 +465,49 @@ class DemoHandlers:
     def example_masks(self) -> list[tuple[str, str]]:
         return self.references.example_masks(self.files.static_dir)
 
-    def _user_reference(self, photo: Any, mask: Any) -> tuple[np.ndarray, np.ndarray]:
-        """The visitor's photo (RGB at the model's size) and its mask (class ids), each decoded once."""
-        if file_path(photo) is None or file_path(mask) is None:
-            raise UserError("Upload your photo and its mask (in 'Appearance mixture') to use 'your photo'.")
-        img = open_image(photo, "photo", PHOTO, self.max_upload_bytes)
+    def _user_reference(self, photo: Any, mask: Any, strict: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The visitor's photo (RGB) and its mask (class ids), each decoded once, at the same size.
+
+        Without a mask the parser predicts it (on the photo letterboxed to the model); a photo that
+        is not one full-body person is refused when ``strict``, else warned about.
+        """
+        if file_path(photo) is None:
+            raise UserError("Upload your photo (with its mask, or alone: its mask is predicted) in 'Appearance "
+                            "mixture' to use 'your photo'." if self.parser is not None else
+                            "Upload your photo and its mask (in 'Appearance mixture') to use 'your photo'.")
+        rgb = load_photo(open_image(photo, "photo", PHOTO, self.max_upload_bytes))  # EXIF, alpha, grey
+        if file_path(mask) is None:
+            if self.parser is None:
+                raise UserError(f"Upload your photo's mask too: {self.no_parser_reason()}.")
+            rgb = self.pipe.prepare_photo(rgb)
+            labels, problem = self._parse(rgb)
+            if problem:
+                if strict:
+                    raise UserError(f"{problem} (Or upload its mask too to use this photo anyway.)")
+                gr.Warning(problem)
+            return rgb, labels
         mask_img = open_image(mask, "mask of your photo", MASK, self.max_upload_bytes)
-        if img.size != mask_img.size:
-            raise UserError(f"Your photo is {img.size[0]}x{img.size[1]} but its mask is {mask_img.size[0]}x"
+        if (rgb.shape[1], rgb.shape[0]) != mask_img.size:
+            raise UserError(f"Your photo is {rgb.shape[1]}x{rgb.shape[0]} but its mask is {mask_img.size[0]}x"
                             f"{mask_img.size[1]}; they must have the same size.")
-        labels = self.canvas.mask_labels(mask_img, "mask of your photo")
-        return self.pipe.prepare_photo(np.asarray(img.convert("RGB"))), labels
+        return rgb, self.canvas.mask_labels(mask_img, "mask of your photo", resize=False)
 
     @event
     def user_reference(self, photo: Any, mask: Any) -> Image.Image | None:
-        """Preview (photo | mask) of the visitor's reference once both files are there; one alone is checked."""
-        if file_path(photo) is None or file_path(mask) is None:
+        """Preview (photo | mask) of the visitor's reference: photo + mask, or the photo alone with its
+        predicted mask; a mask alone is checked."""
+        if file_path(photo) is None or (file_path(mask) is None and self.parser is None):
             if file_path(photo) is not None:
                 open_image(photo, "photo", PHOTO, self.max_upload_bytes)
             if file_path(mask) is not None:
                 self.canvas.mask_labels(open_image(mask, "mask of your photo", MASK, self.max_upload_bytes),
                                         "mask of your photo")
             return None
-        rgb, labels = self._user_reference(photo, mask)
-        pair = Image.new("RGB", (self.config.width * 2, self.config.height))
-        pair.paste(Image.fromarray(rgb), (0, 0))
-        pair.paste(self.canvas.colorize(labels), (self.config.width, 0))
+        rgb, labels = self._user_reference(photo, mask, strict=False)
+        h, w = self.config.height, self.config.width
+        pair = Image.new("RGB", (w * 2, h))
+        pair.paste(Image.fromarray(self.pipe.prepare_photo(rgb)), (0, 0))
+        pair.paste(self.canvas.colorize(letterbox_labels(labels, h, w)), (w, 0))
         return pair
 
     def _source(self, source: str | None, current: SMISResult, strip: Any, photo: Any, mask: Any) -> Source:

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import gradio as gr
 
@@ -61,7 +62,8 @@ INTRO = f"""
 (<a href="{PAPER_URL}" target="_blank">Zhu et al., CVPR 2020</a>) paints a photo for it. It keeps
 <b>one latent code per class</b>, so you can change the look of one region — re-roll it, copy it from a
 reference photo, or morph it — while every other region stays exactly as it was.
-<b>1</b> draw or pick a mask · <b>2</b> generate · <b>3</b> re-roll, mix or morph below.</p>
+<b>1</b> draw or pick a mask (or start from a photo) · <b>2</b> generate · <b>3</b> re-roll, mix or morph
+below.</p>
 """
 
 
@@ -117,17 +119,20 @@ def banner_html(text: str) -> str:
 
 def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None = None,
                banner: str | None = None, cache_examples: bool = True,
-               workdir: str | Path | None = None, max_upload_bytes: int | None = None) -> gr.Blocks:
+               workdir: str | Path | None = None, max_upload_bytes: int | None = None,
+               parser: Any = None, parser_note: str | None = None) -> gr.Blocks:
     """The whole demo on one loaded pipeline.
 
     ``references``: reference photos + masks (default: the shipped examples, if any);
     ``banner``: a warning shown above everything (e.g. that the model is an untrained fallback);
     ``cache_examples``: pre-compute the example outputs at launch (into a fresh temp folder unless
-    ``$GRADIO_EXAMPLES_CACHE`` is set, so a cache never outlives the model it was made with).
+    ``$GRADIO_EXAMPLES_CACHE`` is set, so a cache never outlives the model it was made with);
+    ``parser``: a loaded :class:`smis.parsing.HumanParser` for "Start from a photo" (``None``: the
+    section says masks cannot be predicted, and ``parser_note`` why).
     """
     refs = load_references(class_names=pipeline.config.class_names) if references is None else list(references)
     kw = {} if max_upload_bytes is None else {"max_upload_bytes": max_upload_bytes}
-    h = DemoHandlers(pipeline, refs, workdir, **kw)
+    h = DemoHandlers(pipeline, refs, workdir, parser=parser, parser_note=parser_note, **kw)
     cfg = pipeline.config
     names = list(cfg.class_names)
     default_brush = names.index("upper clothes") if "upper clothes" in names else min(1, len(names) - 1)
@@ -142,6 +147,17 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
             gr.HTML(banner_html(banner))
         status = gr.Markdown(h.status(), elem_id="status", padding=True)
         history = gr.State([])
+
+        # ---- 0 · start from a photo (optional) ---------------------------------------------------
+        with gr.Accordion("Start from a photo", open=True, elem_id="start-from-photo"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=2, min_width=260):
+                    gr.Markdown(h.parser_markdown(), elem_id="photo-help")
+                    start_photo = gr.File(label="Your full-body photo (JPEG, PNG or WebP)", file_types=["image"],
+                                          elem_id="start-photo", elem_classes="upload-box", height=120)
+                    resynth_btn = gr.Button("Re-synthesise with the canvas mask", elem_id="resynthesise")
+                photo_view = gr.Image(label="Photo · predicted mask · re-synthesis", type="pil", format="png",
+                                      interactive=False, height=320, elem_id="photo-view", buttons=[], scale=3)
 
         with gr.Row(equal_height=False):
             # ---- 1 · the label map -----------------------------------------------------------
@@ -230,7 +246,9 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                         user_photo = gr.File(label="Your photo (JPEG, PNG or WebP)",
                                              file_types=["image"],
                                              elem_id="user-photo", elem_classes="upload-box", height=120)
-                        user_mask = gr.File(label="Its mask (PNG, same size)", file_types=["image"],
+                        user_mask = gr.File(label="Its mask (PNG, same size)" + (
+                                                "; leave empty to predict it" if h.parser is not None else ""),
+                                            file_types=["image"],
                                             elem_id="user-mask", elem_classes="upload-box", height=120)
                         user_preview = gr.Image(label="Your reference", type="pil", interactive=False,
                                                 height=160, buttons=[])
@@ -303,6 +321,11 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         mask_upload.upload(h.upload_mask, [mask_upload, editor, history], mask_outputs, api_name="upload_mask",
                            **files).failure(lambda: None, None, mask_upload, **private)  # a refused file goes
         label_map.select(h.fill, [editor, fill_class, history], mask_outputs, api_name="fill", **files)
+        start_photo.upload(h.start_from_photo, [start_photo, editor, history, strip, reroll_class, locked],
+                           [*mask_outputs, photo_view, *result_outputs], api_name="start_from_photo",
+                           **model).failure(lambda: None, None, start_photo, **private)
+        resynth_btn.click(h.resynthesise_photo, [start_photo, editor, strip, reroll_class, locked],
+                          [label_map, photo_view, *result_outputs], api_name="resynthesise_photo", **model)
 
         generate_btn.click(h.generate, [editor, seed, randomize, strip, reroll_class, locked],
                            [seed_used, label_map, *result_outputs], api_name="generate", **model).success(

@@ -6,6 +6,7 @@ The browser test needs Debian's chromium at /usr/bin/chromium and is skipped wit
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -36,20 +37,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tiny_model_dir, tmp_path_factory):
-    """``python app.py`` on a free port; yields its base URL; its log is shown if it dies."""
-    tmp = tmp_path_factory.mktemp("demo-app")
+@contextlib.contextmanager
+def running_app(model_dir, tmp: Path, *extra: str):
+    """``python app.py`` on a free port of 127.0.0.1 with the tiny model and examples in ``tmp``;
+    yields its base URL, log and folder; its log is shown if it dies."""
     make_examples(tmp / "examples")
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
            "GRADIO_TEMP_DIR": str(tmp / "gradio"), "GRADIO_EXAMPLES_CACHE": str(tmp / "examples-cache"),
            "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp)}
     env.pop("SMIS_MODEL", None)
+    env.pop("SMIS_PARSER", None)
     log = open(tmp / "app.log", "w")  # closed in the finally below
     proc = subprocess.Popen(
-        [sys.executable, "app.py", "--model", str(tiny_model_dir), "--examples", str(tmp / "examples"),
-         "--host", "127.0.0.1", "--port", str(port), "--max-file-size", "2mb"],
+        [sys.executable, "app.py", "--model", str(model_dir), "--examples", str(tmp / "examples"),
+         "--host", "127.0.0.1", "--port", str(port), "--max-file-size", "2mb", *extra],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -74,6 +76,13 @@ def server(tiny_model_dir, tmp_path_factory):
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """The app with the tiny model and no human parser."""
+    with running_app(tiny_model_dir, tmp_path_factory.mktemp("demo-app")) as info:
+        yield info
 
 
 @pytest.fixture(scope="module")

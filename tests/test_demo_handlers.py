@@ -382,7 +382,8 @@ def test_morph_scrub_keep(h, first):
     assert SMISResult.load(frames[0][0]).codes == a.codes
     np.testing.assert_allclose(SMISResult.load(frames[-1][0]).codes.values, b.codes.values, atol=1e-6)
     with Image.open(gif) as im:
-        assert im.n_frames == 8 and im.size == (64, 128)  # there (5) and back (3)
+        k = h.files.display_scale  # shown upscaled like the result
+        assert im.n_frames == 8 and im.size == (64 * k, 128 * k)  # there (5) and back (3)
     assert "morph (5 frames)" in status
     assert h.scrub(frames, 3) == frames[3][0]
     out = h.keep_frame(frames, 2, strip)

@@ -1,0 +1,310 @@
+"""'Start from a photo' and photos without a mask in the appearance mixture (tiny demo model, 128x64).
+
+A stand-in parser returns a fixed parse, so the flow is checked exactly whatever the weights; one
+test and the browser test run a real, *untrained* HumanParser saved to a temporary folder (passed
+to ``app.py --parser``), so they run before the trained parser is bundled. What they check holds
+for any weights: the parse reaches the canvas and the result exactly, the photo's codes are
+encoded with it, re-roll changes one class. What needs the trained parser: a mask that looks like
+the person (an untrained one gives noise, so its full-body check is switched off in the test
+parser's config) and a re-synthesis that looks like the photo (that also needs the trained GroupDNet).
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.request
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from test_demo_app import CHROMIUM, CHROMIUM_FLAGS, running_app
+from test_demo_handlers import UPPER, blocky_labels, make_examples
+
+from demo.handlers import DemoHandlers
+from demo.references import load_references
+from smis import SMISPipeline, SMISResult
+from smis.parsing import HumanParser, NotAPersonError, ParseResult, ParserNet, get_parser_config
+
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp" / "images" / "0854.jpg"
+
+
+class FakeParser:
+    """Returns ``labels`` resized to the photo; raises NotAPersonError with ``problem`` if given."""
+
+    def __init__(self, config, labels: np.ndarray, problem: str | None = None):
+        self.class_names = tuple(config.class_names)
+        self.palette = tuple(config.palette)
+        self.labels, self.problem, self.calls = labels, problem, 0
+
+    def predict(self, photo, check: bool = True) -> ParseResult:
+        self.calls += 1
+        h, w = np.asarray(photo).shape[:2]
+        rows = np.arange(h) * self.labels.shape[0] // h
+        cols = np.arange(w) * self.labels.shape[1] // w
+        labels = self.labels[rows[:, None], cols[None, :]]
+        res = ParseResult(labels, np.ones(labels.shape, np.float32), self.class_names, self.palette)
+        if check and self.problem:
+            raise NotAPersonError(self.problem, res)
+        return res
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_model_dir):
+    return SMISPipeline.from_pretrained(tiny_model_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def labels(pipe):
+    return blocky_labels(pipe.config)
+
+
+@pytest.fixture(scope="module")
+def examples_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("examples")
+    make_examples(folder)
+    return folder
+
+
+def handlers(pipe, examples_dir, tmp_path, parser=None, note=None) -> DemoHandlers:
+    return DemoHandlers(pipe, load_references(examples_dir), tmp_path / "work", parser=parser, parser_note=note)
+
+
+def photo_file(folder, name="person.jpg", size=(300, 500), mode="RGB", orientation=None) -> str:
+    rng = np.random.default_rng(0)
+    arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
+    img = Image.fromarray(arr).convert(mode)
+    path = folder / name
+    exif = Image.Exif()
+    if orientation:
+        exif[0x0112] = orientation
+    img.save(path, exif=exif) if path.suffix == ".jpg" else img.save(path)
+    return str(path)
+
+
+def test_start_from_photo_parses_encodes_and_resynthesises(pipe, labels, examples_dir, tmp_path):
+    fake = FakeParser(pipe.config, labels)
+    h = handlers(pipe, examples_dir, tmp_path, fake)
+    photo = photo_file(tmp_path)
+    blank = h.canvas.to_editor(h.canvas.blank_labels())
+    editor, history, label_map, view, image, file, strip, cls, locked, status = h.start_from_photo(
+        photo, blank, [], [])
+    assert (h.canvas.to_labels(editor) == labels).all() and len(history) == 1  # the old canvas can come back
+    k, cfg = h.files.display_scale, pipe.config
+    assert view.size == (3 * cfg.width * k, cfg.height * k)  # photo | mask | re-synthesis
+    res = SMISResult.load(file)
+    rgb = pipe.prepare_photo(photo)
+    assert (res.labels == labels).all() and res.codes == pipe.encode(rgb, labels)
+    assert "parse + encode + generate" in status and len(strip) == 1
+    # every existing action works from here: re-roll one class, lock, mix, morph, same codes / new mask
+    out = h.reroll(file, "upper clothes", [], strip)
+    new = SMISResult.load(out[1])
+    assert not np.array_equal(new.codes.values[UPPER], res.codes.values[UPPER])
+    same = [c for c in range(cfg.num_classes) if c != UPPER]
+    assert np.array_equal(new.codes.values[same], res.codes.values[same])
+    out = h.reroll_unlocked(file, ["skin", "background"], strip)
+    kept = SMISResult.load(out[1]).codes.values
+    assert np.array_equal(kept[[0, 2]], res.codes.values[[0, 2]])
+    sources = ["keep"] * cfg.num_classes
+    sources[UPPER] = "ref:ex0"
+    mixed = SMISResult.load(h.mix(file, None, None, strip, None, [], *sources)[1])
+    assert np.array_equal(mixed.codes.values[UPPER], h.references.codes("ex0").values[UPPER])
+    frames = h.morph(file, "current", "ref:ex1", 3, strip)[0]
+    assert len(frames) == 3
+    edited = labels.copy()
+    edited[edited == UPPER] = 4  # upper clothes -> dress, same codes
+    out = h.apply_mask_edit(h.canvas.to_editor(edited), file, strip)
+    assert SMISResult.load(out[2]).codes == res.codes
+
+
+def test_not_a_person_keeps_the_result_and_puts_the_parse_on_the_canvas(pipe, labels, examples_dir, tmp_path):
+    fake = FakeParser(pipe.config, labels, problem="No person found in the photo: only 1.0% of it looks like a person.")
+    h = handlers(pipe, examples_dir, tmp_path, fake)
+    before = np.zeros_like(labels)
+    before[10:20, 10:20] = 1
+    with pytest.warns(UserWarning, match="No person found in the photo.*fix it with the brushes"):
+        out = h.start_from_photo(photo_file(tmp_path), h.canvas.to_editor(before), [], ["x.png"])
+    editor, history, _, view, *result = out
+    assert (h.canvas.to_labels(editor) == labels).all()
+    assert (history[-1] == before).all()  # 'Undo fill / upload' brings the old canvas back
+    assert all(r == {"__type__": "update"} for r in result[:5])  # the current result, file and strip untouched
+    assert view is not None
+    # the visitor fixes the mask, then re-synthesises with it: the photo's codes on the canvas mask
+    label_map, view, image, file, *_ = h.resynthesise_photo(photo_file(tmp_path), h.canvas.to_editor(labels), [])
+    assert (SMISResult.load(file).labels == labels).all()
+
+
+def test_without_a_parser_the_demo_says_so_and_hand_drawn_masks_work(pipe, labels, examples_dir, tmp_path):
+    h = handlers(pipe, examples_dir, tmp_path, None, "The trained human parser is not bundled yet")
+    assert "not bundled yet" in h.parser_markdown()
+    photo = photo_file(tmp_path)
+    with pytest.warns(UserWarning, match="No mask predicted: the trained human parser is not bundled yet"):
+        editor, history, label_map, view, *result = h.start_from_photo(photo, h.canvas.to_editor(labels), [], [])
+    assert editor == {"__type__": "update"} and result[-1].startswith("**Backend**")
+    out = h.resynthesise_photo(photo, h.canvas.to_editor(labels), [])
+    assert (SMISResult.load(out[3]).labels == labels).all()
+    first = out[3]
+    sources = ["keep"] * pipe.config.num_classes
+    sources[UPPER] = "user"
+    with pytest.raises(Exception, match="Upload your photo's mask too: the trained human parser is not bundled"):
+        h.mix(first, photo, None, [], None, [], *sources)
+    assert h.user_reference(photo, None) is None  # a photo alone is only checked
+
+
+def test_photo_alone_in_the_mixture_gets_a_predicted_mask(pipe, labels, examples_dir, tmp_path):
+    fake = FakeParser(pipe.config, labels)
+    h = handlers(pipe, examples_dir, tmp_path, fake)
+    photo = photo_file(tmp_path, "ref.png", size=(200, 200), mode="RGBA")
+    preview = h.user_reference(photo, None)
+    assert preview.size == (2 * pipe.config.width, pipe.config.height)
+    first = h.generate(h.canvas.to_editor(labels), 3, False, [])[3]
+    sources = ["keep"] * pipe.config.num_classes
+    sources[UPPER] = "user"
+    mixed = SMISResult.load(h.mix(first, photo, None, [], None, [], *sources)[1])
+    rgb = pipe.prepare_photo(photo)
+    want = pipe.encode(rgb, fake.predict(rgb).labels)
+    assert np.array_equal(mixed.codes.values[UPPER], want.values[UPPER])
+    # photo + mask still works (the mask at the photo's size, letterboxed with it)
+    mask = tmp_path / "ref-mask.png"
+    Image.fromarray(np.full((200, 200), UPPER, np.uint8)).save(mask)
+    assert h.user_reference(photo, str(mask)).size == preview.size
+    fake.problem = "No person found in the photo: only 0.0% of it looks like a person."
+    with pytest.raises(Exception, match="No person found in the photo.*upload its mask too"):
+        h.mix(first, photo, None, [], None, [], *sources)
+    with pytest.warns(UserWarning, match="No person found"):
+        assert h.user_reference(photo, None) is not None  # the preview shows the parse anyway
+
+
+@pytest.mark.parametrize("name, size, mode, orientation", [
+    ("wide.jpg", (1600, 300), "RGB", None),    # any aspect: letterboxed, not stretched
+    ("grey.jpg", (200, 400), "L", None),
+    ("rgba.png", (120, 300), "RGBA", None),
+    ("rotated.jpg", (600, 200), "RGB", 6),     # stored landscape, shown portrait (bands left, right)
+])
+def test_odd_photos_start_the_flow(pipe, labels, examples_dir, tmp_path, name, size, mode, orientation):
+    h = handlers(pipe, examples_dir, tmp_path, FakeParser(pipe.config, labels))
+    path = photo_file(tmp_path, name, size, mode, orientation)
+    out = h.start_from_photo(path, h.canvas.to_editor(labels), [], [])
+    assert SMISResult.load(out[5]).image.size == (pipe.config.width, pipe.config.height)
+    if orientation == 6:  # the parser saw the photo upright: a portrait, filling the model's height
+        rgb = pipe.prepare_photo(path)
+        band = (rgb == rgb[0, 0]).all(2).all(0)
+        assert band[:5].all() and not band[pipe.config.width // 2]
+
+
+def test_bad_photo_uploads_are_refused(pipe, labels, examples_dir, tmp_path):
+    h = handlers(pipe, examples_dir, tmp_path, FakeParser(pipe.config, labels))
+    gif = tmp_path / "anim.gif"
+    Image.new("P", (20, 20)).save(gif)
+    for path, message in ((gif, "GIF"), (tmp_path / "gone.jpg", "gone from the server")):
+        with pytest.raises(Exception, match=message):
+            h.start_from_photo(str(path), h.canvas.to_editor(labels), [], [])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(Exception, match="not an image file"):
+        h.start_from_photo(str(bad), h.canvas.to_editor(labels), [], [])
+    with pytest.raises(Exception, match="Upload a photo"):
+        h.resynthesise_photo(None, h.canvas.to_editor(labels), [])
+
+
+def test_a_parser_for_other_classes_is_not_used(pipe, labels, examples_dir, tmp_path):
+    fake = FakeParser(pipe.config, labels)
+    fake.class_names = ("background", "person")
+    h = handlers(pipe, examples_dir, tmp_path, fake)
+    assert h.parser is None and "not this model's" in h.parser_markdown()
+
+
+def test_real_untrained_parser_end_to_end(pipe, examples_dir, tmp_path):
+    """An untrained HumanParser: the mask is noise (either branch may happen), the flow must hold."""
+    torch.manual_seed(0)
+    ParserNet(get_parser_config("tiny", height=128, width=64)).save_pretrained(tmp_path / "parser")
+    parser = HumanParser.from_pretrained(tmp_path / "parser", device="cpu", backend="torch")
+    h = handlers(pipe, examples_dir, tmp_path, parser)
+    photo = str(EXAMPLE_PHOTO)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        out = h.start_from_photo(photo, h.canvas.to_editor(h.canvas.blank_labels()), [], [])
+    assert h.canvas.to_labels(out[0]).shape == (pipe.config.height, pipe.config.width)
+
+
+def test_app_load_parser(tmp_path, monkeypatch):
+    import app
+    from smis.hub import CheckpointError
+
+    monkeypatch.setattr(app, "BUNDLED_PARSER_DIR", tmp_path / "absent")
+    parser, note = app.load_parser(None)
+    assert parser is None and "not bundled yet" in note
+    assert app.load_parser("none")[0] is None
+    with pytest.raises(CheckpointError):
+        app.load_parser(str(tmp_path / "nothing-here"))
+    torch.manual_seed(0)
+    ParserNet(get_parser_config("tiny")).save_pretrained(tmp_path / "p")
+    parser, note = app.load_parser(str(tmp_path / "p"), "cpu")
+    assert note is None and parser.class_names == get_parser_config("tiny").class_names
+
+
+# -- the browser ---------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def untrained_parser_dir(tmp_path_factory):
+    """A tiny untrained parser at the tiny model's size, with the full-body check switched off
+    (an untrained parser's noise would fail it at random)."""
+    folder = tmp_path_factory.mktemp("parser")
+    torch.manual_seed(0)
+    cfg = get_parser_config("tiny", height=128, width=64, min_foreground=0.0, min_confidence=0.0,
+                            min_person_height=0.0, min_feet=0.0)
+    net = ParserNet(cfg)
+    with torch.no_grad():  # break ties between the near-uniform class scores of an untrained head
+        net.classifier.bias.copy_(torch.linspace(0.0, 0.02, cfg.num_classes))
+    net.save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+def test_browser_start_from_photo_reroll_download(tiny_model_dir, untrained_parser_dir, tmp_path):
+    """Upload a shipped CCP photo: its parse lands on the canvas and in the result, the photo's codes are
+    encoded with it; re-roll the chosen class; download the PNG. Runs with an untrained parser."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with running_app(tiny_model_dir, tmp_path, "--parser", str(untrained_parser_dir)) as app, \
+            sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(app["url"])
+            page.locator("#canvas canvas").first.wait_for(timeout=60_000)
+            sync_api.expect(page.locator("#photo-help")).to_contain_text("Upload a full-body photo")
+            label_map = page.locator("#label-map img").first
+            before = label_map.get_attribute("src")
+            page.locator("#start-photo input[type=file]").set_input_files(str(EXAMPLE_PHOTO))
+            link = page.locator("#result-file a[href]").first
+            sync_api.expect(link).to_have_attribute("download", re.compile("photo-0854"), timeout=90_000)
+            page.wait_for_function("([el, src]) => el.getAttribute('src') !== src",
+                                   arg=[label_map.element_handle(), before], timeout=30_000)
+            sync_api.expect(page.locator("#photo-view img").first).to_be_visible()
+            first_url = link.get_attribute("href")
+            chosen = page.locator("#reroll-class input").input_value()
+            page.click("#reroll")
+            sync_api.expect(link).to_have_attribute("download", re.compile("re-roll-"), timeout=90_000)
+            second_url = link.get_attribute("href")
+            page.screenshot(path=str(tmp_path / "photo.png"))
+        finally:
+            browser.close()
+        with urllib.request.urlopen(first_url) as r:  # the downloads, while the server runs
+            first = SMISResult.load(r.read())
+        with urllib.request.urlopen(second_url) as r:
+            second = SMISResult.load(r.read())
+    # the parse in the result is the parser's on the letterboxed photo, and the codes are the photo's
+    pipe = SMISPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    parser = HumanParser.from_pretrained(untrained_parser_dir, device="cpu", backend="torch")
+    rgb = pipe.prepare_photo(str(EXAMPLE_PHOTO))
+    expected = parser.predict(rgb).labels
+    assert (first.labels == expected).mean() > 0.99
+    np.testing.assert_allclose(first.codes.values, pipe.encode(rgb, first.labels).values, atol=1e-4)
+    np.testing.assert_array_equal(second.labels, first.labels)
+    cid = pipe.config.class_id(chosen)
+    changed = [c for c in range(10) if not np.array_equal(first.codes.values[c], second.codes.values[c])]
+    assert changed == [cid]

@@ -331,14 +331,31 @@ def _flag(name: str) -> str:
 
 def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
     """(group, field, type hint with ``None`` removed) for every option, in flag order."""
+    return [(group, f, hint) for group, cls in GROUPS.items() for f, hint in field_hints(cls)]
+
+
+def field_hints(cls: type) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, type hint with ``None`` removed) for every field of the dataclass ``cls``."""
+    hints = get_type_hints(cls)
     out = []
-    for group, cls in GROUPS.items():
-        hints = get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            args = [a for a in get_args(hints[f.name]) if a is not type(None)]
-            optional = type(None) in get_args(hints[f.name])
-            out.append((group, f, args[0] if optional and len(args) == 1 else hints[f.name]))
+    for f in dataclasses.fields(cls):
+        args = [a for a in get_args(hints[f.name]) if a is not type(None)]
+        optional = type(None) in get_args(hints[f.name])
+        out.append((f, args[0] if optional and len(args) == 1 else hints[f.name]))
     return out
+
+
+def field_sections(cls: type) -> dict[str, str]:
+    """The ``# -- title ---`` comment above each field of ``cls`` (its argument group), if any."""
+    sections: dict[str, str] = {}
+    current = None
+    for line in inspect.getsource(cls).splitlines():
+        text = line.strip()
+        if m := re.match(r"#\s*--\s*(.+?)\s*-*$", text):
+            current = m.group(1)
+        elif (m := re.match(r"(\w+)\s*:", text)) and current and not text.startswith("#"):
+            sections.setdefault(m.group(1), current)
+    return sections
 
 
 def _field_help(cls: type) -> dict[str, str]:
@@ -384,24 +401,49 @@ def build_parser() -> argparse.ArgumentParser:
     groups = {g: p.add_argument_group(g) for g in GROUPS}
     helps = {g: _field_help(cls) for g, cls in GROUPS.items()}
     for group, f, hint in _fields():
-        g, meta = groups[group], f.metadata
-        kw: dict[str, Any] = {"dest": f.name, "default": getattr(getattr(defaults, group), f.name),
-                              "help": helps[group].get(f.name)}
-        if meta.get("cli") == "switch":
-            g.add_argument(_flag(f.name), action="store_true", **kw)
-        elif meta.get("cli") == "negated":
-            g.add_argument(_flag("no_" + f.name), action="store_false", **kw)
-        else:
-            if get_origin(hint) is Literal:
-                kw["choices"] = get_args(hint)
-            else:
-                kw["type"] = _bool if hint is bool else _widths if get_origin(hint) is dict else hint
-            kw.update({k: v for k, v in meta.items() if k in ("choices", "required")})
-            g.add_argument(_flag(f.name), **kw)
-        if "also" in meta:
-            alias, extra = meta["also"]
-            g.add_argument(alias, dest=f.name, **extra)
+        add_field_argument(groups[group], f, hint, getattr(getattr(defaults, group), f.name),
+                           helps[group].get(f.name))
     return p
+
+
+def add_field_argument(group: Any, f: dataclasses.Field, hint: Any, default: Any, help: str | None) -> None:
+    """The flag of one option field (the rules are in the module docstring); ``tuple[float, float]``
+    fields take that many values (``metadata["metavar"]`` names them)."""
+    meta = f.metadata
+    kw: dict[str, Any] = {"dest": f.name, "default": default, "help": help}
+    if meta.get("cli") == "switch":
+        group.add_argument(_flag(f.name), action="store_true", **kw)
+    elif meta.get("cli") == "negated":
+        group.add_argument(_flag("no_" + f.name), action="store_false", **kw)
+    else:
+        if get_origin(hint) is Literal:
+            kw["choices"] = get_args(hint)
+        elif get_origin(hint) is tuple:
+            kw["nargs"], kw["type"] = len(get_args(hint)), get_args(hint)[0]
+            kw["default"] = list(default) if default is not None else None
+        else:
+            kw["type"] = _bool if hint is bool else _widths if get_origin(hint) is dict else hint
+        kw.update({k: v for k, v in meta.items() if k in ("choices", "required", "metavar")})
+        group.add_argument(_flag(f.name), **kw)
+    if "also" in meta:
+        alias, extra = meta["also"]
+        group.add_argument(alias, dest=f.name, **extra)
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any | None = None) -> None:
+    """One flag per field of the dataclass ``cls`` (another program's options, e.g. ``train.parser``),
+    with the same rules as ``python -m train``; fields under a ``# -- title ---`` comment form that
+    argument group."""
+    defaults = cls() if defaults is None else defaults
+    helps, sections = _field_help(cls), field_sections(cls)
+    groups: dict[str, Any] = {}
+    for f, hint in field_hints(cls):
+        title = sections.get(f.name)
+        if title is None:
+            target = parser
+        else:
+            target = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
+        add_field_argument(target, f, hint, getattr(defaults, f.name), helps.get(f.name))
 
 
 def options_to_cli(options: dict[str, Any]) -> str:

@@ -5,7 +5,7 @@ Loads the pipeline once, builds the UI from ``demo/`` and serves it with a bound
 Options (command line, or the environment variable in brackets):
 
     --model    [SMIS_MODEL]    model folder or Hub repo id (default: the bundled CCP model)
-    --backend  [SMIS_BACKEND]  torch | onnx (default torch)
+    --backend  [SMIS_BACKEND]  auto | torch | onnx (default auto: ONNX Runtime on a CPU, PyTorch on CUDA)
     --device   [SMIS_DEVICE]   cpu, cuda, ... (default: auto)
     --parser   [SMIS_PARSER]   human-parser folder or Hub repo id for "Start from a photo"
                                (default: the bundled smis/assets/ccp-parser; "none" turns it off)
@@ -44,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="GroupDNet demo (Gradio)")
     p.add_argument("--model", default=env.get(MODEL_ENV) or None,
                    help=f"model folder or Hub repo id (env {MODEL_ENV}; default: the bundled CCP model)")
-    p.add_argument("--backend", default=env.get("SMIS_BACKEND", "torch"), choices=["torch", "onnx"],
-                   help="inference backend (env SMIS_BACKEND)")
+    p.add_argument("--backend", default=env.get("SMIS_BACKEND", "auto"), choices=["auto", "torch", "onnx"],
+                   help="inference backend (env SMIS_BACKEND); auto: ONNX Runtime on a CPU (measured 2.3x faster "
+                        "per image, 2.7x per re-roll than PyTorch on the bundled model), PyTorch on CUDA")
     p.add_argument("--device", default=env.get("SMIS_DEVICE") or None, help="cpu, cuda, ... (default: auto)")
     p.add_argument("--parser", default=env.get(PARSER_ENV) or None,
                    help=f"human-parser folder or Hub repo id (env {PARSER_ENV}; default: the bundled one if "
@@ -91,12 +92,24 @@ def _backend_kwargs(backend: str) -> dict:
     return {"exporter": export_model}
 
 
-def load_pipeline(model: str | None, backend: str = "torch",
+def resolve_backend(backend: str, device: str | None) -> str:
+    """``auto`` -> ``onnx`` on a CPU (the fastest there, see the README's speed table), ``torch`` on CUDA."""
+    if backend != "auto":
+        return backend
+    if device is not None:
+        return "torch" if device.startswith("cuda") else "onnx"
+    import torch
+
+    return "torch" if torch.cuda.is_available() else "onnx"
+
+
+def load_pipeline(model: str | None, backend: str = "auto",
                   device: str | None = None) -> tuple[SMISPipeline, str | None]:
     """The pipeline, and the banner to show (``None`` for a real model).
 
     Only the *default* model may fall back: a model you named that cannot be loaded is an error.
     """
+    backend = resolve_backend(backend, device)
     if model is None and not os.environ.get(MODEL_ENV) and not BUNDLED_MODEL_DIR.is_dir():
         return build_fallback_model(backend, device), FALLBACK_BANNER
     return SMISPipeline.from_pretrained(model, backend=backend, device=device, **_backend_kwargs(backend)), None

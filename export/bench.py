@@ -47,7 +47,7 @@ logger = logging.getLogger("export.bench")
 CPU_MODES = ("torch-eager", "torch-baked", "torch-folded", "ort-fp32", "torch-reroll", "ort-reroll")
 CPU_EXTRA = ("torch-bf16", "ort-fp16")
 #: Modes that re-render an unchanged mask with the label branch cached (the re-roll path).
-REROLL_MODES = ("torch-reroll", "ort-reroll")
+REROLL_MODES = ("torch-reroll", "torch-reroll-bf16", "ort-reroll")
 CUDA_MODES = ("torch-eager", "torch-tf32", "torch-bf16", "torch-fp16", "torch-channels-last", "torch-compile",
               "torch-cudagraphs", "ort-cuda-fp32", "ort-cuda-fp16", "ort-trt-fp16", "ort-trt-fp32")
 

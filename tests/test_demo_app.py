@@ -49,9 +49,10 @@ def running_app(model_dir, tmp: Path, *extra: str):
     env.pop("SMIS_MODEL", None)
     env.pop("SMIS_PARSER", None)
     log = open(tmp / "app.log", "w")  # closed in the finally below
+    backend = [] if "--backend" in extra else ["--backend", "torch"]  # the tests read PyTorch's status line
     proc = subprocess.Popen(
         [sys.executable, "app.py", "--model", str(model_dir), "--examples", str(tmp / "examples"),
-         "--host", "127.0.0.1", "--port", str(port), "--max-file-size", "2mb", *extra],
+         "--host", "127.0.0.1", "--port", str(port), "--max-file-size", "2mb", *backend, *extra],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120
@@ -477,12 +478,24 @@ def test_app_fallback_is_untrained_and_labelled(monkeypatch, tmp_path):
 
     monkeypatch.delenv("SMIS_MODEL", raising=False)
     monkeypatch.setattr(app, "BUNDLED_MODEL_DIR", tmp_path / "missing")
-    pipe, banner = app.load_pipeline(None, device="cpu")
+    pipe, banner = app.load_pipeline(None, backend="torch", device="cpu")
     assert banner == app.FALLBACK_BANNER and "Untrained fallback model" in banner
     assert pipe.config.name == "demo" and pipe.config.height == 384
     # a model the user names is never replaced by the fallback
     with pytest.raises(ValueError, match="no model folder"):
         app.load_pipeline(str(tmp_path / "nope"), device="cpu")
+
+
+def test_app_backend_auto_is_onnx_runtime_on_a_cpu_and_exports_once(tiny_model_dir, tmp_path, monkeypatch):
+    import app
+
+    assert app.resolve_backend("auto", "cpu") == "onnx" and app.resolve_backend("auto", "cuda:0") == "torch"
+    assert app.resolve_backend("torch", "cpu") == "torch"
+    assert app.parse_args([]).backend == "auto" or "SMIS_BACKEND" in os.environ
+    monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
+    pipe, banner = app.load_pipeline(str(tiny_model_dir), device="cpu")  # no .onnx in the folder
+    assert banner is None and pipe.backend.name.startswith("onnx")
+    assert list((tmp_path / "cache").rglob("*.onnx")), "the graphs were not exported into the cache"
 
 
 def test_build_demo_shows_banner_and_palette(tiny_model_dir):

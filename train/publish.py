@@ -235,6 +235,9 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
                  + (" averaged over the batch" if o.get("kl_per_image") else " summed over the batch (SPADE)")
                  + (f" + {o.get('lambda_rec')} x class-balanced appearance L1 ({o.get('rec_pool')}x pooled)"
                     if o.get("lambda_rec") else "")),
+        ("sampling noise", f"z = mu + s * eps * sigma, s ramped 0 -> 1 over steps {o.get('noise_warmup_start', 0)}"
+                           f"-{o.get('noise_warmup_start', 0) + o.get('noise_warmup')}"
+         if o.get("noise_warmup") else None),
         ("code layout", "one code per class (global)" if config.code_layout == "global"
          else "a grid of codes per class (H/64 x W/64)"),
         ("initialised from", r.get("initialised_from")),

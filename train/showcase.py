@@ -5,7 +5,7 @@ re-synthesis from its own codes (encode -> generate), three random-code samples,
 of one class only (the largest clothing class of the mask), everything else kept. Images are
 upscaled for display with a Lanczos filter (the factor is written under the grid).
 
-    python -m train.showcase --model smis/assets/ccp-demo --out docs/images/showcase.png
+    python -m train.showcase --model smis/assets/ccp-demo --out docs/images/showcase.jpg
 """
 
 from __future__ import annotations
@@ -68,13 +68,14 @@ def showcase(pipe: SMISPipeline, examples_dir: Path = EXAMPLES, scale: int = 2, 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.showcase", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
-    p.add_argument("--out", default="docs/images/showcase.png")
+    p.add_argument("--out", default="docs/images/showcase.jpg")
     p.add_argument("--scale", type=int, default=2, help="display upscaling factor (Lanczos)")
     a = p.parse_args(argv)
     pipe = SMISPipeline.from_pretrained(a.model, device="cpu")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    showcase(pipe, scale=a.scale).save(out)
+    img = showcase(pipe, scale=a.scale)
+    img.save(out, **({"quality": 88} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
     print(f"wrote {out}")
     return 0
 

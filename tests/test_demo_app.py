@@ -37,6 +37,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def open_page(browser, url: str, width: int = 1400, height: int = 1000, settle_ms: int = 1000):
+    """A page of the running demo with its canvas loaded (and ``settle_ms`` for its background and layer)."""
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.locator("#canvas canvas").first.wait_for(timeout=60_000)
+    if settle_ms:
+        page.wait_for_timeout(settle_ms)
+    return page
+
+
 @contextlib.contextmanager
 def running_app(model_dir, tmp: Path, *extra: str):
     """``python app.py`` on a free port of 127.0.0.1 with the tiny model and examples in ``tmp``;
@@ -316,10 +326,7 @@ def test_browser_draw_generate_reroll(server, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server["url"])
-            page.locator("#canvas canvas").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)  # the editor loads its background and layer
+            page = open_page(browser, server["url"])
             page.click("#canvas button[aria-label='Color']")
             page.locator("#canvas button.color").nth(SHOES).click()
             page.mouse.click(5, 5)  # the colour popup swallows strokes until it is closed
@@ -387,10 +394,7 @@ def test_browser_brush_seed_and_layout(server, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(server["url"])
-            page.locator("#canvas canvas").first.wait_for(timeout=60_000)
-            page.wait_for_timeout(1000)
+            page = open_page(browser, server["url"])
             swatches = page.locator("#canvas button.color")
             page.locator("#brush-class label", has_text="shoes").click()
             sync_api.expect(swatches).to_have_count(0)  # picked, and the popup closed again
@@ -436,9 +440,7 @@ def test_browser_brush_seed_and_layout(server, tmp_path):
             assert "re-roll shoes" in page.locator("#strip .caption-label").last.text_content()
             assert uncovered("#strip .gallery-item img")
 
-            phone = browser.new_page(viewport={"width": 390, "height": 844})
-            phone.goto(server["url"])
-            phone.locator("#canvas canvas").first.wait_for(timeout=60_000)
+            phone = open_page(browser, server["url"], 390, 844, settle_ms=0)
             phone.click("#generate")
             sync_api.expect(phone.locator("#result-file a[href]").first).to_have_attribute(
                 "download", re.compile("generate"), timeout=60_000)

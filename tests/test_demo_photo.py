@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_demo_app import CHROMIUM, CHROMIUM_FLAGS, running_app
+from test_demo_app import CHROMIUM, CHROMIUM_FLAGS, open_page, running_app
 from test_demo_handlers import UPPER, blocky_labels, make_examples
 
 from demo.handlers import DemoHandlers
@@ -273,9 +273,7 @@ def test_browser_start_from_photo_reroll_download(tiny_model_dir, untrained_pars
             sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(app["url"])
-            page.locator("#canvas canvas").first.wait_for(timeout=60_000)
+            page = open_page(browser, app["url"], settle_ms=0)
             sync_api.expect(page.locator("#photo-help")).to_contain_text("Upload a full-body photo")
             label_map = page.locator("#label-map img").first
             before = label_map.get_attribute("src")

@@ -97,7 +97,7 @@ def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Gene
 
 def kl_divergence(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, 1)), summed over every element as SPADE does."""
-    return -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp())
+    return kl_per_class(mu, logvar, 1).sum()
 
 
 def kl_per_class(mu: torch.Tensor, logvar: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -106,9 +106,9 @@ def kl_per_class(mu: torch.Tensor, logvar: torch.Tensor, num_classes: int) -> to
     Class c owns channels [z*c, z*c + z) of ``mu`` / ``logvar`` (any grid size); its KL sums those
     channels over the grid.
     """
-    n = mu.shape[0]
-    kl = -0.5 * (1 + logvar.float() - mu.float().pow(2) - logvar.float().exp())
-    return kl.reshape(n, num_classes, -1).sum(-1)
+    mu, logvar = mu.float(), logvar.float()
+    kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp())
+    return kl.reshape(mu.shape[0], num_classes, -1).sum(-1)
 
 
 def to_uint8(image: torch.Tensor) -> torch.Tensor:

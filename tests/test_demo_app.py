@@ -47,6 +47,16 @@ def open_page(browser, url: str, width: int = 1400, height: int = 1000, settle_m
     return page
 
 
+def stroke_across_canvas(page) -> None:
+    """One brush stroke across the middle of the canvas (a little below its centre)."""
+    box = page.locator("#canvas canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6
+    page.mouse.move(x - 60, y)
+    page.mouse.down()
+    page.mouse.move(x + 60, y + 10, steps=15)
+    page.mouse.up()
+
+
 @contextlib.contextmanager
 def running_app(model_dir, tmp: Path, *extra: str):
     """``python app.py`` on a free port of 127.0.0.1 with the tiny model and examples in ``tmp``;
@@ -330,12 +340,7 @@ def test_browser_draw_generate_reroll(server, tmp_path):
             page.click("#canvas button[aria-label='Color']")
             page.locator("#canvas button.color").nth(SHOES).click()
             page.mouse.click(5, 5)  # the colour popup swallows strokes until it is closed
-            box = page.locator("#canvas canvas").first.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6
-            page.mouse.move(x - 60, y)
-            page.mouse.down()
-            page.mouse.move(x + 60, y + 10, steps=15)
-            page.mouse.up()
+            stroke_across_canvas(page)
 
             page.click("#generate")
             link = page.locator("#result-file a[href]").first
@@ -402,12 +407,7 @@ def test_browser_brush_seed_and_layout(server, tmp_path):
             sync_api.expect(swatches.nth(SHOES)).to_have_attribute("title", "shoes")  # named swatches
             page.keyboard.press("Escape")
             sync_api.expect(swatches).to_have_count(0)
-            box = page.locator("#canvas canvas").first.bounding_box()
-            x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6
-            page.mouse.move(x - 60, y)
-            page.mouse.down()
-            page.mouse.move(x + 60, y + 10, steps=15)
-            page.mouse.up()
+            stroke_across_canvas(page)
 
             # a seed typed while a (random-seed) generation runs is kept, and the next Generate uses it
             link = page.locator("#result-file a[href]").first

@@ -100,13 +100,14 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
     run = Path(run_dir)
     hist = read_log_dir(run / HISTORY_DIR)
     opts_file = run / "training_options.json"
-    resolved = json.loads(opts_file.read_text()).get("resolved", {}) if opts_file.is_file() else {}
+    saved = json.loads(opts_file.read_text()) if opts_file.is_file() else {}
+    resolved = saved.get("resolved", {})
     # A run started with --init-step N counts its epochs from step 0 of the schedule it continues:
     # its first record already says N / steps-per-epoch, which the history has counted.
     offset = hist.last_epoch
     if resolved.get("init_step") and resolved.get("steps_per_epoch"):
         offset -= resolved["init_step"] / resolved["steps_per_epoch"]
-    steps_per_epoch = None
+    steps_per_epoch = resolved.get("steps_per_epoch")
     own_train, own_val = [], []
     for rec in _read_jsonl(run / LOG_FILES["train"]):
         if upto_step is not None and rec.get("step", 0) > upto_step:
@@ -115,8 +116,6 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
             own_val.append(rec)
             continue
         own_train.append(rec)
-        if rec.get("step") and rec.get("epoch"):
-            steps_per_epoch = rec["step"] / rec["epoch"]
     own_val += [r for r in _read_jsonl(run / LOG_FILES["val"]) if upto_step is None or r.get("step", 0) <= upto_step]
     for rec in own_train + own_val:
         rec["epoch"] = round(float(rec.get("epoch", 0.0)) + offset, 4)
@@ -129,9 +128,8 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
         epoch = offset + (step / steps_per_epoch if steps_per_epoch else 0.0)
         evals.append(eval_record(json.loads(path.read_text()), step, epoch))
     runs = list(hist.runs)
-    if opts_file.is_file() and (own_train or own_val):
-        d = json.loads(opts_file.read_text())
-        o = d.get("options", {})
+    if saved and (own_train or own_val):
+        o = saved.get("options", {})
         from .options import options_to_cli
 
         try:
@@ -140,24 +138,28 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
             command = None
         first = min((r["epoch"] for r in own_train + own_val), default=offset)
         runs.append({"name": run.name, "epoch": round(min(first, hist.last_epoch) if hist else offset, 4),
-                     "initialised_from": d.get("resolved", {}).get("initialised_from"),
+                     "initialised_from": resolved.get("initialised_from"),
                      "options": {k: o.get(k) for k in RECIPE_KEYS if k in o}, "command": command})
     return History(hist.train + own_train, hist.val + own_val, hist.evals + evals, runs)
 
 
 def history_of_init_source(source: str | Path) -> History:
-    """The history behind ``--init-from source``: a model folder's ``training_log``, or the log of
-    the run a training-state file belongs to (up to that state's step)."""
+    """The history behind ``--init-from source``: a model folder's (or Hub repo's) ``training_log``,
+    or the log of the run a training-state file belongs to (up to that state's step)."""
+    from smis import hub
+
     path = Path(source).expanduser()
-    if path.is_dir():
-        return read_log_dir(path / MODEL_LOG_DIR)
     if path.is_file():
         m = re.search(r"(\d{8,})\.pt$", path.name)
         step = int(m.group(1)) if m else None
         for run in (path.parent, path.parent.parent):  # a copied state / RUN/checkpoints/state
             if (run / LOG_FILES["train"]).is_file():
                 return run_history(run, upto_step=step)
-    return History()
+        return History()
+    try:
+        return read_log_dir(hub.resolve_model_dir(str(source)) / MODEL_LOG_DIR)
+    except hub.CheckpointError:  # load_init has already said what is wrong with the source
+        return History()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -150,14 +150,15 @@ def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Mo
         mu, logvar = model.encode(real, labels)
         fake = model(mu, labels).float()
         kl = kl_per_class(mu, logvar, cfg.num_classes)  # (N, C) nats
-        present_any = one_hot(labels, cfg.num_classes).flatten(2).amax(-1) > 0  # (N, C)
+        onehot = one_hot(labels, cfg.num_classes)
+        present = onehot.flatten(2).amax(-1) > 0  # (N, C)
         out: dict[str, float] = {
             "val/rec_l1": float((fake - real).abs().mean()),
             "val/kl_nats_per_image": float(kl.sum(1).mean()),
         }
         for c, name in enumerate(cfg.class_names):  # what each class's code carries, where present
-            if bool(present_any[:, c].any()):
-                out[f"val/kl_nats/{name}"] = float(kl[present_any[:, c], c].mean())
+            if bool(present[:, c].any()):
+                out[f"val/kl_nats/{name}"] = float(kl[present[:, c], c].mean())
         if perceptual is not None:
             out["val/rec_perceptual"] = float(perceptual(fake, real))
 
@@ -166,11 +167,9 @@ def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Mo
         base = [ClassCodes.sample(cfg.class_names, cfg.z_channels, grid, seed + i) for i in range(n)]
         z0 = torch.from_numpy(np.stack([b.latent() for b in base])).to(device)
         img0 = model(z0, labels).float()
-        onehot = one_hot(labels, cfg.num_classes)
         ins, outs = [], []
         for c, name in enumerate(cfg.class_names):
-            present = onehot[:, c].flatten(1).sum(1) > 0
-            if not bool(present.any()):
+            if not bool(present[:, c].any()):
                 continue
             z1 = torch.from_numpy(np.stack([b.resample([c], seed + 10_000 + i).latent()
                                             for i, b in enumerate(base)])).to(device)
@@ -178,8 +177,8 @@ def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Mo
             m = onehot[:, c]
             inside = (diff * m).flatten(1).sum(1) / m.flatten(1).sum(1).clamp_min(1)
             outside = (diff * (1 - m)).flatten(1).sum(1) / (1 - m).flatten(1).sum(1).clamp_min(1)
-            out[f"val/reroll_in/{name}"] = float(inside[present].mean())
-            out[f"val/reroll_out/{name}"] = float(outside[present].mean())
+            out[f"val/reroll_in/{name}"] = float(inside[present[:, c]].mean())
+            out[f"val/reroll_out/{name}"] = float(outside[present[:, c]].mean())
             ins.append(out[f"val/reroll_in/{name}"])
             outs.append(out[f"val/reroll_out/{name}"])
         if ins:

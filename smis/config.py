@@ -17,8 +17,8 @@ ccp-cpu        10 (CCP) 192x128    20     10 10 5 5 2 2 1             fixed 40  
 =============  =======  =========  =====  ==========================  ==========  =========
 
 ``ccp-cpu`` is the bundled default model: the ``demo`` architecture at half the width and half
-the size, with one global code per class, sized so ~100 CCP epochs fit in 8-10 hours of a 2-core
-CPU with bf16 (D: ndf 32).
+the size, with one global code per class and the label map max-pooled to each block's size,
+sized so ~100 CCP epochs fit in 8-10 hours of a 2-core CPU with bf16 (D: ndf 32).
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ from . import labels as L
 
 NormKind = Literal["batch", "instance", "none"]
 NormLayout = Literal["fixed", "per_class", "ade20k"]
+LabelPool = Literal["nearest", "max", "area"]
+LABEL_POOLS: tuple[str, ...] = ("nearest", "max", "area")
 #: ``grid``: each class's code is a (z, H/64, W/64) map, as in the paper; ``global``: one z-vector
 #: per class, broadcast over the generator's base grid (no blocks in large regions, 8 numbers per class).
 CodeLayout = Literal["grid", "global"]
@@ -62,6 +64,13 @@ class GeneratorConfig:
     param_free_norm: NormKind = "batch"
     #: Spectral norm on every CG-Block convolution (paper, Table 3: it lowers mOCD).
     spectral_norm: bool = True
+    #: How the label map reaches each CG-Block's size: ``nearest`` (one pixel per cell: SPADE and
+    #: the reference code), ``max`` (a class is on wherever it covers any pixel of the cell) or
+    #: ``area`` (the fraction of the cell it covers). With ``nearest``, a class smaller than a
+    #: cell is invisible to the low-resolution, one-group-per-class blocks, so its code cannot be
+    #: steered into its region (CCP at 192x128: hair and shoes are absent from the 3x2 head's map
+    #: of every photo); see docs/training/ccp-cpu-notes.md.
+    label_pool: LabelPool = "nearest"
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,8 @@ def validate(cfg: SMISConfig) -> None:
         for what, (ch, gg) in checks.items():
             if ch % gg:
                 raise ValueError(f"generator block {i}: {what} channels {ch} not divisible by {gg} groups")
+    if g.label_pool not in LABEL_POOLS:
+        raise ValueError(f"generator.label_pool must be one of {', '.join(LABEL_POOLS)}, got {g.label_pool!r}")
     if cfg.code_layout not in CODE_LAYOUTS:
         raise ValueError(f"code_layout must be one of {', '.join(CODE_LAYOUTS)}, got {cfg.code_layout!r}")
     e = cfg.encoder
@@ -309,13 +320,16 @@ def demo(nf: int = 40, ndf: int = 80, norm_hidden: int = 60, height: int = 384,
 
 def ccp_cpu(nf: int = 20, ndf: int = 40, norm_hidden: int = 40, height: int = 192, width: int = 128,
             d_ndf: int = 32) -> SMISConfig:
-    """The CPU-trained default model: ``demo`` at nf 20 / 192x128, one global code per class.
+    """The CPU-trained default model: ``demo`` at nf 20 / 192x128, one global code per class, and
+    the label map max-pooled to each block's size (``label_pool="max"``: small classes stay visible).
 
     G 1.66 M, E 0.29 M, D 1.40 M parameters; the same tensor shapes as ``demo`` with
     ``--widths nf=20,ndf=40,norm_hidden=40`` at 192x128 and ``--d-ndf 32``.
     """
     cfg = demo(nf=nf, ndf=ndf, norm_hidden=norm_hidden, height=height, width=width)
-    return cfg.replace(name="ccp-cpu", code_layout="global", discriminator=DiscriminatorConfig(ndf=d_ndf))
+    generator = dataclasses.replace(cfg.generator, label_pool="max")
+    return cfg.replace(name="ccp-cpu", code_layout="global", generator=generator,
+                       discriminator=DiscriminatorConfig(ndf=d_ndf))
 
 
 PRESETS: dict[str, Callable[..., SMISConfig]] = {

@@ -117,6 +117,23 @@ def to_uint8(image: torch.Tensor) -> torch.Tensor:
     return ((image + 1.0) * 127.5 + 0.5).clamp(0.0, 255.0).to(torch.uint8).permute(*range(d - 3), d - 2, d - 1, d - 3)
 
 
+def pool_label(label: torch.Tensor, factor: int, mode: str = "nearest") -> torch.Tensor:
+    """The label tensor (N, C, H, W) at 1/``factor`` of its size, for a CG-Block's label branch.
+
+    ``nearest``: the top-left pixel of each cell (SPADE's nearest resize); ``max``: 1 where the
+    class covers any pixel of the cell; ``area``: the fraction of the cell it covers.
+    """
+    if factor == 1:
+        return label
+    if mode == "nearest":
+        return label[:, :, ::factor, ::factor]
+    if mode == "max":
+        return F.max_pool2d(label, factor)
+    if mode == "area":
+        return F.avg_pool2d(label, factor)
+    raise ValueError(f"unknown label pooling {mode!r}; use nearest, max or area")
+
+
 def fit_label(label: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """The label tensor nearest-resized to the spatial size of the features ``x`` (no-op if equal)."""
     if label.shape[-2:] == x.shape[-2:]:

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import SIZE_MULTIPLE, SMISConfig
+from .functional import pool_label
 from .layers import CGBlock, init_weights
 
 BLOCK_NAMES = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up_3")
@@ -40,6 +41,12 @@ class Generator(nn.Module):
     def blocks(self) -> list[CGBlock]:
         return [getattr(self, n) for n in BLOCK_NAMES]
 
+    def block_labels(self, label: torch.Tensor) -> list[torch.Tensor]:
+        """The label tensor at each block's size (``config.generator.label_pool``: nearest, max or area)."""
+        n = len(self.blocks)
+        # The last block runs at full size; each earlier one at half the size of the next.
+        return [pool_label(label, 2 ** (n - 1 - i), self.config.generator.label_pool) for i in range(n)]
+
     def label_features(self, label: torch.Tensor) -> list[dict[str, tuple[torch.Tensor, torch.Tensor]]]:
         """All CG-Norm modulations for a label tensor: the part of G that ignores Z.
 
@@ -47,12 +54,7 @@ class Generator(nn.Module):
         with other codes (re-roll, morph) without recomputing it; a batch-1 result broadcasts
         over any batch of codes.
         """
-        feats = []
-        n = len(self.blocks)
-        for i, block in enumerate(self.blocks):
-            k = 2 ** (n - 1 - i)  # the last block runs at full size; striding = nearest downsampling
-            feats.append(block.modulations(label[:, :, ::k, ::k]))
-        return feats
+        return [block.modulations(lab) for block, lab in zip(self.blocks, self.block_labels(label))]
 
     def forward(self, z: torch.Tensor, label: torch.Tensor,
                 label_features: list[dict[str, tuple[torch.Tensor, torch.Tensor]]] | None = None) -> torch.Tensor:
@@ -68,9 +70,10 @@ class Generator(nn.Module):
             # slice of the label map, so exported graphs get no shape arithmetic.
             z = z.expand(-1, -1, *label[:, :1, ::SIZE_MULTIPLE, ::SIZE_MULTIPLE].shape[-2:])
         x = self.fc(z)
+        labels = self.block_labels(label) if label_features is None else None
         for i, block in enumerate(self.blocks):
             if i > 0:  # six nearest x2 upsamplings: before every block but the head
                 x = F.interpolate(x, scale_factor=2.0, mode="nearest")
-            x = block(x, label, None if label_features is None else label_features[i])
+            x = block(x, None if labels is None else labels[i], None if label_features is None else label_features[i])
         x = self.conv_img(F.leaky_relu(x, 0.2))
         return torch.tanh(x)

@@ -50,6 +50,48 @@ def test_latent_grid_follows_aspect_ratio():
     assert get_config("demo").latent_grid() == (6, 4)
 
 
+@pytest.mark.parametrize("pool", ["nearest", "max", "area"])
+def test_label_pooling_reaches_every_block_and_the_cached_path_agrees(pool):
+    """A one-pixel class: ``nearest`` (the reference code's resize: one pixel per cell) hides it from
+    every block but the last; ``max`` shows it at full strength at every size; ``area`` as the
+    fraction of the cell. The re-roll path (label features computed once) gives the same image."""
+    import dataclasses
+
+    from smis.functional import pool_label
+
+    base = get_config("ccp-cpu", tiny=True)
+    cfg = base.replace(generator=dataclasses.replace(base.generator, label_pool=pool))
+    torch.manual_seed(0)
+    model = GroupDNet(cfg).eval()
+    ids = torch.zeros(1, cfg.height, cfg.width, dtype=torch.long)
+    ids[0, 5, 5] = 1
+    label = model.label_tensor(ids)
+    seen = [float(lab[0, 1].max()) for lab in model.generator.block_labels(label)]
+    n = len(seen)
+    expected = {"nearest": [0.0] * (n - 1) + [1.0], "max": [1.0] * n,
+                "area": [1 / 4 ** (n - 1 - i) for i in range(n)]}[pool]
+    assert seen == pytest.approx(expected)
+    assert torch.equal(pool_label(label, 4, "nearest"), label[:, :, ::4, ::4])
+    z = torch.randn(2, *cfg.latent_shape())
+    with torch.no_grad():
+        direct = model.generator(z, label.expand(2, -1, -1, -1))
+        cached = model.generator(z, label.expand(2, -1, -1, -1), label_features=model.generator.label_features(label))
+    torch.testing.assert_close(direct, cached)
+
+
+def test_label_pooling_defaults_keep_old_folders_and_the_reference_layout(tmp_path):
+    """A config.json written before ``label_pool`` existed loads as ``nearest`` (what it was trained
+    with); the paper presets keep the reference code's nearest resize; ccp-cpu pools with max."""
+    assert get_config("ccp-cpu").generator.label_pool == "max"
+    assert {get_config(n).generator.label_pool for n in ("deepfashion", "cityscapes", "ade20k", "demo")} == {"nearest"}
+    d = json.loads(get_config("ccp-cpu", tiny=True).to_json())
+    del d["generator"]["label_pool"]
+    assert SMISConfig.from_dict(d).generator.label_pool == "nearest"
+    d["generator"]["label_pool"] = "bilinear"
+    with pytest.raises(ValueError, match="label_pool must be one of nearest, max, area"):
+        SMISConfig.from_dict(d)
+
+
 def test_global_codes_are_one_vector_per_class_broadcast_over_the_grid():
     """ccp-cpu = the demo architecture with one code per class: the same weights with a grid
     config give the same image when every cell holds that vector, and the encoder's code is the

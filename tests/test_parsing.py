@@ -312,6 +312,38 @@ def test_cli_refuses_bad_arguments_and_evaluates(tmp_path, capsys):
     assert 0 <= scores["mean_iou"] <= 1 and set(scores["per_class"]) == set(ParserConfig().class_names)
 
 
+def test_publish_ships_a_parser_folder_with_card_curve_and_command(tmp_path, capsys):
+    gen = torch.Generator().manual_seed(0)
+    data = [{"image": torch.rand(3, 64, 64, generator=gen) * 2 - 1,
+             "label": torch.randint(0, 10, (64, 64), generator=gen)} for _ in range(4)]
+    opts = _opts(tmp_path, height=64, width=64, batch_size=2, steps=6, log_every=2, val_every=3, data="somewhere")
+    tp.train(opts, data, data)
+    with pytest.raises(SystemExit):
+        tp.main(["--publish", str(tmp_path), str(tmp_path / "nothing")])  # not a run folder
+    assert "has no best/ parser" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+    out = tmp_path / "shipped"
+    assert tp.main(["--publish", str(opts.run_dir), str(out)]) == 0
+    parser = HumanParser.from_pretrained(out, device="cpu", backend="torch")
+    assert parser.net.config.height == 64
+    card = (out / "README.md").read_text()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"mIoU **{metrics['val']['mean_iou']:.4f}**" in card and "| accessories |" in card
+    assert "Weak classes" in card or "Every class reaches" in card
+    assert f"![training loss and validation scores]({tp.CURVE_NAME})" in card
+    assert (out / tp.CURVE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # The command in the card gives back the run's options exactly.
+    command = card.split("```bash\n")[1].split("\n```")[0]
+    assert command.startswith("python -m train.parser --data somewhere")
+    ns = vars(tp.build_parser().parse_args(command.split()[3:]))
+    for mode in ("evaluate", "export_onnx", "publish"):
+        ns.pop(mode)
+    ns["scale"] = tuple(ns["scale"])
+    assert tp.ParserTrainOptions(**ns) == opts
+    assert len(tp.read_log(out)) == len(tp.read_log(opts.run_dir)) > 0
+    if parsing.network._has_onnxruntime():
+        assert (out / "model.onnx").is_file()
+
+
 @pytest.mark.slow
 def test_ccp_preset_cpu_latency_two_threads():
     """The shipped size parses a CCP-sized photo in <= 0.5 s on 2 threads (median of 5)."""

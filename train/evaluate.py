@@ -242,8 +242,10 @@ def to_markdown(results: dict) -> str:
     seg = r.get("segmentation")
     if seg:
         g, rp = seg["generated"], seg["real_photos"]
+        ratio = g["mean_iou"] / rp["mean_iou"] if rp["mean_iou"] else None
         lines.append(f"| mIoU, generated (parser) | {_fmt(g['mean_iou'])} | {seg['num_images']} images, "
-                     f"{g['num_classes_in_mean']} classes (real photos: {_fmt(rp['mean_iou'])}) |")
+                     f"{g['num_classes_in_mean']} classes (real photos: {_fmt(rp['mean_iou'])}; "
+                     f"generated / real: {_fmt(ratio, 2)}) |")
         lines.append(f"| pixel accuracy, generated | {_fmt(g['pixel_accuracy'])} | real photos: "
                      f"{_fmt(rp['pixel_accuracy'])} |")
     lines += ["", "## Per class", "", "| class | L_c (inside) | L_≠c (outside) | masks | pairs |",

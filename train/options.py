@@ -446,19 +446,25 @@ def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults
         add_field_argument(target, f, hint, getattr(defaults, f.name), helps.get(f.name))
 
 
-def options_to_cli(options: dict[str, Any]) -> str:
-    """The ``python -m train`` command line that gives these flat options (non-default ones only).
+def options_to_cli(options: dict[str, Any], cls: type | None = None, prog: str = "python -m train",
+                   always: tuple[str, ...] = ("data", "preset")) -> str:
+    """The command line that gives these flat options (non-default ones, plus ``always``).
 
     Inverse of :func:`parse_args` for the model card and logs: ``parse_args`` of the result's
-    arguments gives the same :class:`TrainOptions`.
+    arguments gives the same :class:`TrainOptions`. ``cls``: another program's flat options
+    dataclass (e.g. ``train.parser.ParserTrainOptions``, flags from :func:`add_dataclass_arguments`).
     """
-    defaults = TrainOptions().to_dict()
-    args = ["python -m train"]
-    for _, f, _ in _fields():
+    if cls is None:
+        defaults, fields = TrainOptions().to_dict(), [f for _, f, _ in _fields()]
+    else:
+        defaults, fields = dataclasses.asdict(cls()), [f for f, _ in field_hints(cls)]
+    args = [prog]
+    for f in fields:
         if f.name not in options:
             continue
         value, kind = options[f.name], f.metadata.get("cli")
-        if f.name not in ("data", "preset") and value == defaults[f.name]:
+        default = defaults[f.name]
+        if f.name not in always and (value == default or (isinstance(default, tuple) and list(default) == value)):
             continue
         if kind == "switch":
             args.append(_flag(f.name))
@@ -468,6 +474,8 @@ def options_to_cli(options: dict[str, Any]) -> str:
             args.append(f"{_flag(f.name)} " + ",".join(f"{k}={v}" for k, v in value.items()))
         elif isinstance(value, bool):
             args.append(f"{_flag(f.name)} {str(value).lower()}")
+        elif isinstance(value, (list, tuple)):
+            args.append(f"{_flag(f.name)} " + " ".join(str(v) for v in value))
         elif value is not None:
             args.append(f"{_flag(f.name)} {value}")
     return " ".join(args)

@@ -10,6 +10,11 @@ is the global batch). Evaluate a parser folder, or re-export its ONNX file::
     python -m train.parser --evaluate runs/parser/best --data .gpu/ccp384 --val-split val
     python -m train.parser --export-onnx runs/parser/best
 
+Ship a finished run as a parser folder (best weights, ``model.onnx``, card with the per-class
+IoU table, the exact command and the training curve)::
+
+    python -m train.parser --publish runs/parser smis/assets/ccp-parser
+
 The whole dataset is decoded once into memory as uint8 (CCP at 384x256: 250 MB) and augmented
 in batches on the training device: colour jitter, then one affine warp per image for the random
 scale (0.75-1.25), crop position and left-right flip (CCP's classes have no left/right, so a
@@ -368,8 +373,13 @@ def evaluate(net: nn.Module, split: InMemorySplit, class_names: Sequence[str], d
 # Model card
 # ---------------------------------------------------------------------------------------------
 def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None, opts: ParserTrainOptions,
-               step: int, params: int) -> None:
-    """``README.md`` for a parser folder: what it is, how it was trained, how well it does."""
+               step: int, params: int, command: str | None = None, curve: str | None = None,
+               train_minutes: float | None = None) -> None:
+    """``README.md`` for a parser folder: what it is, how it was trained, how well it does.
+
+    ``command`` (the exact training command), ``curve`` (a plot next to the card) and
+    ``train_minutes`` are known when a finished run is published (:func:`publish_run`).
+    """
     lines = [
         "---", "library_name: smis", "tags: [human-parsing, semantic-segmentation, clothing]",
         "license: apache-2.0", "---", "",
@@ -389,8 +399,17 @@ def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None
         f"- {step} steps of batch {opts.batch_size}, AdamW lr {opts.lr} (warm-up {opts.warmup}, poly "
         f"{opts.poly_power}), weight decay {opts.weight_decay}, loss `{opts.loss}`.",
         f"- Augmentation: scale {opts.scale[0]}-{opts.scale[1]}, random crop, "
-        f"{'left-right flip, ' if opts.flip else ''}colour jitter {opts.jitter}.", "",
+        f"{'left-right flip, ' if opts.flip else ''}colour jitter {opts.jitter}.",
     ]
+    if train_minutes:
+        lines.append(f"- Training time: {train_minutes:.0f} min on `{opts.device}`"
+                     f"{' with bf16 autocast' if opts.amp == 'bf16' else ''}.")
+    lines.append("")
+    if command:
+        lines += ["Exact command (rerun it with `--resume auto` to continue a stopped run):", "",
+                  "```bash", command, "```", ""]
+    if curve:
+        lines += [f"![training loss and validation scores]({curve})", ""]
     if scores:
         lines += [f"## Validation (`{opts.val_split}`, {config.height}x{config.width})", "",
                   f"mIoU **{scores['mean_iou']:.4f}**, pixel accuracy **{scores['pixel_accuracy']:.4f}**, "
@@ -401,6 +420,7 @@ def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None
             fmt = lambda v: "-" if v is None else f"{v:.3f}"
             lines.append(f"| {name} | {fmt(iou)} | {fmt(acc)} |")
         lines.append("")
+        lines += weak_classes(scores, config.class_names)
     lines += [
         "## Limitations", "",
         "- Trained on about 850 street-fashion photos (mostly women, frontal, standing, full body): "
@@ -417,11 +437,115 @@ def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None
 
 
 def save_parser(folder: Path, net: ParserNet, opts: ParserTrainOptions, step: int,
-                scores: dict[str, Any] | None) -> None:
+                scores: dict[str, Any] | None, **card: Any) -> None:
     """A complete parser folder: weights, config, metrics and card."""
     net.save_pretrained(folder, metadata={"step": str(step)})
     (folder / "metrics.json").write_text(json.dumps({"step": step, "val": scores}, indent=2) + "\n")
-    write_card(folder, net.config, scores, opts, step, sum(p.numel() for p in net.parameters()))
+    write_card(folder, net.config, scores, opts, step, sum(p.numel() for p in net.parameters()), **card)
+
+
+def weak_classes(scores: dict[str, Any], class_names: Sequence[str], bar: float = 0.5) -> list[str]:
+    """Card lines naming the classes under ``bar`` IoU and how they fail (missed or over-predicted)."""
+    weak = []
+    for name in class_names:
+        v = scores["per_class"][name]
+        if v["iou"] is None or v["iou"] >= bar:
+            continue
+        ratio = v["predicted_pixels"] / max(v["true_pixels"], 1)
+        how = ("mostly missed" if ratio < 0.8 else "over-predicted" if ratio > 1.25
+               else "found, but in the wrong places")
+        weak.append(f"**{name}** (IoU {v['iou']:.2f}; predicted {ratio:.2f}x its true pixels: {how})")
+    if not weak:
+        return [f"Every class reaches IoU {bar} on this split.", ""]
+    return ["Weak classes (IoU under " + str(bar) + "): " + "; ".join(weak) + ".", ""]
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl`` (training lines and validations); a torn last line is skipped."""
+    path = Path(run_dir) / LOG_NAME
+    records = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def training_minutes(records: list[dict[str, Any]], batch_size: int) -> float:
+    """Minutes of training in a log, over every chunk of a resumed run (from each line's images/s)."""
+    seconds, last = 0.0, 0
+    for r in records:
+        if "loss" in r and r.get("img_per_s"):
+            seconds += (r["step"] - last) * batch_size / r["img_per_s"]
+            last = r["step"]
+    return seconds / 60
+
+
+def plot_curve(records: list[dict[str, Any]], out_png: Path, title: str = "") -> Path:
+    """Training loss and validation mIoU / pixel accuracy against steps, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r and math.isfinite(r["loss"])]
+    val = sorted({r["step"]: r["val"] for r in records if r.get("val")}.items())
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    if train:
+        a.plot(*zip(*train), lw=1)
+    a.set(xlabel="step", ylabel="training loss", yscale="log", title="loss")
+    a.grid(alpha=0.3)
+    if val:
+        steps = [s for s, _ in val]
+        b.plot(steps, [v["mean_iou"] for _, v in val], label="mIoU")
+        b.plot(steps, [v["pixel_accuracy"] for _, v in val], label="pixel accuracy")
+        best = max(val, key=lambda sv: sv[1]["mean_iou"])
+        b.scatter([best[0]], [best[1]["mean_iou"]], color="k", zorder=3, label=f"best mIoU {best[1]['mean_iou']:.3f}")
+    b.set(xlabel="step", ylim=(0, 1), title="validation")
+    b.grid(alpha=0.3)
+    b.legend(loc="lower right")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+CURVE_NAME = "training_curve.png"
+
+
+def publish_run(run_dir: str | os.PathLike, out: str | os.PathLike, onnx: bool = True) -> Path:
+    """A shippable parser folder from a run: its best weights, ``model.onnx``, the card (per-class IoU,
+    weak classes, the exact command, training time), the training curve and the run's log."""
+    from .options import options_to_cli
+
+    run_dir, out = Path(run_dir), Path(out)
+    best = run_dir / "best"
+    if not (best / "metrics.json").is_file():
+        raise ValueError(f"{run_dir} has no best/ parser yet (is it a `python -m train.parser` run folder "
+                         "with a validation split?)")
+    try:
+        opts_dict = json.loads((run_dir / OPTIONS_NAME).read_text())
+        opts_dict["scale"] = tuple(opts_dict["scale"])
+        opts = ParserTrainOptions(**opts_dict)
+    except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
+        raise ValueError(f"{run_dir / OPTIONS_NAME} is missing or unreadable ({err})") from err
+    metrics = json.loads((best / "metrics.json").read_text())
+    net = ParserNet.from_pretrained(best)
+    records = read_log(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plot_curve(records, out / CURVE_NAME, title=f"parser {net.config.height}x{net.config.width}, batch "
+               f"{opts.batch_size}, best step {metrics['step']}")
+    (out / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
+    save_parser(out, net, opts, metrics["step"], metrics["val"],
+                command=options_to_cli(opts.to_dict(), ParserTrainOptions, "python -m train.parser"),
+                curve=CURVE_NAME, train_minutes=training_minutes(records, opts.batch_size))
+    if onnx:
+        export_onnx(net, out / ONNX_NAME)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -653,6 +777,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("modes (default: train)")
     g.add_argument("--evaluate", metavar="PARSER_DIR", help="score a parser folder on --data/--val-split and exit")
     g.add_argument("--export-onnx", metavar="PARSER_DIR", help="write PARSER_DIR/model.onnx and exit")
+    g.add_argument("--publish", nargs=2, metavar=("RUN_DIR", "OUT"),
+                   help="write a shippable parser folder OUT from a run: best weights, model.onnx, the card "
+                        "(per-class IoU, weak classes, exact command), training curve and log")
     add_dataclass_arguments(p, ParserTrainOptions)
     return p
 
@@ -673,7 +800,7 @@ def run_evaluate(folder: str, opts: ParserTrainOptions) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cli = build_parser()
     ns = vars(cli.parse_args(argv))
-    evaluate_dir, export_dir = ns.pop("evaluate"), ns.pop("export_onnx")
+    evaluate_dir, export_dir, publish = ns.pop("evaluate"), ns.pop("export_onnx"), ns.pop("publish")
     ns["scale"] = tuple(ns["scale"])
     ns["data"] = ns["data"] or ""
     opts = ParserTrainOptions(**ns)
@@ -681,6 +808,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if publish:
+            print(publish_run(*publish))
+            return 0
         if export_dir:
             path = export_onnx(ParserNet.from_pretrained(export_dir), Path(export_dir) / ONNX_NAME)
             print(path)

@@ -201,6 +201,16 @@ class SMISConfig:
     def replace(self, **changes: Any) -> SMISConfig:
         return dataclasses.replace(self, **changes)
 
+    def differences(self, other: SMISConfig) -> list[str]:
+        """``"path: mine -> other's"`` for every field that differs (nested fields as ``generator.x``)."""
+        def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+            out = {}
+            for k, v in d.items():
+                out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+            return out
+        a, b = flat(self.to_dict()), flat(other.to_dict())
+        return [f"{k}: {a.get(k)} -> {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+
 
 def _sub(kind: type, d: dict[str, Any]) -> Any:
     d = dict(d)

@@ -174,6 +174,22 @@ def test_init_from_a_model_folder_or_a_training_state(straight):
     _assert_same_tensors(net.state_dict(), state["model"], "model")
     _assert_same_tensors(disc.state_dict(), state["D"], "D")
     _assert_same_tensors(ema.state_dict(), state["ema"], "ema")
+    assert "differs" not in what
+
+
+def test_init_from_says_which_config_fields_differ(straight):
+    from smis import MultiscaleDiscriminator
+
+    """Same shapes, other behaviour (label pooling): allowed for fine-tuning, and said in the log line."""
+    import dataclasses
+
+    cfg = tiny_options().model.config()
+    other = cfg.replace(generator=dataclasses.replace(
+        cfg.generator, label_pool="area" if cfg.generator.label_pool != "area" else "max"))
+    torch.manual_seed(0)
+    net, disc, ema = GroupDNet(other), MultiscaleDiscriminator(other), GroupDNet(other)
+    what = ckpt.load_init(str(straight.snapshot), net, disc, ema)
+    assert f"generator.label_pool: {cfg.generator.label_pool} -> {other.generator.label_pool}" in what
 
 
 def test_init_from_other_shapes_or_nothing_changes_nothing_and_says_why(straight, tmp_path):

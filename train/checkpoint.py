@@ -13,6 +13,7 @@ partial file. Temporary leftovers of a killed run are removed on the next start.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -179,9 +180,14 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
 
     hint = ("--init-from needs weights of the same architecture: use the preset and widths they were "
             "trained with, or start without --init-from")
+    from smis.config import SMISConfig
+
     path = Path(source).expanduser()
+    source_config = None
     if path.is_file():
         state = load_state(path)
+        if state.get("config"):
+            source_config = SMISConfig.from_dict(json.loads(state["config"]))
         parts = [("G + E", net, state["model"]), ("D", disc, state.get("D"))]
         if ema is not None:
             parts.append(("EMA", ema, state.get("ema", state["model"])))
@@ -192,6 +198,7 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
             weights = hub.load_state(folder)
         except hub.CheckpointError as err:
             raise TrainingStateError(f"--init-from {source}: {err}") from err
+        source_config = SMISConfig.load(folder / hub.CONFIG_NAME)
         parts = [("G + E", net, weights)] + ([("EMA", ema, weights)] if ema is not None else [])
         d_file = folder / DISCRIMINATOR_NAME
         if d_file.is_file():  # published for fine-tuning (python -m train.publish)
@@ -212,6 +219,11 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
             raise TrainingStateError(str(err)) from err
     for name, module, tensors in parts:
         hub.load_into(module, tensors, f"{source} ({name})", hint)
+    own = getattr(net, "config", None)
+    if source_config is not None and own is not None:
+        changed = [d for d in source_config.differences(own) if not d.startswith(("name:", "discriminator."))]
+        if changed:  # same shapes, other behaviour (e.g. label pooling): fine-tuning adapts to it
+            what += "; the run's config differs from the source's in " + "; ".join(changed)
     return what
 
 

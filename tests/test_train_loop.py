@@ -178,10 +178,10 @@ def test_init_from_a_model_folder_or_a_training_state(straight):
 
 
 def test_init_from_says_which_config_fields_differ(straight):
-    from smis import MultiscaleDiscriminator
-
     """Same shapes, other behaviour (label pooling): allowed for fine-tuning, and said in the log line."""
     import dataclasses
+
+    from smis import MultiscaleDiscriminator
 
     cfg = tiny_options().model.config()
     other = cfg.replace(generator=dataclasses.replace(

@@ -312,6 +312,20 @@ def test_cli_refuses_bad_arguments_and_evaluates(tmp_path, capsys):
     assert 0 <= scores["mean_iou"] <= 1 and set(scores["per_class"]) == set(ParserConfig().class_names)
 
 
+def test_person_check_calibration_passes_every_calibration_photo():
+    net = tiny_net(seed=1)
+    photos = [np.random.default_rng(i).integers(0, 256, (90, 60, 3), dtype=np.uint8) for i in range(4)]
+    thresholds, lowest = tp.calibrate_person_check(HumanParser(net, "cpu"), photos)
+    assert set(thresholds) == set(tp.PERSON_MARGINS)
+    for name, (key, frac) in tp.PERSON_MARGINS.items():
+        assert thresholds[name] == pytest.approx(frac * lowest[key], abs=1e-4) and thresholds[name] <= lowest[key]
+    net.config = net.config.replace(**thresholds)
+    calibrated = HumanParser(net, "cpu")
+    for photo in photos:
+        calibrated.predict(photo)  # no NotAPersonError
+    assert check_person(calibrated.predict(photos[0]), net.config.replace(min_confidence=1.01)) is not None
+
+
 def test_publish_ships_a_parser_folder_with_card_curve_and_command(tmp_path, capsys):
     gen = torch.Generator().manual_seed(0)
     data = [{"image": torch.rand(3, 64, 64, generator=gen) * 2 - 1,

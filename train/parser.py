@@ -58,10 +58,12 @@ from smis.parsing import (
     IGNORE_INDEX,
     ONNX_NAME,
     PARSER_PRESETS,
+    HumanParser,
     ParserConfig,
     ParserNet,
     export_onnx,
     get_parser_config,
+    person_measures,
 )
 
 from . import checkpoint as ckpt
@@ -374,7 +376,8 @@ def evaluate(net: nn.Module, split: InMemorySplit, class_names: Sequence[str], d
 # ---------------------------------------------------------------------------------------------
 def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None, opts: ParserTrainOptions,
                step: int, params: int, command: str | None = None, curve: str | None = None,
-               train_minutes: float | None = None) -> None:
+               train_minutes: float | None = None,
+               calibration: tuple[int, dict[str, float], dict[str, float]] | None = None) -> None:
     """``README.md`` for a parser folder: what it is, how it was trained, how well it does.
 
     ``command`` (the exact training command), ``curve`` (a plot next to the card) and
@@ -421,6 +424,16 @@ def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None
             lines.append(f"| {name} | {fmt(iou)} | {fmt(acc)} |")
         lines.append("")
         lines += weak_classes(scores, config.class_names)
+    if calibration:
+        n, th, low = calibration
+        lines += ["## Full-body check", "",
+                  f"`predict` refuses a photo when the parse does not look like one full-body person. The "
+                  f"thresholds were set from the {n} validation photos (every one passes; each threshold is a "
+                  "fixed fraction of the lowest value among them, `train.parser.PERSON_MARGINS`):", "",
+                  "| rule | threshold | lowest on val |", "|---|---:|---:|"]
+        for name, (key, _) in PERSON_MARGINS.items():
+            lines.append(f"| {key} (`{name}`) | {th[name]:.4f} | {low[key]:.4f} |")
+        lines.append("")
     lines += [
         "## Limitations", "",
         "- Trained on about 850 street-fashion photos (mostly women, frontal, standing, full body): "
@@ -516,6 +529,20 @@ def plot_curve(records: list[dict[str, Any]], out_png: Path, title: str = "") ->
 
 CURVE_NAME = "training_curve.png"
 
+#: The full-body check's thresholds from the validation photos: (measure, fraction of its lowest value).
+PERSON_MARGINS = {"min_foreground": ("foreground", 0.5), "min_confidence": ("confidence", 0.9),
+                  "min_person_height": ("height", 0.85), "min_feet": ("feet", 0.4)}
+
+
+def calibrate_person_check(parser: HumanParser, photos: Sequence[np.ndarray]) -> tuple[dict[str, float],
+                                                                                     dict[str, float]]:
+    """Thresholds for :func:`smis.parsing.check_person` that every one of ``photos`` (people, full body)
+    passes with a margin: each is a fraction (:data:`PERSON_MARGINS`) of the lowest value seen.
+    Returns (thresholds, lowest values)."""
+    measures = [person_measures(parser.predict(photo, check=False), parser.config) for photo in photos]
+    lowest = {k: min(m[k] for m in measures) for k in measures[0]}
+    return {name: round(frac * lowest[key], 4) for name, (key, frac) in PERSON_MARGINS.items()}, lowest
+
 
 def publish_run(run_dir: str | os.PathLike, out: str | os.PathLike, onnx: bool = True) -> Path:
     """A shippable parser folder from a run: its best weights, ``model.onnx``, the card (per-class IoU,
@@ -536,13 +563,25 @@ def publish_run(run_dir: str | os.PathLike, out: str | os.PathLike, onnx: bool =
     metrics = json.loads((best / "metrics.json").read_text())
     net = ParserNet.from_pretrained(best)
     records = read_log(run_dir)
+    calibration = None
+    if opts.data and opts.val_split and Path(opts.data).is_dir():
+        from .data import build_dataset
+
+        ds = build_dataset(opts.format, opts.data, opts.val_split, net.config.height, net.config.width,
+                           on_bad=opts.on_bad)
+        photos = load_split(ds, net.config.num_classes, 0, False, "val").images.permute(0, 2, 3, 1).numpy()
+        thresholds, lowest = calibrate_person_check(HumanParser(net, "cpu"), list(photos))
+        net.config = net.config.replace(**thresholds)
+        calibration = (len(photos), thresholds, lowest)
+    else:
+        logger.warning("%s is not here: the full-body check keeps the config's thresholds", opts.data or "--data")
     out.mkdir(parents=True, exist_ok=True)
     plot_curve(records, out / CURVE_NAME, title=f"parser {net.config.height}x{net.config.width}, batch "
                f"{opts.batch_size}, best step {metrics['step']}")
     (out / LOG_NAME).write_text("".join(json.dumps(r) + "\n" for r in records))
     save_parser(out, net, opts, metrics["step"], metrics["val"],
                 command=options_to_cli(opts.to_dict(), ParserTrainOptions, "python -m train.parser"),
-                curve=CURVE_NAME, train_minutes=training_minutes(records, opts.batch_size))
+                curve=CURVE_NAME, train_minutes=training_minutes(records, opts.batch_size), calibration=calibration)
     if onnx:
         export_onnx(net, out / ONNX_NAME)
     return out

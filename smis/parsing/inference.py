@@ -52,29 +52,34 @@ class ParseResult:
         return Image.fromarray(ids_to_color(self.labels, self.palette))
 
 
+def person_measures(result: ParseResult, config: ParserConfig) -> dict[str, float]:
+    """What the full-body check looks at: ``foreground`` (fraction of non-background pixels),
+    ``confidence`` (mean over the person), ``height`` (fraction of the rows the person spans) and
+    ``feet`` (fraction of the person's pixels in ``config.feet_classes``)."""
+    fg = result.labels != 0
+    rows = np.flatnonzero(fg.mean(1) > 0.01)
+    feet = np.isin(result.labels, config.feet_classes).sum() / max(int(fg.sum()), 1) if config.feet_classes else 1.0
+    return {"foreground": float(fg.mean()), "confidence": result.mean_confidence,
+            "height": float((rows[-1] - rows[0] + 1) / fg.shape[0]) if rows.size else 0.0, "feet": float(feet)}
+
+
 def check_person(result: ParseResult, config: ParserConfig) -> str | None:
     """Why ``result`` is not one full-body person (a message for users), or ``None`` if it looks fine."""
-    fg = result.labels != 0
-    frac = float(fg.mean())
-    if frac < config.min_foreground:
-        return (f"No person found in the photo: only {100 * frac:.1f}% of it looks like a person or clothing. "
-                "Upload a full-body photo of one person, standing, that fills most of the frame.")
-    conf = result.mean_confidence
-    if conf < config.min_confidence:
-        return (f"The parser is unsure about this photo (mean confidence {conf:.2f}, below "
+    m = person_measures(result, config)
+    if m["foreground"] < config.min_foreground:
+        return (f"No person found in the photo: only {100 * m['foreground']:.1f}% of it looks like a person or "
+                "clothing. Upload a full-body photo of one person, standing, that fills most of the frame.")
+    if m["confidence"] < config.min_confidence:
+        return (f"The parser is unsure about this photo (mean confidence {m['confidence']:.2f}, below "
                 f"{config.min_confidence:.2f}), so the mask would be unreliable. Upload a clear, well-lit "
                 "full-body photo of one person against a simple background.")
-    rows = np.flatnonzero(fg.mean(1) > 0.01)
-    span = (rows[-1] - rows[0] + 1) / fg.shape[0] if rows.size else 0.0
-    if span < config.min_person_height:
-        return (f"The person covers only {100 * span:.0f}% of the photo's height; crop the photo to the "
+    if m["height"] < config.min_person_height:
+        return (f"The person covers only {100 * m['height']:.0f}% of the photo's height; crop the photo to the "
                 "person, head to feet, or upload a full-body photo.")
-    if config.min_feet > 0 and config.feet_classes:
-        feet = float(np.isin(result.labels, config.feet_classes).sum() / max(int(fg.sum()), 1))
-        if feet < config.min_feet:
-            names = " / ".join(result.class_names[k] for k in config.feet_classes)
-            return (f"This does not look like a full-body photo: no {names} found. Upload a photo that shows "
-                    "the person from head to feet.")
+    if config.min_feet > 0 and config.feet_classes and m["feet"] < config.min_feet:
+        names = " / ".join(result.class_names[k] for k in config.feet_classes)
+        return (f"This does not look like a full-body photo: no {names} found. Upload a photo that shows "
+                "the person from head to feet.")
     return None
 
 

@@ -399,7 +399,8 @@ def write_card(folder: Path, config: ParserConfig, scores: dict[str, Any] | None
         "## Training", "",
         f"- Data: `{opts.format}` dataset `{Path(opts.data).name}`, split `{opts.train_split}` "
         f"(validation: `{opts.val_split or 'none'}`), at {config.height}x{config.width} (H x W).",
-        f"- {step} steps of batch {opts.batch_size}, AdamW lr {opts.lr} (warm-up {opts.warmup}, poly "
+        f"- The weights of step {step} (the best validation mIoU) of a {opts.steps}-step run of batch "
+        f"{opts.batch_size}, AdamW lr {opts.lr} (warm-up {opts.warmup}, poly "
         f"{opts.poly_power}), weight decay {opts.weight_decay}, loss `{opts.loss}`.",
         f"- Augmentation: scale {opts.scale[0]}-{opts.scale[1]}, random crop, "
         f"{'left-right flip, ' if opts.flip else ''}colour jitter {opts.jitter}.",
@@ -530,7 +531,7 @@ def plot_curve(records: list[dict[str, Any]], out_png: Path, title: str = "") ->
 CURVE_NAME = "training_curve.png"
 
 #: The full-body check's thresholds from the validation photos: (measure, fraction of its lowest value).
-PERSON_MARGINS = {"min_foreground": ("foreground", 0.5), "min_confidence": ("confidence", 0.9),
+PERSON_MARGINS = {"min_foreground": ("foreground", 0.5), "min_confidence": ("confidence", 0.8),
                   "min_person_height": ("height", 0.85), "min_feet": ("feet", 0.4)}
 
 

@@ -123,8 +123,9 @@ def test_time_budget_checkpoints_and_pauses_then_resume_finishes(tmp_path):
     assert done.status == "finished" and done.step == 3
 
 
-def test_bf16_autocast_and_double_fm_run_on_cpu(tmp_path):
-    result = train(tiny_options(outdir=str(tmp_path), steps=1, amp="bf16", vgg="double-fm"), dataset=BlobDataset(2))
+def test_bf16_autocast_double_fm_and_diffaug_run_on_cpu(tmp_path):
+    result = train(tiny_options(outdir=str(tmp_path), steps=1, amp="bf16", vgg="double-fm",
+                                diffaug="color,translation,cutout"), dataset=BlobDataset(2))
     assert result.status == "finished"
     opts = json.loads((tmp_path / "training_options.json").read_text())
     assert opts["resolved"]["feature_matching_weight"] == 20.0

@@ -139,6 +139,47 @@ def test_noise_warmup_ramps_the_sampling_noise_and_zero_noise_renders_the_means(
     assert terms["G/noise"].item() == 0.0 and not torch.allclose(fake0, fake1)
 
 
+def _pairs(n=3, h=32, w=24):
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, 4, (n, h, w), generator=gen)
+    label = one_hot(ids, 4)
+    return label, ids, torch.rand(n, 3, h, w, generator=gen) * 2 - 1
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diffaug_gives_each_fake_real_pair_the_same_draw_and_keeps_labels_aligned(policy):
+    from train.diffaug import diff_augment, parse_policy
+
+    label, ids, real = _pairs()
+    torch.manual_seed(1)
+    lab2, img2 = diff_augment(torch.cat([label, label]), torch.cat([real, real]), parse_policy(policy))
+    assert img2.shape == (6, 3, 32, 24) and lab2.shape == (6, 4, 32, 24)
+    torch.testing.assert_close(img2[:3], img2[3:])  # fake_i == real_i in, so equal out
+    assert torch.equal(lab2[:3], lab2[3:])
+    # The label map is only moved: one-hot where it came from the map, all zeros in the padding.
+    assert set(lab2.sum(1).unique().tolist()) <= {0.0, 1.0} and set(lab2.unique().tolist()) <= {0.0, 1.0}
+    if "translation" in policy and policy == "translation":
+        # An image that encodes its own labels stays aligned with the shifted map.
+        coded = ids[:, None].float().expand(-1, 3, -1, -1) / 4
+        lab3, img3 = diff_augment(torch.cat([label, label]), torch.cat([coded, coded]), ("translation",))
+        shifted_ids = lab3.argmax(1).float() / 4 * lab3.sum(1)
+        torch.testing.assert_close(img3[:, 0], shifted_ids)
+        assert not torch.equal(lab3, torch.cat([label, label]))  # something moved
+
+
+def test_diffaug_is_differentiable_off_by_default_and_refuses_unknown_names():
+    from train.diffaug import diff_augment, parse_policy
+
+    label, _, real = _pairs()
+    fake = real.clone().requires_grad_(True)
+    _, img = diff_augment(torch.cat([label, label]), torch.cat([fake, real]), parse_policy("color,translation,cutout"))
+    img[:3].sum().backward()
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+    assert parse_policy("") == () and diff_augment(label, real, ()) == (label, real)
+    with pytest.raises(ValueError, match="unknown DiffAugment policy"):
+        parse_policy("color, zoom")
+
+
 def test_full_vgg_without_weights_stops_with_the_options(monkeypatch):
     from train import features
 
@@ -209,6 +250,7 @@ def test_cli_resolves_and_round_trips(tmp_path):
     (["--decay-fraction", "1.5"], "decay-fraction"),
     (["--resume", "/no/such/state.pt"], "no such checkpoint"),
     (["--vgg", "alexnet"], "invalid choice"),
+    (["--diffaug", "color,flip"], "unknown DiffAugment policy ['flip']"),
 ])
 def test_cli_refuses_bad_arguments_early(tmp_path, capsys, args, message):
     argv = ["--data", str(tmp_path), *args] if "--data" not in args else args

@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 LOG_FILES = {"train": "metrics.jsonl", "val": "val_metrics.jsonl", "evals": "evals.jsonl", "runs": "runs.jsonl"}
 #: Options of a run worth showing where the curves change (recipe changes between chunks).
 RECIPE_KEYS = ("preset", "batch_size", "lambda_feat", "lambda_vgg", "lambda_kl", "kl_free_bits", "kl_per_image",
-               "lambda_rec", "vgg", "amp", "lr_g", "lr_d", "epochs", "augment")
+               "lambda_rec", "vgg", "amp", "lr_g", "lr_d", "epochs", "augment", "diffaug")
 HISTORY_DIR = "history"
 MODEL_LOG_DIR = "training_log"
 _EVAL_RE = re.compile(r"model-(\d{8,})$")

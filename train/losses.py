@@ -18,6 +18,7 @@ from torch import nn
 
 from smis.functional import kl_per_class, reparameterize
 
+from .diffaug import diff_augment, parse_policy
 from .options import ObjectiveOptions
 
 logger = logging.getLogger(__name__)
@@ -174,6 +175,11 @@ class GroupDNetObjective:
         self.opts = opts
         self.perceptual = perceptual
         self.autocast = autocast
+        self.diffaug = parse_policy(opts.diffaug)
+
+    def discriminate(self, d: nn.Module, label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
+        """D on the batch [fake; real] with its labels (DiffAugmented when ``--diffaug``), split in halves."""
+        return split_halves(d(*diff_augment(torch.cat([label, label]), torch.cat([fake, real]), self.diffaug)))
 
     def g_step(self, g: nn.Module, e: nn.Module, d: nn.Module, real: torch.Tensor, onehot: torch.Tensor,
                label: torch.Tensor, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
@@ -187,7 +193,7 @@ class GroupDNetObjective:
             mu, logvar = e(real, onehot)
             mu, logvar = mu.float(), logvar.float()
             fake = g(_sample(mu, logvar, noise), label)
-            fake_out, real_out = split_halves(d(torch.cat([label, label]), torch.cat([fake, real])))
+            fake_out, real_out = self.discriminate(d, label, fake, real)
             l_gan = g_hinge_loss(fake_out)
             l_feat = feature_matching_loss(fake_out, real_out) * o.feat_weight
             l_vgg = self.perceptual(fake, real) * o.lambda_vgg if self.perceptual is not None else l_gan.new_zeros(())
@@ -216,7 +222,7 @@ class GroupDNetObjective:
                fake: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """D's hinge loss on [fake; real] in one batch; returns (loss, the logged terms)."""
         with self.autocast():
-            fake_out, real_out = split_halves(d(torch.cat([label, label]), torch.cat([fake.to(real.dtype), real])))
+            fake_out, real_out = self.discriminate(d, label, fake.to(real.dtype), real)
             l_fake, l_real = d_hinge_loss(fake_out, real_out)
             loss = l_fake + l_real
         return loss, {"D/fake": l_fake, "D/real": l_real, "D/total": loss}

@@ -170,6 +170,9 @@ class ObjectiveOptions:
     #: D step reuses the G step's (detached) fake instead of generating a new one under no_grad as
     #: SPADE does (saves one G+E forward per step).
     reuse_fake: bool = field(default=False, metadata=SWITCH)
+    #: Differentiable augmentation of D's inputs (DiffAugment): a comma-separated subset of color,
+    #: translation, cutout (one draw per fake/real pair; the label map moves with the image; "": off).
+    diffaug: str = ""
 
     def noise_scale(self, step: int) -> float:
         """The factor s on the sampling noise at ``step`` (see ``noise_warmup``)."""
@@ -297,6 +300,12 @@ class TrainOptions:
             raise ValueError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
         if o.vgg_weights is not None and o.vgg in ("full", "partial") and not Path(o.vgg_weights).is_file():
             raise ValueError(f"--vgg-weights {o.vgg_weights}: no such file")
+        from .diffaug import parse_policy
+
+        try:
+            parse_policy(o.diffaug)
+        except ValueError as err:
+            raise ValueError(f"--diffaug {o.diffaug!r}: {err}") from err
         if r.device not in ("auto", "cpu", "cuda") and not r.device.startswith("cuda:"):
             raise ValueError(f"--device must be auto, cpu or cuda, got {r.device!r}")
         if r.init_step is not None and not (r.init_step == "auto" or r.init_step.isdigit()):

@@ -2,11 +2,10 @@
 
 A stand-in parser returns a fixed parse, so the flow is checked exactly whatever the weights; one
 test and the browser test run a real, *untrained* HumanParser saved to a temporary folder (passed
-to ``app.py --parser``), so they run before the trained parser is bundled. What they check holds
-for any weights: the parse reaches the canvas and the result exactly, the photo's codes are
-encoded with it, re-roll changes one class. What needs the trained parser: a mask that looks like
-the person (an untrained one gives noise, so its full-body check is switched off in the test
-parser's config) and a re-synthesis that looks like the photo (that also needs the trained GroupDNet).
+to ``app.py --parser``): what they check holds for any weights (the parse reaches the canvas and the
+result exactly, the photo's codes are encoded with it, re-roll changes one class). The browser test
+runs once more with the bundled model and parser, as a visitor gets them: the full-body check is on
+and the predicted mask must agree with the photo's hand-drawn one.
 """
 
 from __future__ import annotations
@@ -26,7 +25,8 @@ from test_demo_handlers import UPPER, blocky_labels, make_examples
 from demo.handlers import DemoHandlers
 from demo.references import load_references
 from smis import SMISPipeline, SMISResult
-from smis.parsing import HumanParser, NotAPersonError, ParseResult, ParserNet, get_parser_config
+from smis.hub import BUNDLED_MODEL_DIR
+from smis.parsing import BUNDLED_PARSER_DIR, HumanParser, NotAPersonError, ParseResult, ParserNet, get_parser_config
 
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp" / "images" / "0854.jpg"
 
@@ -265,11 +265,16 @@ def untrained_parser_dir(tmp_path_factory):
 
 @pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-def test_browser_start_from_photo_reroll_download(tiny_model_dir, untrained_parser_dir, tmp_path):
+@pytest.mark.parametrize("setup", ["untrained", "bundled"])
+def test_browser_start_from_photo_reroll_download(setup, tiny_model_dir, untrained_parser_dir, tmp_path):
     """Upload a shipped CCP photo: its parse lands on the canvas and in the result, the photo's codes are
-    encoded with it; re-roll the chosen class; download the PNG. Runs with an untrained parser."""
+    encoded with it; re-roll the chosen class; download the PNG. ``untrained``: a tiny model and an
+    untrained parser (the flow, exactly); ``bundled``: what a visitor gets, the shipped model and parser
+    (the full-body check on, and the mask must look like the photo's real one)."""
     sync_api = pytest.importorskip("playwright.sync_api")
-    with running_app(tiny_model_dir, tmp_path, "--parser", str(untrained_parser_dir)) as app, \
+    model_dir, parser_dir = ((tiny_model_dir, untrained_parser_dir) if setup == "untrained"
+                             else (BUNDLED_MODEL_DIR, BUNDLED_PARSER_DIR))
+    with running_app(model_dir, tmp_path, "--parser", str(parser_dir)) as app, \
             sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
@@ -296,11 +301,14 @@ def test_browser_start_from_photo_reroll_download(tiny_model_dir, untrained_pars
         with urllib.request.urlopen(second_url) as r:
             second = SMISResult.load(r.read())
     # the parse in the result is the parser's on the letterboxed photo, and the codes are the photo's
-    pipe = SMISPipeline.from_pretrained(tiny_model_dir, device="cpu")
-    parser = HumanParser.from_pretrained(untrained_parser_dir, device="cpu", backend="torch")
+    pipe = SMISPipeline.from_pretrained(model_dir, device="cpu")
+    parser = HumanParser.from_pretrained(parser_dir, device="cpu", backend="torch")
     rgb = pipe.prepare_photo(str(EXAMPLE_PHOTO))
     expected = parser.predict(rgb).labels
     assert (first.labels == expected).mean() > 0.99
+    if setup == "bundled":  # a real parse: it agrees with the photo's hand-drawn mask
+        truth = pipe.prepare_mask(EXAMPLE_PHOTO.parents[1] / "labels" / "0854.png")
+        assert (first.labels == truth).mean() > 0.85
     np.testing.assert_allclose(first.codes.values, pipe.encode(rgb, first.labels).values, atol=1e-4)
     np.testing.assert_array_equal(second.labels, first.labels)
     cid = pipe.config.class_id(chosen)

@@ -19,6 +19,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 TIMEOUT_MS = 120_000
 
 
+EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp" / "images" / "0854.jpg"
+
+
 def _wait_for_file(page, sync_api, pattern: str) -> None:
     import re
 
@@ -142,6 +145,12 @@ def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]
         page.evaluate("window.scrollTo(0, 0)")
         shot(page, "07-bad-upload-error")
         bad.unlink()
+
+        # 8. start from a photo: the parser's mask on the canvas, photo | mask | re-synthesis
+        page.locator("#start-photo input[type=file]").set_input_files(str(EXAMPLE_PHOTO))
+        _wait_for_file(page, sync_api, "photo-0854")
+        page.locator("#start-from-photo").first.scroll_into_view_if_needed()
+        shot(page, "08-start-from-photo", "#start-from-photo")
         browser.close()
     return shots
 

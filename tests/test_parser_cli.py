@@ -31,9 +31,7 @@ def test_cli_gives_the_options():
     ns = vars(tp.build_parser().parse_args(
         ["--data", "d", "--scale", "0.5", "1.5", "--flip", "false", "--no-onnx", "--compile", "--channels-last",
          "true", "--preset", "tiny", "--max-items", "3", "--no-progress", "--loss", "ohem", "--amp", "bf16"]))
-    ns.pop("evaluate"), ns.pop("export_onnx")
-    ns["scale"] = tuple(ns["scale"])
-    opts = tp.ParserTrainOptions(**ns)
+    opts = tp.options_from_args(ns)
     assert opts == tp.ParserTrainOptions(data="d", scale=(0.5, 1.5), flip=False, onnx=False, compile=True,
                                          channels_last=True, preset="tiny", max_items=3, progress=False,
                                          loss="ohem", amp="bf16")

@@ -824,6 +824,18 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: The mode flags of :func:`build_parser` (not options).
+MODES = ("evaluate", "export_onnx", "publish")
+
+
+def options_from_args(ns: dict[str, Any]) -> ParserTrainOptions:
+    """The options of a parsed command line (``vars(build_parser().parse_args(...))``; modes ignored)."""
+    ns = {k: v for k, v in ns.items() if k not in MODES}
+    ns["scale"] = tuple(ns["scale"])
+    ns["data"] = ns["data"] or ""
+    return ParserTrainOptions(**ns)
+
+
 def run_evaluate(folder: str, opts: ParserTrainOptions) -> dict[str, Any]:
     """Scores of a saved parser on ``opts.data`` / ``opts.val_split`` (at the parser's size)."""
     from .data import build_dataset
@@ -840,10 +852,8 @@ def run_evaluate(folder: str, opts: ParserTrainOptions) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     cli = build_parser()
     ns = vars(cli.parse_args(argv))
-    evaluate_dir, export_dir, publish = ns.pop("evaluate"), ns.pop("export_onnx"), ns.pop("publish")
-    ns["scale"] = tuple(ns["scale"])
-    ns["data"] = ns["data"] or ""
-    opts = ParserTrainOptions(**ns)
+    evaluate_dir, export_dir, publish = (ns[m] for m in MODES)
+    opts = options_from_args(ns)
     is_main = int(os.environ.get("RANK", "0")) == 0  # torchrun's rank, known before the group is joined
     logging.basicConfig(level=logging.INFO if is_main else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -45,8 +45,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model", default=env.get(MODEL_ENV) or None,
                    help=f"model folder or Hub repo id (env {MODEL_ENV}; default: the bundled CCP model)")
     p.add_argument("--backend", default=env.get("SMIS_BACKEND", "auto"), choices=["auto", "torch", "onnx"],
-                   help="inference backend (env SMIS_BACKEND); auto: ONNX Runtime on a CPU (measured 2.3x faster "
-                        "per image, 2.7x per re-roll than PyTorch on the bundled model), PyTorch on CUDA")
+                   help="inference backend (env SMIS_BACKEND); auto: ONNX Runtime on a CPU (the fastest there, "
+                        "see the README's speed table), PyTorch on CUDA")
     p.add_argument("--device", default=env.get("SMIS_DEVICE") or None, help="cpu, cuda, ... (default: auto)")
     p.add_argument("--parser", default=env.get(PARSER_ENV) or None,
                    help=f"human-parser folder or Hub repo id (env {PARSER_ENV}; default: the bundled one if "

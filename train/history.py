@@ -54,7 +54,8 @@ class History:
         return bool(self.train or self.val or self.evals)
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The records of a JSON-lines log; a line cut by a kill is skipped, a missing file is empty."""
     out = []
     if path.is_file():
         for line in path.read_text(encoding="utf-8").splitlines():
@@ -68,7 +69,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 def read_log_dir(folder: str | Path) -> History:
     """A ``training_log`` / ``history`` folder (absolute epochs); empty if it is not there."""
     folder = Path(folder)
-    return History(*(_read_jsonl(folder / LOG_FILES[k]) for k in ("train", "val", "evals", "runs")))
+    return History(*(read_jsonl(folder / LOG_FILES[k]) for k in ("train", "val", "evals", "runs")))
 
 
 def write_log_dir(history: History, folder: str | Path) -> Path:
@@ -109,14 +110,14 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
         offset -= resolved["init_step"] / resolved["steps_per_epoch"]
     steps_per_epoch = resolved.get("steps_per_epoch")
     own_train, own_val = [], []
-    for rec in _read_jsonl(run / LOG_FILES["train"]):
+    for rec in read_jsonl(run / LOG_FILES["train"]):
         if upto_step is not None and rec.get("step", 0) > upto_step:
             continue
         if "val/rec_l1" in rec:  # early runs wrote the val probe into metrics.jsonl
             own_val.append(rec)
             continue
         own_train.append(rec)
-    own_val += [r for r in _read_jsonl(run / LOG_FILES["val"]) if upto_step is None or r.get("step", 0) <= upto_step]
+    own_val += [r for r in read_jsonl(run / LOG_FILES["val"]) if upto_step is None or r.get("step", 0) <= upto_step]
     for rec in own_train + own_val:
         rec["epoch"] = round(float(rec.get("epoch", 0.0)) + offset, 4)
     own_val.sort(key=lambda r: r["step"])

@@ -69,6 +69,7 @@ from smis.parsing import (
 from . import checkpoint as ckpt
 from . import dist
 from . import metrics as M
+from .history import read_jsonl
 from .options import NEGATED, SWITCH, add_dataclass_arguments
 
 logger = logging.getLogger(__name__)
@@ -200,6 +201,11 @@ class ParserTrainOptions:
         d = dataclasses.asdict(self)
         d["scale"] = list(self.scale)
         return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ParserTrainOptions:
+        """Inverse of :meth:`to_dict` (also takes a parsed command line without its modes)."""
+        return cls(**{**d, "scale": tuple(d["scale"]), "data": d.get("data") or ""})
 
     def validate(self) -> None:
         if self.preset not in PARSER_PRESETS:
@@ -476,14 +482,7 @@ def weak_classes(scores: dict[str, Any], class_names: Sequence[str], bar: float 
 
 def read_log(run_dir: Path) -> list[dict[str, Any]]:
     """The records of a run's ``log.jsonl`` (training lines and validations); a torn last line is skipped."""
-    path = Path(run_dir) / LOG_NAME
-    records = []
-    for line in path.read_text().splitlines() if path.is_file() else []:
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
+    return read_jsonl(Path(run_dir) / LOG_NAME)
 
 
 def training_minutes(records: list[dict[str, Any]], batch_size: int) -> float:
@@ -556,9 +555,7 @@ def publish_run(run_dir: str | os.PathLike, out: str | os.PathLike, onnx: bool =
         raise ValueError(f"{run_dir} has no best/ parser yet (is it a `python -m train.parser` run folder "
                          "with a validation split?)")
     try:
-        opts_dict = json.loads((run_dir / OPTIONS_NAME).read_text())
-        opts_dict["scale"] = tuple(opts_dict["scale"])
-        opts = ParserTrainOptions(**opts_dict)
+        opts = ParserTrainOptions.from_dict(json.loads((run_dir / OPTIONS_NAME).read_text()))
     except (OSError, json.JSONDecodeError, TypeError, KeyError) as err:
         raise ValueError(f"{run_dir / OPTIONS_NAME} is missing or unreadable ({err})") from err
     metrics = json.loads((best / "metrics.json").read_text())
@@ -830,10 +827,7 @@ MODES = ("evaluate", "export_onnx", "publish")
 
 def options_from_args(ns: dict[str, Any]) -> ParserTrainOptions:
     """The options of a parsed command line (``vars(build_parser().parse_args(...))``; modes ignored)."""
-    ns = {k: v for k, v in ns.items() if k not in MODES}
-    ns["scale"] = tuple(ns["scale"])
-    ns["data"] = ns["data"] or ""
-    return ParserTrainOptions(**ns)
+    return ParserTrainOptions.from_dict({k: v for k, v in ns.items() if k not in MODES})
 
 
 def run_evaluate(folder: str, opts: ParserTrainOptions) -> dict[str, Any]:

@@ -68,7 +68,11 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_model, monkeypatch, capsys):
     assert s["per_class"]["skin"]["num_masks"] == 1 and s["per_class"]["skin"]["num_pairs"] == 1
     assert s["mcsd"] > 0 and s["mocd"] >= 0
     assert r["segmentation"] is None
+    share = r["class_pixel_share"]
+    assert list(share) == r["model"]["classes"]
+    assert sum(share.values()) == pytest.approx(1.0) and share["skin"] > 0
     md = (out / "metrics.md").read_text()
+    assert "share of the pixels" in md and "L_c / L_≠c" in md
     assert "not LPIPS" in md and "not FID" in md and "mCSD" in md and "| skin |" in md
     assert "4 real vs 4 generated images" in md and "real half vs real half" in md
     assert "mOCD" in capsys.readouterr().out

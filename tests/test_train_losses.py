@@ -111,6 +111,60 @@ def test_class_appearance_loss_weighs_every_present_class_the_same():
     assert losses.class_appearance_loss(fake, real, onehot).item() == pytest.approx((192 / 240) / 2)
 
 
+def _tiny_model():
+    from smis import GroupDNet, get_config
+
+    torch.manual_seed(0)
+    return GroupDNet(get_config("ccp-cpu", tiny=True))
+
+
+def test_latent_regression_reads_each_code_from_its_own_class_and_trains_only_g():
+    model = _tiny_model().train()
+    enc = model.encoder
+    labels = torch.zeros(2, 128, 64, dtype=torch.long)
+    labels[:, 40:80, 20:40] = 3  # class 3 in a box, the rest background; other classes absent
+    onehot = one_hot(labels, 10)
+    fake = (torch.rand(2, 3, 128, 64) * 2 - 1).requires_grad_(True)
+    with torch.no_grad():
+        mu = enc.eval()(fake, onehot)[0]
+    enc.train()
+    z = mu.clone()
+    z.view(2, 10, -1)[:, 3] += 1.0  # only class 3's code disagrees with what E reads from the image
+    loss = losses.latent_regression_loss(enc, fake, onehot, z)
+    assert loss.item() == pytest.approx(0.5)  # |1| on class 3, 0 on the background: 2 present classes
+    loss.backward()
+    outside = (labels != 3).unsqueeze(1).expand_as(fake)
+    assert fake.grad[~outside].abs().sum() > 0
+    assert fake.grad[outside].abs().sum() == 0  # class 3's code is read from class 3's pixels alone
+    # E is a fixed reader: no gradients for it, and its mode and flags are as they were
+    assert all(p.grad is None for p in enc.parameters())
+    assert enc.training and all(p.requires_grad for p in enc.parameters())
+    # classes under min_pixels and absent classes do not count
+    z.view(2, 10, -1)[:, 5] += 7.0
+    assert losses.latent_regression_loss(enc, fake.detach(), onehot, z).item() == pytest.approx(0.5)
+
+
+def test_latent_regression_is_logged_and_reaches_g_in_the_g_step():
+    from train.options import ObjectiveOptions
+
+    model = _tiny_model().train()
+    labels = torch.randint(0, 10, (2, 128, 64))
+    real = torch.rand(2, 3, 128, 64) * 2 - 1
+    onehot, label = one_hot(labels, 10), model.label_tensor(labels)
+
+    def d(lab, img):
+        return [[img.mean(1, keepdim=True), img.mean(1, keepdim=True)]]
+
+    off = losses.GroupDNetObjective(ObjectiveOptions(vgg="none"), None, contextlib.nullcontext)
+    assert off.g_step(model.generator, model.encoder, d, real, onehot, label)[2]["G/latent"].item() == 0
+    on = losses.GroupDNetObjective(ObjectiveOptions(vgg="none", lambda_latent=2.0), None, contextlib.nullcontext)
+    loss, _, terms = on.g_step(model.generator, model.encoder, d, real, onehot, label)
+    assert terms["G/latent"].item() > 0
+    model.zero_grad()
+    terms["G/latent"].backward()
+    assert model.generator.fc.weight.grad.abs().sum() > 0  # G learns from it (E only through the code it gave)
+
+
 def test_noise_warmup_ramps_the_sampling_noise_and_zero_noise_renders_the_means():
     from smis import GroupDNet, get_config
     from train.options import ObjectiveOptions

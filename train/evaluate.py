@@ -146,11 +146,14 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
     real_feats, fake_feats = [], []
     conf_fake = torch.zeros(config.num_classes, config.num_classes, dtype=torch.int64)
     conf_real = conf_fake.clone()
+    pixels = torch.zeros(config.num_classes, dtype=torch.int64)
     starts = range(0, count, batch_size)
     for s in tqdm(starts, disable=not progress, desc="FID images", unit="batch"):
         samples = [dataset[i] for i in range(s, min(s + batch_size, count))]
         labels = torch.stack([torch.as_tensor(x["label"]) for x in samples]).long()
         real = torch.stack([torch.as_tensor(x["image"]) for x in samples]).float()
+        pixels += torch.bincount(labels.flatten().clamp(0, config.num_classes), minlength=config.num_classes + 1)[
+            :config.num_classes]
         z = np.stack([M.latent_noise(latent_shape, seed, 5, i) for i in range(s, s + len(samples))])
         fake = quantize(torch.as_tensor(generate(labels.numpy(), z)).float())
         real, fake = quantize(real).to(dev), fake.to(dev)
@@ -161,6 +164,8 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
                 conf_fake += M.confusion_matrix(parser(fake), labels, config.num_classes)
                 conf_real += M.confusion_matrix(parser(real), labels, config.num_classes)
     rf, ff = torch.cat(real_feats), torch.cat(fake_feats)
+    # Each class's share of the label pixels of those images (which classes a per-class bar covers).
+    out["class_pixel_share"] = dict(zip(config.class_names, (pixels.double() / max(int(pixels.sum()), 1)).tolist()))
     fid_info = describe_fid_net(fid_net)
     if count >= 2:
         if count <= rf.shape[1]:
@@ -248,10 +253,15 @@ def to_markdown(results: dict) -> str:
                      f"generated / real: {_fmt(ratio, 2)}) |")
         lines.append(f"| pixel accuracy, generated | {_fmt(g['pixel_accuracy'])} | real photos: "
                      f"{_fmt(rp['pixel_accuracy'])} |")
-    lines += ["", "## Per class", "", "| class | L_c (inside) | L_≠c (outside) | masks | pairs |",
-              "|---|---|---|---|---|"]
+    share = r.get("class_pixel_share") or {}
+    lines += ["", "## Per class", "",
+              "| class | share of the pixels | L_c (inside) | L_≠c (outside) | L_c / L_≠c | masks | pairs |",
+              "|---|---|---|---|---|---|---|"]
     for name, c in s["per_class"].items():
-        lines.append(f"| {name} | {_fmt(c['csd'])} | {_fmt(c['ocd'])} | {c['num_masks']} | {c['num_pairs']} |")
+        ratio = c["csd"] / c["ocd"] if c.get("ocd") else None
+        pct = f"{100 * share[name]:.2f} %" if name in share else "n/a"
+        lines.append(f"| {name} | {pct} | {_fmt(c['csd'])} | {_fmt(c['ocd'])} | {_fmt(ratio, 2)} | "
+                     f"{c['num_masks']} | {c['num_pairs']} |")
     if seg:
         lines += ["", "| class | IoU generated | IoU real | accuracy generated |", "|---|---|---|---|"]
         for name, c in seg["generated"]["per_class"].items():

@@ -100,6 +100,40 @@ def class_appearance_loss(fake: torch.Tensor, real: torch.Tensor, onehot: torch.
     return per_class[present].mean()
 
 
+def _plain(module: nn.Module) -> nn.Module:
+    """The module itself under ``torch.compile`` and DDP wrappers."""
+    module = getattr(module, "_orig_mod", module)
+    return getattr(module, "module", module)
+
+
+def latent_regression_loss(encoder: nn.Module, fake: torch.Tensor, onehot: torch.Tensor, z: torch.Tensor,
+                           min_pixels: int = 16) -> torch.Tensor:
+    """Per-class latent regression: L1 between the code G was given and the code E reads back from G's image.
+
+    BicycleGAN's cLR term (Zhu et al. 2017) per class: class c's code is encoded from class c's pixels
+    alone, so reading ``z_c`` back from the fake forces G to draw each class's code *inside that
+    class* -- the gradient a code the decoder ignores never gets from the image losses. The encoder
+    is a fixed reader here (eval mode, no parameter gradients, as in BicycleGAN); only G learns from
+    the term. Every class with at least ``min_pixels`` pixels in an image counts the same.
+    """
+    enc = _plain(encoder)
+    was_training = enc.training
+    needs = [p.requires_grad for p in enc.parameters()]
+    enc.eval().requires_grad_(False)
+    try:
+        mu, _ = enc(fake, onehot)
+    finally:
+        enc.train(was_training)
+        for p, r in zip(enc.parameters(), needs):
+            p.requires_grad_(r)
+    n, c = onehot.shape[:2]
+    d = (mu.float() - z.detach().float()).abs().view(n, c, -1).mean(-1)  # (N, C)
+    present = onehot.detach().flatten(2).sum(-1) >= min_pixels
+    if not bool(present.any()):
+        return d.sum() * 0.0
+    return d[present].mean()
+
+
 class PerceptualLoss(nn.Module):
     """sum_i w_i * L1(phi_i(fake), phi_i(real)) over a frozen feature network's outputs.
 
@@ -183,7 +217,7 @@ class GroupDNetObjective:
 
     def g_step(self, g: nn.Module, e: nn.Module, d: nn.Module, real: torch.Tensor, onehot: torch.Tensor,
                label: torch.Tensor, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """G + E's loss: hinge + feature matching + VGG + KL (+ class-balanced reconstruction).
+        """G + E's loss: hinge + feature matching + VGG + KL (+ class-balanced reconstruction, + latent regression).
 
         ``noise``: the factor on the sampling noise, z = mu + noise * eps * sigma (1: the paper).
         Returns (loss, fake, the logged terms). ``d`` should not collect parameter gradients here.
@@ -192,7 +226,8 @@ class GroupDNetObjective:
         with self.autocast():
             mu, logvar = e(real, onehot)
             mu, logvar = mu.float(), logvar.float()
-            fake = g(_sample(mu, logvar, noise), label)
+            z = _sample(mu, logvar, noise)
+            fake = g(z, label)
             fake_out, real_out = self.discriminate(d, label, fake, real)
             l_gan = g_hinge_loss(fake_out)
             l_feat = feature_matching_loss(fake_out, real_out) * o.feat_weight
@@ -201,11 +236,13 @@ class GroupDNetObjective:
             l_kl = l_kl * o.lambda_kl
             l_rec = (class_appearance_loss(fake, real, onehot, o.rec_pool) * o.lambda_rec
                      if o.lambda_rec > 0 else l_gan.new_zeros(()))
-            loss = l_gan + l_feat + l_vgg + l_kl + l_rec
+            l_lat = (latent_regression_loss(e, fake, onehot, z) * o.lambda_latent
+                     if o.lambda_latent > 0 else l_gan.new_zeros(()))
+            loss = l_gan + l_feat + l_vgg + l_kl + l_rec + l_lat
         with torch.no_grad():
             l1 = (fake.detach().float() - real.float()).abs().mean()
         return loss, fake, {"G/gan": l_gan, "G/feat": l_feat, "G/vgg": l_vgg, "G/kl": l_kl, "G/rec": l_rec,
-                            "G/total": loss, "G/l1": l1, "KL/nats_per_image": kl_nats,
+                            "G/latent": l_lat, "G/total": loss, "G/l1": l1, "KL/nats_per_image": kl_nats,
                             "G/noise": l1.new_tensor(noise)}
 
     @torch.no_grad()

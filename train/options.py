@@ -155,6 +155,9 @@ class ObjectiveOptions:
     lambda_rec: float = field(default=0.0, metadata=NON_NEGATIVE)
     #: Average pooling of that reconstruction term.
     rec_pool: int = field(default=4, metadata=POSITIVE)
+    #: Per-class latent regression weight (0: off, the paper's objective): E reads each class's code
+    #: back from G's image (BicycleGAN's cLR term, E fixed), so G must draw every code in its class.
+    lambda_latent: float = field(default=0.0, metadata=NON_NEGATIVE)
     #: Steps over which the sampling noise of z = mu + s * eps * sigma ramps from s = 0 to 1 (0: s = 1
     #: throughout, the paper). Early on the decoder sees the encoder's signal without noise, so it
     #: learns to use every class's code instead of learning to ignore noise (posterior collapse).

@@ -165,6 +165,64 @@ def test_latent_regression_is_logged_and_reaches_g_in_the_g_step():
     assert model.generator.fc.weight.grad.abs().sum() > 0  # G learns from it (E only through the code it gave)
 
 
+def test_mode_seeking_picks_present_classes_and_redraws_only_their_codes():
+    onehot = torch.zeros(3, 4, 8, 8)
+    onehot[:, 0] = 1
+    onehot[0, 0, :4], onehot[0, 2, :4] = 0, 1  # image 0: classes 0 and 2 (32 pixels each)
+    onehot[1, 0, :1, :1], onehot[1, 3, :1, :1] = 0, 1  # image 1: class 3 has 1 pixel, under min_pixels
+    picks = torch.stack([losses.pick_present_classes(onehot) for _ in range(200)])
+    assert set(picks[:, 0].tolist()) == {0, 2} and set(picks[:, 1].tolist()) == {0}
+    assert set(picks[:, 2].tolist()) == {0}
+    z = torch.randn(3, 4 * 2, 1, 1, requires_grad=True)
+    classes = torch.tensor([2, 0, 1])
+    new, dz = losses.redraw_class_codes(z, classes, 2)
+    changed = (new != z).view(3, 4, 2).any(-1)
+    assert changed.tolist() == [[False, False, True, False], [True, False, False, False],
+                                [False, True, False, False]]
+    torch.testing.assert_close(dz, (new - z).abs().view(3, 4, 2)[torch.arange(3), classes].mean(-1).detach())
+    assert not new.requires_grad  # the kept codes are detached
+
+
+def test_mode_seeking_is_a_hinge_on_the_change_inside_the_class():
+    onehot = torch.zeros(2, 2, 16, 16)
+    onehot[:, 0] = 1
+    onehot[:, 0, :8], onehot[:, 1, :8] = 0, 1  # class 1: the top half
+    a = torch.zeros(2, 3, 16, 16)
+    b = a.clone()
+    b[:, :, 8:] = 1.0  # the bottom half (class 0) changes by 1, the top (class 1) by 0.01
+    b[:, :, :8] = 0.01
+    classes, dz = torch.tensor([1, 0]), torch.tensor([2.0, 2.0])
+    # image 0 asked class 1 to change: relu(0.1 - 0.01 / 2); image 1 asked class 0: 1 / 2 >= 0.1, no loss
+    assert losses.class_mode_seeking_loss(a, b, onehot, classes, dz, 0.1).item() == pytest.approx(0.095 / 2)
+    b.requires_grad_(True)
+    losses.class_mode_seeking_loss(a, b, onehot, classes, dz, 0.1).backward()
+    assert b.grad[0, :, :8].abs().sum() > 0 and b.grad[0, :, 8:].abs().sum() == 0  # only inside the class
+    assert b.grad[1].abs().sum() == 0  # met the target: no push
+
+
+def test_mode_seeking_in_the_g_step_renders_extra_images_once_and_keeps_the_batch():
+    from train.options import ObjectiveOptions
+
+    model = _tiny_model().train()
+    labels = torch.randint(0, 10, (3, 128, 64))
+    real = torch.rand(3, 3, 128, 64) * 2 - 1
+    onehot, label = one_hot(labels, 10), model.label_tensor(labels)
+    calls = []
+    model.generator.register_forward_hook(lambda mod, inp, out: calls.append(out.shape[0]))
+
+    def d(lab, img):
+        return [[img.mean(1, keepdim=True), img.mean(1, keepdim=True)]]
+
+    o = ObjectiveOptions(vgg="none", lambda_mode_seek=1.0, mode_seek_target=10.0, mode_seek_images=2)
+    loss, fake, terms = losses.GroupDNetObjective(o, None, contextlib.nullcontext).g_step(
+        model.generator, model.encoder, d, real, onehot, label)
+    assert calls == [5] and fake.shape[0] == 3  # one pass over 3 + 2 images; D and the logs see 3
+    assert 0 < terms["G/mode_seek"].item() <= 10.0
+    model.zero_grad()
+    terms["G/mode_seek"].backward()
+    assert model.generator.conv_img.weight.grad.abs().sum() > 0
+
+
 def test_noise_warmup_ramps_the_sampling_noise_and_zero_noise_renders_the_means():
     from smis import GroupDNet, get_config
     from train.options import ObjectiveOptions

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 LOG_FILES = {"train": "metrics.jsonl", "val": "val_metrics.jsonl", "evals": "evals.jsonl", "runs": "runs.jsonl"}
 #: Options of a run worth showing where the curves change (recipe changes between chunks).
 RECIPE_KEYS = ("preset", "batch_size", "lambda_feat", "lambda_vgg", "lambda_kl", "kl_free_bits", "kl_per_image",
-               "lambda_rec", "lambda_latent", "vgg", "amp", "lr_g", "lr_d", "epochs", "augment", "diffaug")
+               "lambda_rec", "lambda_latent", "lambda_mode_seek", "vgg", "amp", "lr_g", "lr_d", "epochs", "augment",
+               "diffaug")
 HISTORY_DIR = "history"
 MODEL_LOG_DIR = "training_log"
 _EVAL_RE = re.compile(r"model-(\d{8,})$")
@@ -196,7 +197,7 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
             x, y = zip(*pts)
             a.plot(x, _smooth(list(y), smooth_k), label=label or key, **kw)
 
-    for key in ("G/feat", "G/vgg", "G/rec", "G/latent", "G/kl", "G/gan"):
+    for key in ("G/feat", "G/vgg", "G/rec", "G/latent", "G/mode_seek", "G/kl", "G/gan"):
         line(ax[0], tr, key, smooth_k=smooth)
     ax[0].set_title("generator losses (weighted)")
     for key in ("D/real", "D/fake"):

@@ -50,8 +50,8 @@ logger = logging.getLogger(__name__)
 
 STATE_FORMAT = "smis-training-state/1"
 #: Scalars logged per step (averaged over the steps of a log interval and over processes).
-LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/rec", "G/latent", "G/total", "G/l1", "KL/nats_per_image",
-              "G/noise", "D/fake", "D/real", "D/total")
+LOSS_NAMES = ("G/gan", "G/feat", "G/vgg", "G/kl", "G/rec", "G/latent", "G/mode_seek", "G/total", "G/l1",
+              "KL/nats_per_image", "G/noise", "D/fake", "D/real", "D/total")
 
 
 @dataclass

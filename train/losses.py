@@ -134,6 +134,46 @@ def latent_regression_loss(encoder: nn.Module, fake: torch.Tensor, onehot: torch
     return d[present].mean()
 
 
+def pick_present_classes(onehot: torch.Tensor, min_pixels: int = 16) -> torch.Tensor:
+    """One class per image, uniformly among those with at least ``min_pixels`` pixels (N,) (the
+    largest class where none has that many)."""
+    area = onehot.detach().float().flatten(2).sum(-1)  # (N, C)
+    present = area >= min_pixels
+    fallback = F.one_hot(area.argmax(1), area.shape[1]).bool()
+    weights = torch.where(present.any(1, keepdim=True), present, fallback).float()
+    return torch.multinomial(weights, 1).squeeze(1)
+
+
+def redraw_class_codes(z: torch.Tensor, classes: torch.Tensor, z_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``z`` (N, C * z_channels, h, w) with class ``classes[i]``'s code of image i drawn anew from N(0, 1);
+    returns (new z, the mean |dz| over that code's elements per image). The other codes are kept
+    (detached)."""
+    n = z.shape[0]
+    owner = torch.arange(z.shape[1], device=z.device) // z_channels  # class of each channel
+    mask = (owner.unsqueeze(0) == classes.unsqueeze(1)).view(n, -1, 1, 1).expand_as(z)
+    z = z.detach()
+    new = torch.where(mask, torch.randn_like(z), z)
+    dz = ((new - z).abs() * mask).flatten(1).sum(1) / mask.flatten(1).sum(1)
+    return new, dz
+
+
+def class_mode_seeking_loss(fake_a: torch.Tensor, fake_b: torch.Tensor, onehot: torch.Tensor,
+                            classes: torch.Tensor, dz: torch.Tensor, target: float, pool: int = 4) -> torch.Tensor:
+    """Per-class mode seeking (MSGAN, Mao et al. 2019, restricted to one class's region).
+
+    ``fake_a`` / ``fake_b`` differ only in class ``classes[i]``'s code, by ``dz[i]`` (mean |dz|). The
+    change inside that class (L1 of ``pool``-times average-pooled colours, so noise does not count)
+    per unit of ``dz`` is pushed up to ``target``: ``mean_i relu(target - change_i / dz_i)``. A hinge,
+    not MSGAN's reciprocal, so a class whose code does nothing gets a bounded push and a class that
+    already varies that much gets none.
+    """
+    n = fake_a.shape[0]
+    d = F.avg_pool2d(fake_a.float() - fake_b.float(), pool).abs().mean(1)  # (N, h, w)
+    m = F.avg_pool2d(onehot.detach().float(), pool)[torch.arange(n, device=onehot.device), classes]
+    change = (m * d).sum((1, 2)) / m.sum((1, 2)).clamp_min(1e-6)
+    return F.relu(target - change / dz.clamp_min(1e-6)).mean()
+
+
 class PerceptualLoss(nn.Module):
     """sum_i w_i * L1(phi_i(fake), phi_i(real)) over a frozen feature network's outputs.
 
@@ -217,7 +257,8 @@ class GroupDNetObjective:
 
     def g_step(self, g: nn.Module, e: nn.Module, d: nn.Module, real: torch.Tensor, onehot: torch.Tensor,
                label: torch.Tensor, noise: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-        """G + E's loss: hinge + feature matching + VGG + KL (+ class-balanced reconstruction, + latent regression).
+        """G + E's loss: hinge + feature matching + VGG + KL (+ class-balanced reconstruction,
+        + latent regression, + per-class mode seeking).
 
         ``noise``: the factor on the sampling noise, z = mu + noise * eps * sigma (1: the paper).
         Returns (loss, fake, the logged terms). ``d`` should not collect parameter gradients here.
@@ -227,7 +268,18 @@ class GroupDNetObjective:
             mu, logvar = e(real, onehot)
             mu, logvar = mu.float(), logvar.float()
             z = _sample(mu, logvar, noise)
-            fake = g(z, label)
+            l_ms = None
+            if o.lambda_mode_seek > 0:
+                # One G pass over the batch and, for its first images, the same masks with one class's
+                # code re-drawn (one pass: DDP-safe, one update of the batch-norm statistics).
+                b = min(o.mode_seek_images, z.shape[0])
+                classes = pick_present_classes(onehot[:b])
+                z_b, dz = redraw_class_codes(z[:b], classes, z.shape[1] // onehot.shape[1])
+                fake, fake_b = g(torch.cat([z, z_b]), torch.cat([label, label[:b]])).split([z.shape[0], b])
+                l_ms = class_mode_seeking_loss(fake[:b], fake_b, onehot[:b], classes, dz,
+                                               o.mode_seek_target, o.rec_pool) * o.lambda_mode_seek
+            else:
+                fake = g(z, label)
             fake_out, real_out = self.discriminate(d, label, fake, real)
             l_gan = g_hinge_loss(fake_out)
             l_feat = feature_matching_loss(fake_out, real_out) * o.feat_weight
@@ -238,12 +290,13 @@ class GroupDNetObjective:
                      if o.lambda_rec > 0 else l_gan.new_zeros(()))
             l_lat = (latent_regression_loss(e, fake, onehot, z) * o.lambda_latent
                      if o.lambda_latent > 0 else l_gan.new_zeros(()))
-            loss = l_gan + l_feat + l_vgg + l_kl + l_rec + l_lat
+            l_ms = l_ms if l_ms is not None else l_gan.new_zeros(())
+            loss = l_gan + l_feat + l_vgg + l_kl + l_rec + l_lat + l_ms
         with torch.no_grad():
             l1 = (fake.detach().float() - real.float()).abs().mean()
         return loss, fake, {"G/gan": l_gan, "G/feat": l_feat, "G/vgg": l_vgg, "G/kl": l_kl, "G/rec": l_rec,
-                            "G/latent": l_lat, "G/total": loss, "G/l1": l1, "KL/nats_per_image": kl_nats,
-                            "G/noise": l1.new_tensor(noise)}
+                            "G/latent": l_lat, "G/mode_seek": l_ms, "G/total": loss, "G/l1": l1,
+                            "KL/nats_per_image": kl_nats, "G/noise": l1.new_tensor(noise)}
 
     @torch.no_grad()
     def d_fake(self, g: nn.Module, e: nn.Module, real: torch.Tensor, onehot: torch.Tensor, label: torch.Tensor,

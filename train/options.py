@@ -158,6 +158,15 @@ class ObjectiveOptions:
     #: Per-class latent regression weight (0: off, the paper's objective): E reads each class's code
     #: back from G's image (BicycleGAN's cLR term, E fixed), so G must draw every code in its class.
     lambda_latent: float = field(default=0.0, metadata=NON_NEGATIVE)
+    #: Per-class mode seeking weight (0: off, the paper's objective; MSGAN, Mao et al. 2019, per class):
+    #: some images of each batch are rendered again with one present class's code re-drawn, and G is
+    #: pushed until that class's region changes by at least ``mode_seek_target`` per unit of code change.
+    lambda_mode_seek: float = field(default=0.0, metadata=NON_NEGATIVE)
+    #: The change asked for: pooled L1 (images in [-1, 1]) inside the class per unit mean |dz| (a hinge:
+    #: classes whose codes already do that much get no push).
+    mode_seek_target: float = field(default=0.1, metadata=NON_NEGATIVE)
+    #: How many images of each batch get the second rendering (the extra cost of the term).
+    mode_seek_images: int = field(default=4, metadata=POSITIVE)
     #: Steps over which the sampling noise of z = mu + s * eps * sigma ramps from s = 0 to 1 (0: s = 1
     #: throughout, the paper). Early on the decoder sees the encoder's signal without noise, so it
     #: learns to use every class's code instead of learning to ignore noise (posterior collapse).

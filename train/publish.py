@@ -236,7 +236,9 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
                  + (f" + {o.get('lambda_rec')} x class-balanced appearance L1 ({o.get('rec_pool')}x pooled)"
                     if o.get("lambda_rec") else "")
                  + (f" + {o.get('lambda_latent')} x per-class latent regression (E reads each code back from G's image)"
-                    if o.get("lambda_latent") else "")),
+                    if o.get("lambda_latent") else "")
+                 + (f" + {o.get('lambda_mode_seek')} x per-class mode seeking (target {o.get('mode_seek_target')})"
+                    if o.get("lambda_mode_seek") else "")),
         ("sampling noise", f"z = mu + s * eps * sigma, s ramped 0 -> 1 over steps {o.get('noise_warmup_start', 0)}"
                            f"-{o.get('noise_warmup_start', 0) + o.get('noise_warmup')}"
          if o.get("noise_warmup") else None),

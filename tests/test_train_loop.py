@@ -269,3 +269,39 @@ def test_val_probe_measures_reconstruction_and_per_class_reroll_locality():
         model.generator.fc.bias.zero_()
     dead = val_probe(model, samples)
     assert dead["val/reroll_in_mean"] == 0 and dead["val/reroll_out_mean"] == 0
+    # The encoder's spread per class: present in >= 2 images, > 0 while E reads the pixels, 0 when it cannot
+    spread = {k: v for k, v in probe.items() if k.startswith("val/mu_spread/")}
+    assert spread and all(v > 0 for v in spread.values())
+    with torch.no_grad():
+        model.encoder.fc_mu.weight.zero_()
+    blind = val_probe(model, samples)
+    assert all(blind[k] == pytest.approx(0, abs=1e-6) for k in spread)
+
+
+def test_probe_table_names_the_dead_end_of_each_code():
+    from train.monitor import probe_table
+
+    probe = {}
+    for name, (spread, inside, outside) in {"a": (0.4, 0.5, 0.05), "b": (0.4, 0.01, 0.02),
+                                            "c": (0.02, 0.3, 0.03), "d": (0.02, 0.001, 0.01)}.items():
+        probe.update({f"val/kl_nats/{name}": 1.0, f"val/mu_spread/{name}": spread,
+                      f"val/reroll_in/{name}": inside, f"val/reroll_out/{name}": outside})
+    rows = probe_table(probe, ["a", "b", "c", "d", "absent"]).splitlines()[2:]
+    assert [r.rsplit("|", 2)[1].strip() for r in rows] == [
+        "works", "decoder ignores the code", "encoder reads nothing", "dead at both ends"]
+
+
+def test_probe_cli_on_a_model_folder(tmp_path, capsys):
+    from train.monitor import main
+
+    cfg = tiny_options(preset="ccp-cpu").model.config()
+    torch.manual_seed(0)
+    GroupDNet(cfg).save_pretrained(tmp_path / "model")
+    data = write_generic(tmp_path / "data", n=3)
+    (data / "val.txt").write_text("0000\n0001\n0002\n")
+    assert main(["--model", str(tmp_path / "model"), "--data", str(data), "--images", "3",
+                 "--json", str(tmp_path / "probe.json")]) == 0
+    out = capsys.readouterr().out
+    assert "reconstruction L1" in out and "| verdict |" in out
+    assert json.loads((tmp_path / "probe.json").read_text())["val/rec_l1"] > 0
+    assert main(["--model", str(tmp_path / "missing"), "--data", str(data)]) == 2

@@ -18,17 +18,18 @@ from smis.hub import BUNDLED_MODEL_DIR, load_state
 
 EXAMPLES = BUNDLED_MODEL_DIR.parent / "examples" / "ccp"
 #: Classes whose codes work in the shipped model, re-rolled on every example that contains them
-#: (>= 1 % of its pixels), seeds 1-3. Measured at step 2413 of ccp-cpu-v4 (epoch 41.9), mean |change|
-#: in [0, 1] units inside / outside the class: skin 0.070 / 0.014 (5.1x), upper clothes 0.094 / 0.013
-#: (7.5x), dress 0.112 / 0.017 (6.6x), lower clothes 0.167 / 0.021 (8.0x); background 2.7x; shoes
-#: 0.019 / 0.005 (3.7x, under the inside bound). The other small classes' codes (hair, bag, accessories,
-#: legwear) do not work yet (<= 1.2x, inside <= 0.003): add them here when a later chunk of training
-#: makes them work (the model card has the figures).
-WORKING = ("skin", "upper clothes", "dress", "lower clothes")
+#: (>= 1 % of its pixels), seeds 1-3. Measured at step 3842 of ccp-cpu-v6 (epoch 55.4), mean |change|
+#: in [0, 1] units inside / outside the class: skin 0.033 / 0.010 (3.2x), upper clothes 0.228 / 0.018
+#: (12.9x), dress 0.121 / 0.015 (8.0x), lower clothes 0.140 / 0.014 (9.7x), hair 0.197 / 0.025 (7.9x),
+#: shoes 0.121 / 0.005 (24.6x), bag 0.152 / 0.015 (10.3x), accessories 0.061 / 0.009 (6.6x); background
+#: 3.8x. Legwear's code does not work yet (0.55x, inside 0.001): add it when a later chunk makes it work
+#: (the model card has the figures).
+WORKING = ("skin", "upper clothes", "dress", "lower clothes", "hair", "shoes", "bag", "accessories")
 SEEDS = (1, 2, 3)
-#: Bounds: about half of the smallest measured value.
+#: Bounds: about half of the smallest measured inside change (skin's); the ratio is the project's
+#: per-class bar (the smallest measured, skin's, is 3.2).
 MIN_LOCALITY_RATIO = 2.0
-MIN_INSIDE_CHANGE = 0.02
+MIN_INSIDE_CHANGE = 0.015
 
 
 @pytest.fixture(scope="module")

@@ -113,8 +113,9 @@ def latent_regression_loss(encoder: nn.Module, fake: torch.Tensor, onehot: torch
     BicycleGAN's cLR term (Zhu et al. 2017) per class: class c's code is encoded from class c's pixels
     alone, so reading ``z_c`` back from the fake forces G to draw each class's code *inside that
     class* -- the gradient a code the decoder ignores never gets from the image losses. The encoder
-    is a fixed reader here (eval mode, no parameter gradients, as in BicycleGAN); only G learns from
-    the term. Every class with at least ``min_pixels`` pixels in an image counts the same.
+    is a fixed reader here (eval mode, no parameter gradients as the reader, as in BicycleGAN): G
+    learns from the term, E only through the code ``z`` it gave G (the target is detached). Every
+    class with at least ``min_pixels`` pixels in an image counts the same.
     """
     enc = _plain(encoder)
     was_training = enc.training

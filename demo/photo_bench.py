@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE_PHOTOS = ROOT / "smis" / "assets" / "examples" / "ccp" / "images"
+from .references import DEFAULT_EXAMPLES_DIR
+
+EXAMPLE_PHOTOS = DEFAULT_EXAMPLES_DIR / "images"
 STAGES = ("decode + letterbox", "parse", "encode", "generate")
 
 

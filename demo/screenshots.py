@@ -12,6 +12,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .references import DEFAULT_EXAMPLES_DIR
+
 logger = logging.getLogger(__name__)
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -19,7 +21,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 TIMEOUT_MS = 120_000
 
 
-EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp" / "images" / "0854.jpg"
+EXAMPLE_PHOTO = DEFAULT_EXAMPLES_DIR / "images" / "0854.jpg"
 
 
 def _wait_for_file(page, sync_api, pattern: str) -> None:

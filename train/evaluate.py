@@ -152,8 +152,7 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
         samples = [dataset[i] for i in range(s, min(s + batch_size, count))]
         labels = torch.stack([torch.as_tensor(x["label"]) for x in samples]).long()
         real = torch.stack([torch.as_tensor(x["image"]) for x in samples]).float()
-        pixels += torch.bincount(labels.flatten().clamp(0, config.num_classes), minlength=config.num_classes + 1)[
-            :config.num_classes]
+        pixels += torch.bincount(labels[(labels >= 0) & (labels < config.num_classes)], minlength=config.num_classes)
         z = np.stack([M.latent_noise(latent_shape, seed, 5, i) for i in range(s, s + len(samples))])
         fake = quantize(torch.as_tensor(generate(labels.numpy(), z)).float())
         real, fake = quantize(real).to(dev), fake.to(dev)

@@ -269,16 +269,13 @@ class GroupDNetObjective:
             mu, logvar = e(real, onehot)
             mu, logvar = mu.float(), logvar.float()
             z = _sample(mu, logvar, noise)
-            l_ms = None
-            if o.lambda_mode_seek > 0:
-                # One G pass over the batch and, for its first images, the same masks with one class's
+            b = min(o.mode_seek_images, z.shape[0]) if o.lambda_mode_seek > 0 else 0
+            if b:
+                # One G pass over the batch and, for its first b images, the same masks with one class's
                 # code re-drawn (one pass: DDP-safe, one update of the batch-norm statistics).
-                b = min(o.mode_seek_images, z.shape[0])
                 classes = pick_present_classes(onehot[:b])
                 z_b, dz = redraw_class_codes(z[:b], classes, z.shape[1] // onehot.shape[1])
                 fake, fake_b = g(torch.cat([z, z_b]), torch.cat([label, label[:b]])).split([z.shape[0], b])
-                l_ms = class_mode_seeking_loss(fake[:b], fake_b, onehot[:b], classes, dz,
-                                               o.mode_seek_target, o.rec_pool) * o.lambda_mode_seek
             else:
                 fake = g(z, label)
             fake_out, real_out = self.discriminate(d, label, fake, real)
@@ -291,7 +288,8 @@ class GroupDNetObjective:
                      if o.lambda_rec > 0 else l_gan.new_zeros(()))
             l_lat = (latent_regression_loss(e, fake, onehot, z) * o.lambda_latent
                      if o.lambda_latent > 0 else l_gan.new_zeros(()))
-            l_ms = l_ms if l_ms is not None else l_gan.new_zeros(())
+            l_ms = (class_mode_seeking_loss(fake[:b], fake_b, onehot[:b], classes, dz, o.mode_seek_target,
+                                            o.rec_pool) * o.lambda_mode_seek if b else l_gan.new_zeros(()))
             loss = l_gan + l_feat + l_vgg + l_kl + l_rec + l_lat + l_ms
         with torch.no_grad():
             l1 = (fake.detach().float() - real.float()).abs().mean()

@@ -305,3 +305,84 @@ def test_probe_cli_on_a_model_folder(tmp_path, capsys):
     assert "reconstruction L1" in out and "| verdict |" in out
     assert json.loads((tmp_path / "probe.json").read_text())["val/rec_l1"] > 0
     assert main(["--model", str(tmp_path / "missing"), "--data", str(data)]) == 2
+
+
+class _BrightnessCritic(torch.nn.Module):
+    """A stand-in D whose logit is the photo's mean brightness: it 'memorises' bright photos."""
+
+    def forward(self, label, image):
+        return [[image.mean(1, keepdim=True)]]
+
+
+def test_discriminator_probe_sees_a_critic_that_prefers_the_training_photos():
+    from train.monitor import OVERFIT_GAP, discriminator_probe, discriminator_table
+
+    cfg = tiny_options(preset="ccp-cpu").model.config()
+    model = GroupDNet(cfg).eval()
+    samples = [BlobDataset(4)[i] for i in range(4)]
+    bright = [dict(s, image=torch.full_like(s["image"], 0.8)) for s in samples]
+    dark = [dict(s, image=torch.full_like(s["image"], -0.8)) for s in samples]
+    probe = discriminator_probe(_BrightnessCritic(), model, bright, dark)
+    assert probe["val/d_logit/train"] == pytest.approx(0.8) and probe["val/d_logit/val"] == pytest.approx(-0.8)
+    assert probe["val/d_real/train"] == 1.0 and probe["val/d_real/val"] == 0.0
+    assert probe["val/d_overfit"] == pytest.approx(1.6) and probe["val/d_overfit"] > OVERFIT_GAP
+    assert "D memorises the training set" in discriminator_table(probe)
+    fair = discriminator_probe(_BrightnessCritic(), model, dark, dark)
+    assert fair["val/d_overfit"] == 0 and "no sign that D memorises" in discriminator_table(fair)
+    noisy = dict(probe, **{"val/d_overfit_se": 1.0})  # the same gap, measured on too few photos
+    assert "no sign that D memorises" in discriminator_table(noisy)
+    assert discriminator_probe(_BrightnessCritic(), model, [], dark) == {}
+
+
+def test_discriminator_probe_leaves_a_training_d_as_it_was():
+    """D runs in eval mode: its spectral-norm vectors do not move, and its mode comes back."""
+    from smis import MultiscaleDiscriminator
+    from train.monitor import discriminator_probe
+
+    cfg = tiny_options(preset="ccp-cpu").model.config()
+    torch.manual_seed(0)
+    model, disc = GroupDNet(cfg).train(), MultiscaleDiscriminator(cfg).train()
+    before = {k: v.clone() for k, v in disc.state_dict().items()}
+    samples = [BlobDataset(4)[i] for i in range(4)]
+    probe = discriminator_probe(disc, model, samples[:2], samples[2:])
+    assert set(probe) >= {"val/d_logit/generated", "val/d_real/val", "val/d_overfit"}
+    assert disc.training and model.training
+    _assert_same_tensors(before, disc.state_dict(), "D")
+
+
+def test_probe_cli_on_a_training_state_adds_the_discriminator(tmp_path, capsys):
+    from smis import MultiscaleDiscriminator
+    from train.monitor import main
+
+    cfg = tiny_options(preset="ccp-cpu").model.config()
+    torch.manual_seed(0)
+    model, disc = GroupDNet(cfg), MultiscaleDiscriminator(cfg)
+    state = tmp_path / "training-state-00000007.pt"
+    torch.save({"step": 7, "model": model.state_dict(), "ema": model.state_dict(), "D": disc.state_dict(),
+                "config": cfg.to_json()}, state)
+    data = write_generic(tmp_path / "data", n=4)
+    (data / "train.txt").write_text("0000\n0001\n")
+    (data / "val.txt").write_text("0002\n0003\n")
+    assert main(["--state", str(state), "--data", str(data), "--images", "2",
+                 "--json", str(tmp_path / "probe.json")]) == 0
+    out = capsys.readouterr().out
+    assert "| verdict |" in out and "| training photos |" in out and "memorise" in out
+    assert "val/d_overfit" in json.loads((tmp_path / "probe.json").read_text())
+    torch.save({"step": 7, "model": model.state_dict(), "config": cfg.to_json()}, tmp_path / "no-d.pt")
+    assert main(["--state", str(tmp_path / "no-d.pt"), "--data", str(data)]) == 2
+    assert "no config or no discriminator" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # one source, not both
+        main(["--state", str(state), "--model", str(tmp_path), "--data", str(data)])
+
+
+def test_the_loop_logs_the_val_probe_with_the_discriminators_view(tmp_path):
+    data = write_generic(tmp_path / "data", n=6)
+    (data / "train.txt").write_text("0000\n0001\n0002\n0003\n")
+    (data / "val.txt").write_text("0004\n0005\n")
+    result = train(tiny_options(data=str(data), outdir=str(tmp_path / "run"), steps=2, sample_every=2,
+                                sample_count=2, val_count=2))
+    assert result.status == "finished"
+    rows = [json.loads(line) for line in (tmp_path / "run" / "val_metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 2]
+    for key in ("val/rec_l1", "val/d_logit/train", "val/d_logit/val", "val/d_logit/generated", "val/d_overfit"):
+        assert all(isinstance(r[key], float) for r in rows), key

@@ -187,6 +187,8 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from .monitor import OVERFIT_GAP
+
     fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
     ax = axes.ravel()
     tr, va, ev = history.train, history.val, history.evals
@@ -202,7 +204,8 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
     ax[0].set_title("generator losses (weighted)")
     for key in ("D/real", "D/fake"):
         line(ax[1], tr, key, smooth_k=smooth)
-    ax[1].set_title("discriminator hinge losses")
+    line(ax[1], va, "val/d_overfit", "val: D logit, training - val photos", marker=".", color="black")
+    ax[1].set_title(f"discriminator (a logit gap > {OVERFIT_GAP}: it memorises)")
     line(ax[2], tr, "KL/nats_per_image", "train batches", smooth_k=smooth)
     line(ax[2], va, "val/kl_nats_per_image", "val photos", marker=".")
     for name in sorted({k.split("/", 2)[2] for r in va for k in r if k.startswith("val/kl_nats/")}):

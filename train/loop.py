@@ -471,7 +471,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                   "options": opts.to_json()}
 
         def show(step: int) -> None:
-            probe, grid = grids(ema, autocast)
+            probe, grid = grids(ema, autocast, disc)
             if probe:
                 folder.log_val(step, step / steps_per_epoch, probe)
             folder.save_samples(step, grid, grids.rows)

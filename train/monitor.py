@@ -13,13 +13,20 @@
   mean absolute change inside that class's region and outside it. A class whose inside change stays
   near 0 has a collapsed code (re-rolling it does nothing), the failure the pilot run showed.
 
+- **The discriminator's view** (:func:`discriminator_probe`): D's mean logit on training photos,
+  on val photos and on generated images, and the fraction of each it calls real (the sign statistic
+  r_t of Karras et al., "Training GANs with limited data", 2020). Training photos scored well above
+  val photos mean D memorises the training set, the overfitting that differentiable augmentation
+  (``--diffaug``) is for; a gap near 0 means it does not, whatever else limits the samples.
+
 The same probe on any model folder (``python -m train.monitor --model M --data D``) prints a
 table per class, with which end of a dead code is dead: the encoder (no spread), the decoder (no
-change inside the class), or both.
+change inside the class), or both; on a training state (``--state S``) it adds D's view.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from collections.abc import Callable
@@ -60,13 +67,18 @@ class SampleGrids:
     def __bool__(self) -> bool:
         return bool(self.samples)
 
-    def __call__(self, ema: GroupDNet, autocast: Callable[[], AbstractContextManager]
-                 ) -> tuple[dict[str, float], Image.Image]:
-        """(the val probe's numbers, ``{}`` without val images; the progress grid) of ``ema``."""
+    def __call__(self, ema: GroupDNet, autocast: Callable[[], AbstractContextManager],
+                 disc: nn.Module | None = None) -> tuple[dict[str, float], Image.Image]:
+        """(the val probe's numbers, ``{}`` without val images; the progress grid) of ``ema``.
+
+        With ``disc``, the probe also has D's view of the fixed training photos and the val photos.
+        """
         probe = {}
         if self.val:
             with autocast():
                 probe = val_probe(ema, self.val, self.perceptual)
+                if disc is not None:
+                    probe.update(discriminator_probe(disc, ema, self.samples, self.val))
         return probe, render_sample_grid(ema, self.samples, self.reroll)
 
 
@@ -201,6 +213,79 @@ def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Mo
         model.train(was_training)
 
 
+@torch.no_grad()
+def discriminator_probe(disc: nn.Module, model: GroupDNet, train: list[dict[str, Any]],
+                        val: list[dict[str, Any]], seed: int = 0, batch_size: int = 16) -> dict[str, float]:
+    """D's view of training photos, val photos and ``model``'s images on the val masks (prior codes).
+
+    Per group: ``val/d_logit/<group>``, D's logit averaged over patches and scales, then images;
+    ``val/d_real/<group>``, the fraction of images D calls real (ADA's r_t = E[sign D(x)], mapped to
+    0..1); ``val/d_overfit`` = logit(train photos) - logit(val photos) and ``val/d_overfit_se``, its
+    standard error (photos differ a lot: tens of photos per side give a gap only to about ±0.2).
+    D runs in eval mode, so the probe does not move its spectral-norm estimates.
+    """
+    if not train or not val:
+        return {}
+    cfg = model.config
+    device = next(model.parameters()).device
+    was_training, d_training = model.training, disc.training
+    model.eval()
+    disc.eval()
+
+    def score(samples: list[dict[str, Any]], generated: bool = False) -> torch.Tensor:
+        logits = []
+        for i in range(0, len(samples), batch_size):
+            chunk = samples[i:i + batch_size]
+            labels = torch.stack([s["label"] for s in chunk]).to(device)
+            if generated:
+                grid = cfg.latent_grid(*labels.shape[-2:])
+                z = torch.from_numpy(np.stack([
+                    ClassCodes.sample(cfg.class_names, cfg.z_channels, grid, seed + i + j).latent()
+                    for j in range(len(chunk))])).to(device)
+                image = model(z, labels)
+            else:
+                image = torch.stack([s["image"] for s in chunk]).to(device)
+            outs = disc(model.label_tensor(labels).to(image.dtype), image)
+            logits.append(torch.stack([o[-1].float().flatten(1).mean(1) for o in outs]).mean(0))  # (n,)
+        return torch.cat(logits)
+
+    try:
+        groups = {"train": score(train), "val": score(val), "generated": score(val, generated=True)}
+        out = {}
+        for name, logits in groups.items():
+            out[f"val/d_logit/{name}"] = float(logits.mean())
+            out[f"val/d_real/{name}"] = float((logits > 0).float().mean())
+        out["val/d_overfit"] = out["val/d_logit/train"] - out["val/d_logit/val"]
+        t, v = groups["train"], groups["val"]
+        var = (t.var() / len(t) if len(t) > 1 else 0.0) + (v.var() / len(v) if len(v) > 1 else 0.0)
+        out["val/d_overfit_se"] = float(var) ** 0.5
+        return out
+    finally:
+        model.train(was_training)
+        disc.train(d_training)
+
+
+def discriminator_table(probe: dict[str, float]) -> str:
+    """:func:`discriminator_probe`'s numbers as a Markdown table with a one-line reading."""
+    lines = ["| images | D's mean logit | called real |", "|---|---|---|"]
+    for name, what in (("train", "training photos"), ("val", "val photos"), ("generated", "generated (val masks)")):
+        lines.append(f"| {what} | {probe[f'val/d_logit/{name}']:+.3f} | {probe[f'val/d_real/{name}']:.0%} |")
+    gap, se = probe["val/d_overfit"], probe.get("val/d_overfit_se", 0.0)
+    said = f"train - val logit {gap:+.3f} ± {se:.3f}"
+    if gap > OVERFIT_GAP and gap > 2 * se:
+        reading = f"{said}: D memorises the training set (try --diffaug)"
+    elif gap > 2 * se:
+        reading = f"{said}: D prefers the training photos a little (less than {OVERFIT_GAP})"
+    else:
+        reading = f"{said}: no sign that D memorises the training set"
+    return "\n".join(lines) + "\n\n" + reading
+
+
+#: A train - val logit gap above this reads as D memorising the training photos: a quarter of the
+#: hinge loss's margin (D is pushed to +1 on real photos and -1 on generated ones).
+OVERFIT_GAP = 0.25
+
+
 # ---------------------------------------------------------------------------------------------
 # Command line: the probe on a model folder
 # ---------------------------------------------------------------------------------------------
@@ -230,39 +315,77 @@ def probe_table(probe: dict[str, float], class_names: list[str]) -> str:
     return "\n".join(lines)
 
 
+def load_training_state(path: str) -> tuple[GroupDNet, nn.Module]:
+    """The EMA G + E and D of a training state (``training-state-*.pt``), in eval mode."""
+    from smis import MultiscaleDiscriminator
+
+    from .checkpoint import load_state
+
+    state = load_state(path)
+    if not state.get("config") or state.get("D") is None:
+        raise ValueError(f"{path} has no config or no discriminator weights")
+    config = SMISConfig.from_dict(json.loads(state["config"]))
+    model, disc = GroupDNet(config), MultiscaleDiscriminator(config)
+    try:
+        model.load_state_dict(state.get("ema", state["model"]))
+        disc.load_state_dict(state["D"])
+    except RuntimeError as err:  # written by another version of the networks
+        raise ValueError(f"{path} does not match this version's networks: {err}") from err
+    return model.eval(), disc.eval()
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import json
 
     p = argparse.ArgumentParser(prog="python -m train.monitor",
                                 description="The training loop's val probe on a model folder: per class, "
-                                            "what the code carries and where it shows.")
-    p.add_argument("--model", required=True, help="model folder (config.json + safetensors) or Hub id")
+                                            "what the code carries and where it shows; on a training state "
+                                            "also the discriminator's view of training vs val photos.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", help="model folder (config.json + safetensors) or Hub id")
+    src.add_argument("--state", help="training state (runs/NAME/checkpoints/training-state-*.pt): its EMA "
+                                     "model, plus D's view of training and val photos")
     p.add_argument("--data", required=True, help="dataset root")
     p.add_argument("--format", default="generic", help="dataset layout (default: generic)")
     p.add_argument("--split", default="val", help="split (default: val)")
     p.add_argument("--images", type=int, default=16, help="images spread over the split (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-rolled codes (default: 0)")
+    p.add_argument("--d-images", type=int, default=200,
+                   help="with --state: training photos D scores, against every photo of the split (default: 200)")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args(argv)
+    from .checkpoint import TrainingStateError
     from .data import build_dataset
 
+    disc = None
     try:
-        model = GroupDNet.from_pretrained(args.model)
+        if args.state:
+            model, disc = load_training_state(args.state)
+        else:
+            model = GroupDNet.from_pretrained(args.model)
         cfg = model.config
         data = build_dataset(args.format, args.data, args.split, cfg.height, cfg.width, augment=False,
                              on_bad="skip")
-    except (ValueError, OSError) as err:
+        train = (build_dataset(args.format, args.data, "train", cfg.height, cfg.width, augment=False,
+                               on_bad="skip") if disc is not None else None)
+    except (ValueError, OSError, TrainingStateError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if len(data) == 0 or args.images < 1:
+    if len(data) == 0 or args.images < 1 or (train is not None and len(train) == 0):
         print("error: no images to probe (empty split or --images < 1)", file=sys.stderr)
         return 2
+    samples = fixed_samples(data, args.images)
     with torch.no_grad():
-        probe = val_probe(model, fixed_samples(data, args.images), seed=args.seed)
-    print(f"{args.model} on {args.data} ({args.split}, {min(args.images, len(data))} images): "
+        probe = val_probe(model, samples, seed=args.seed)
+        if disc is not None:
+            probe.update(discriminator_probe(disc, model, fixed_samples(train, args.d_images),
+                                             fixed_samples(data, len(data)), args.seed))
+    print(f"{args.model or args.state} on {args.data} ({args.split}, {len(samples)} images): "
           f"reconstruction L1 {probe['val/rec_l1']:.4f}, KL {probe['val/kl_nats_per_image']:.2f} nats/image")
     print(probe_table(probe, list(cfg.class_names)))
+    if disc is not None:
+        print()
+        print(discriminator_table(probe))
     if args.json:
         Path(args.json).write_text(json.dumps(probe, indent=2) + "\n")
     return 0

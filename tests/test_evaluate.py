@@ -117,6 +117,29 @@ def test_evaluate_segmentation_hook_with_a_fake_parser():
     assert "mIoU, generated (parser)" in md and "Absent from both" in md
 
 
+def test_fid_samples_draws_more_images_per_mask_and_keeps_the_first_draw():
+    cfg = get_config("demo", tiny=True)
+    seen = []
+
+    def generate(labels, z):  # records every code it is asked to render
+        seen.append(np.asarray(z).copy())
+        return np.tanh(np.asarray(z).mean((1, 2, 3))).reshape(-1, 1, 1, 1) * np.ones((1, 3, *labels.shape[1:]))
+
+    labels = torch.zeros(3, cfg.height, cfg.width, dtype=torch.int64)
+    dataset = [{"image": torch.zeros(3, cfg.height, cfg.width), "label": lab} for lab in labels]
+    kw = dict(distance_net=_PixelNet(), fid_net=_MeanNet(), n=2, m=1, num_masks=1, batch_size=4, kid_subsets=2,
+              fid_method="eigh", progress=False)
+    one = E.evaluate(generate, cfg, dataset, **kw)
+    first = seen[0]
+    seen.clear()
+    three = E.evaluate(generate, cfg, dataset, fid_samples=3, **kw)
+    assert one["fid"]["num_fake"] == 3 and three["fid"]["num_fake"] == 9 and three["fid"]["samples_per_mask"] == 3
+    assert np.array_equal(seen[0], first)  # draw 0 of each mask: the codes a one-sample evaluation used
+    assert not np.allclose(seen[1], seen[0]) and not np.allclose(seen[2], seen[1])
+    with pytest.raises(ValueError, match="fid_samples"):
+        E.evaluate(generate, cfg, dataset, fid_samples=0, **kw)
+
+
 class _PixelNet(torch.nn.Module):
     def forward(self, x):
         return [x + 2]

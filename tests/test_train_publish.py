@@ -164,3 +164,22 @@ def test_history_chain_through_a_published_folder(run, tmp_path):
     assert [r["name"] for r in merged.runs] == [run.name, "run2"] and merged.runs[1]["epoch"] == 1.0
     out = history.plot_history(merged, tmp_path / "curves.png")
     assert out.stat().st_size > 10_000
+
+
+def test_evaluations_with_more_images_per_mask_are_their_own_curve(tmp_path, monkeypatch):
+    """A Frechet distance from 5 images per mask has another bias than from 1: never one line."""
+    import matplotlib.axes
+
+    from train import history
+
+    one = history.eval_record({"fid": {"value": 80.0, "real_halves": 27.5}}, 100, 1.0)
+    five = history.eval_record({"fid": {"value": 60.0, "samples_per_mask": 5}}, 200, 2.0)
+    assert (one["frechet_samples"], five["frechet_samples"]) == (1, 5)
+    labels = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, *a, **kw: labels.append(kw.get("label")) or real_plot(self, *a, **kw))
+    rows = [one, five, dict(one, step=300, epoch=3.0)]
+    history.plot_history(history.History(evals=rows), tmp_path / "curves.png")
+    frechet = [label for label in labels if label and label.startswith("Frechet")]
+    assert len(frechet) == 2 and "1 image per mask" in frechet[0] and "5 images per mask" in frechet[1]

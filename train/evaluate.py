@@ -120,7 +120,7 @@ def spread_indices(count: int, total: int) -> list[int]:
 
 def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, distance_net: torch.nn.Module,
              fid_net: torch.nn.Module, n: int = 100, m: int = 19, num_masks: int = 10,
-             num_fid: int | None = None, batch_size: int = 8, seed: int = 0,
+             num_fid: int | None = None, fid_samples: int = 1, batch_size: int = 8, seed: int = 0,
              device: str | torch.device = "cpu", parser: Parser | None = None,
              kid_subsets: int = 100, kid_subset_size: int = 1000, fid_method: str = "auto",
              progress: bool = True) -> dict:
@@ -128,7 +128,8 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
 
     ``config``: the model's :class:`smis.config.SMISConfig`; ``dataset``: samples ``{"image",
     "label"}`` at the model's size. FID / KID compare ``num_fid`` real photos (all by default) with
-    one generated image per label map (random codes). mCSD / mOCD and diversity use ``num_masks``
+    ``fid_samples`` generated images per label map (random codes; more than one steadies the
+    distance on a small split, the first is the same draw as with one). mCSD / mOCD and diversity use ``num_masks``
     label maps spread over the split. ``parser`` (optional) labels generated and real images for
     mIoU / accuracy against the ground-truth maps. FID / KID are named after ``fid_net``
     (:func:`describe_fid_net`); ``fid_method`` picks the matrix square root (see
@@ -138,6 +139,8 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
     total = len(dataset)
     if total == 0:
         raise ValueError("the evaluation split is empty")
+    if fid_samples < 1:
+        raise ValueError(f"fid_samples must be >= 1, got {fid_samples}")
     latent_shape = config.latent_shape()
     out: dict[str, Any] = {}
 
@@ -153,15 +156,19 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
         labels = torch.stack([torch.as_tensor(x["label"]) for x in samples]).long()
         real = torch.stack([torch.as_tensor(x["image"]) for x in samples]).float()
         pixels += torch.bincount(labels[(labels >= 0) & (labels < config.num_classes)], minlength=config.num_classes)
-        z = np.stack([M.latent_noise(latent_shape, seed, 5, i) for i in range(s, s + len(samples))])
-        fake = quantize(torch.as_tensor(generate(labels.numpy(), z)).float())
-        real, fake = quantize(real).to(dev), fake.to(dev)
+        real = quantize(real).to(dev)
         with torch.no_grad():
             real_feats.append(fid_net(real).float().cpu())
-            fake_feats.append(fid_net(fake).float().cpu())
             if parser is not None:
-                conf_fake += M.confusion_matrix(parser(fake), labels, config.num_classes)
                 conf_real += M.confusion_matrix(parser(real), labels, config.num_classes)
+        for k in range(fid_samples):  # draw k of image i: keys (5, i) for the first, (5, i, k) after
+            z = np.stack([M.latent_noise(latent_shape, seed, 5, i, *((k,) if k else ()))
+                          for i in range(s, s + len(samples))])
+            fake = quantize(torch.as_tensor(generate(labels.numpy(), z)).float()).to(dev)
+            with torch.no_grad():
+                fake_feats.append(fid_net(fake).float().cpu())
+                if parser is not None:
+                    conf_fake += M.confusion_matrix(parser(fake), labels, config.num_classes)
     rf, ff = torch.cat(real_feats), torch.cat(fake_feats)
     # Each class's share of the label pixels of those images (which classes a per-class bar covers).
     out["class_pixel_share"] = dict(zip(config.class_names, (pixels.double() / max(int(pixels.sum()), 1)).tolist()))
@@ -171,7 +178,8 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
             logger.warning("FID from %d images of %d-d features: the covariances are singular and the value is "
                            "strongly biased upwards; compare only runs with the same count", count, rf.shape[1])
         out["fid"] = {"name": fid_info["fid_name"], "value": M.fid_from_features(rf, ff, fid_method),
-                      "num_real": len(rf), "num_fake": len(ff), "feature_dim": int(rf.shape[1]),
+                      "num_real": len(rf), "num_fake": len(ff), "samples_per_mask": fid_samples,
+                      "feature_dim": int(rf.shape[1]),
                       "substitute": fid_info["substitute"],
                       # The same distance between two halves of the real photos: the floor at this count.
                       "real_halves": M.fid_from_features(rf[0::2], rf[1::2], fid_method) if count >= 4 else None}
@@ -315,6 +323,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-masks", type=int, default=10,
                    help="label maps, spread over the split, for mCSD/mOCD and diversity (default: 10)")
     p.add_argument("--num-fid", type=int, default=None, help="images for FID/KID (default: the whole split)")
+    p.add_argument("--fid-samples", type=int, default=1,
+                   help="generated images per label map for FID/KID (default: 1; more steadies a small split)")
     p.add_argument("--fid-method", default="auto", choices=["auto", "scipy", "eigh"],
                    help="matrix square root: scipy.linalg.sqrtm (pytorch-fid's; auto = if scipy is installed) or "
                         "torch eigen-decompositions (exact for covariances, faster) (default: auto)")
@@ -333,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_arg_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for name, v in (("--n", args.n), ("--m", args.m), ("--num-masks", args.num_masks),
-                    ("--batch-size", args.batch_size)):
+                    ("--batch-size", args.batch_size), ("--fid-samples", args.fid_samples)):
         if v < 1:
             print(f"error: {name} must be positive, got {v}", file=sys.stderr)
             return 2
@@ -372,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  f"{config.class_names}; use a parser trained on the same label set")
         results = evaluate(pipe.backend.generate, config, dataset, distance_net=distance_net, fid_net=fid_net,
                            n=args.n, m=args.m, num_masks=args.num_masks, num_fid=args.num_fid,
+                           fid_samples=args.fid_samples,
                            batch_size=args.batch_size, seed=args.seed, device=device, parser=parser,
                            kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                            fid_method=args.fid_method, progress=not args.quiet)

@@ -90,6 +90,7 @@ def eval_record(metrics: dict[str, Any], step: int, epoch: float) -> dict[str, A
     mcsd, mocd = s.get("mcsd"), s.get("mocd")
     return {"step": step, "epoch": round(epoch, 4), "frechet": fid.get("value"),
             "frechet_real_halves": fid.get("real_halves"), "frechet_name": fid.get("name"),
+            "frechet_samples": fid.get("samples_per_mask", 1),
             "mcsd": mcsd, "mocd": mocd, "ratio": (mcsd / mocd) if mcsd and mocd else None,
             "diversity": (metrics.get("diversity") or {}).get("mean"), "per_class": per_class}
 
@@ -221,7 +222,12 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
     line(ax[4], va, "val/reroll_out_mean", "outside (mean)", color="black", linestyle="--")
     ax[4].set_title("val: change inside a class when only its code is re-rolled")
     if ev:
-        line(ax[5], ev, "frechet", "Frechet distance (substitute, lower is better)", marker="o", color="tab:red")
+        # One line per --fid-samples: more generated images per mask shift the distance's bias.
+        counts = sorted({r.get("frechet_samples", 1) for r in ev})
+        for k, color in zip(counts, ("tab:red", "tab:orange", "tab:brown", "tab:pink")):
+            per_mask = "" if len(counts) == 1 else f", {k} image{'s' if k > 1 else ''} per mask"
+            line(ax[5], [r for r in ev if r.get("frechet_samples", 1) == k], "frechet",
+                 f"Frechet distance (substitute{per_mask}; lower is better)", marker="o", color=color)
         floor = [r.get("frechet_real_halves") for r in ev if r.get("frechet_real_halves")]
         if floor:
             ax[5].axhline(floor[-1], color="tab:red", linestyle=":", label="real vs real")

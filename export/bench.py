@@ -44,7 +44,7 @@ from .flops import encoder_gflop, generator_gflop, render_gflop
 
 logger = logging.getLogger("export.bench")
 
-CPU_MODES = ("torch-eager", "torch-baked", "torch-folded", "ort-fp32", "torch-reroll", "ort-reroll")
+CPU_MODES = ("torch-eager", "torch-baked", "torch-folded", "ort-fp32", "ort-newmask", "torch-reroll", "ort-reroll")
 CPU_EXTRA = ("torch-bf16", "ort-fp16")
 #: Modes that re-render an unchanged mask with the label branch cached (the re-roll path).
 REROLL_MODES = ("torch-reroll", "torch-reroll-bf16", "ort-reroll")
@@ -238,12 +238,13 @@ class ModeFactory:
 
         fp16 = mode.endswith("fp16")
         device = {"ort-fp32": "cpu", "ort-fp16": "cpu", "ort-cuda-fp32": "cuda", "ort-cuda-fp16": "cuda",
-                  "ort-trt-fp32": "tensorrt", "ort-trt-fp16": "tensorrt", "ort-reroll": "cpu"}[mode]
+                  "ort-trt-fp32": "tensorrt", "ort-trt-fp16": "tensorrt", "ort-reroll": "cpu",
+                  "ort-newmask": "cpu"}[mode]
         if device != "cpu":
             device = f"{device}:{self.device.index or 0}"
         if mode not in self._cache:
             folder = self._onnx_folder(fp16)
-            split = {} if mode != "ort-reroll" else {
+            split = {} if mode not in ("ort-reroll", "ort-newmask") else {
                 "label_path": folder / graph_file_name("generator_label", fp16),
                 "render_path": folder / graph_file_name("generator_render", fp16)}
             backend = OnnxBackend(folder / graph_file_name("generator", fp16), None, None, device=device,
@@ -258,6 +259,14 @@ class ModeFactory:
         backend = self._cache[mode]
         if mode == "ort-reroll":
             return self._backend_call(backend, inputs, reroll=True)
+        if mode == "ort-newmask":  # the split path on a mask it has not seen: label graph, then render
+            _, warm = self._backend_call(backend, inputs, reroll=True)
+
+            def call():
+                backend.label_cache.clear()
+                return warm()
+
+            return call, call
         session = backend.session
         feed = {"labels": inputs["labels"], "z": inputs["z"]}
         if device == "cpu":
@@ -320,6 +329,7 @@ MODES: dict[str, Mode] = {
     "torch-reroll": Mode("fp32", "TorchBackend with its label-branch cache warm: a re-roll on an unchanged mask",
                          lambda f, inputs: f._torch_backend("reroll", inputs, reroll=True)),
     "ort-reroll": _ort_mode("ort-reroll", "OnnxBackend (generator-label + generator-render graphs), cache warm"),
+    "ort-newmask": _ort_mode("ort-newmask", "OnnxBackend on a new mask: generator-label, then generator-render"),
     "torch-backend-bf16": Mode("bf16", "TorchBackend with bf16 weights (the pipeline's dtype='bfloat16'), new mask",
                                lambda f, inputs: f._torch_backend("backend-bf16", inputs, False, "bfloat16")),
     "torch-reroll-bf16": Mode("bf16", "TorchBackend with bf16 weights, label-branch cache warm: a re-roll",

@@ -93,6 +93,11 @@ class LabelBranchCache(Generic[T]):
                 self.key = key
             return self._value
 
+    def clear(self) -> None:
+        """Forget the cached maps (the next mask, even the same one, runs the label branch)."""
+        with self._lock:
+            self.key = self._value = None
+
 
 class TorchBackend:
     """PyTorch eager (optionally ``torch.compile``) on any device, fp32 / fp16 / bf16.

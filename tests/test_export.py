@@ -418,7 +418,7 @@ def test_cli_exports_and_checks(tmp_path, capsys):
 def test_bench_smoke(demo_model, tmp_path):
     from export.bench import fastest_line, markdown, run_bench
 
-    modes = ["torch-eager", "torch-baked", "torch-folded", "ort-fp32", "torch-reroll", "ort-reroll"]
+    modes = ["torch-eager", "torch-baked", "torch-folded", "ort-fp32", "ort-newmask", "torch-reroll", "ort-reroll"]
     result = run_bench(demo_model, torch.device("cpu"), modes, [1, 2], repeats=1, warmup=0, threads=1,
                        peak_tflops=0.1, workdir=tmp_path)
     torch.set_num_threads(1)

@@ -153,6 +153,12 @@ def render_sample_grid(model: GroupDNet, samples: list[dict[str, Any]], reroll_c
     return Image.fromarray(tiles)
 
 
+def prior_codes(config: SMISConfig, labels: torch.Tensor, seeds: range) -> list[ClassCodes]:
+    """One prior draw of every class's code per seed, on the latent grid of ``labels``' size."""
+    grid = config.latent_grid(*labels.shape[-2:])
+    return [ClassCodes.sample(config.class_names, config.z_channels, grid, s) for s in seeds]
+
+
 @torch.no_grad()
 def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Module | None = None,
               seed: int = 0) -> dict[str, float]:
@@ -186,8 +192,7 @@ def val_probe(model: GroupDNet, samples: list[dict[str, Any]], perceptual: nn.Mo
             out["val/rec_perceptual"] = float(perceptual(fake, real))
 
         # Re-roll one class at a time from fixed prior codes.
-        grid = cfg.latent_grid(*labels.shape[-2:])
-        base = [ClassCodes.sample(cfg.class_names, cfg.z_channels, grid, seed + i) for i in range(n)]
+        base = prior_codes(cfg, labels, range(seed, seed + n))
         z0 = torch.from_numpy(np.stack([b.latent() for b in base])).to(device)
         img0 = model(z0, labels).float()
         ins, outs = [], []
@@ -237,12 +242,9 @@ def discriminator_probe(disc: nn.Module, model: GroupDNet, train: list[dict[str,
         for i in range(0, len(samples), batch_size):
             chunk = samples[i:i + batch_size]
             labels = torch.stack([s["label"] for s in chunk]).to(device)
-            if generated:
-                grid = cfg.latent_grid(*labels.shape[-2:])
-                z = torch.from_numpy(np.stack([
-                    ClassCodes.sample(cfg.class_names, cfg.z_channels, grid, seed + i + j).latent()
-                    for j in range(len(chunk))])).to(device)
-                image = model(z, labels)
+            if generated:  # the codes val_probe renders the same images with
+                codes = prior_codes(cfg, labels, range(seed + i, seed + i + len(chunk)))
+                image = model(torch.from_numpy(np.stack([c.latent() for c in codes])).to(device), labels)
             else:
                 image = torch.stack([s["image"] for s in chunk]).to(device)
             outs = disc(model.label_tensor(labels).to(image.dtype), image)
@@ -317,7 +319,7 @@ def probe_table(probe: dict[str, float], class_names: list[str]) -> str:
 
 def load_training_state(path: str) -> tuple[GroupDNet, nn.Module]:
     """The EMA G + E and D of a training state (``training-state-*.pt``), in eval mode."""
-    from smis import MultiscaleDiscriminator
+    from smis import MultiscaleDiscriminator, hub
 
     from .checkpoint import load_state
 
@@ -326,11 +328,8 @@ def load_training_state(path: str) -> tuple[GroupDNet, nn.Module]:
         raise ValueError(f"{path} has no config or no discriminator weights")
     config = SMISConfig.from_dict(json.loads(state["config"]))
     model, disc = GroupDNet(config), MultiscaleDiscriminator(config)
-    try:
-        model.load_state_dict(state.get("ema", state["model"]))
-        disc.load_state_dict(state["D"])
-    except RuntimeError as err:  # written by another version of the networks
-        raise ValueError(f"{path} does not match this version's networks: {err}") from err
+    hub.load_into(model, state.get("ema", state["model"]), f"{path} (EMA G + E)")  # CheckpointError: a ValueError
+    hub.load_into(disc, state["D"], f"{path} (D)")
     return model.eval(), disc.eval()
 
 

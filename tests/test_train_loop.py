@@ -48,11 +48,17 @@ def _assert_same_tensors(a, b, where=""):
         assert a == b, f"{where}: {a} != {b}"
 
 
+#: The straight run's objective: per-class mode seeking with the shortfall-weighted pick, whose running
+#: per-class state must survive a resume like the weights do.
+OBJECTIVE = dict(lambda_mode_seek=1.0, mode_seek_images=1, mode_seek_pick="deficit")
+
+
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """4 steps in one go (4 steps/epoch), checkpoints at 2 and 4, a sample grid at 0, 2 and 4."""
     out = tmp_path_factory.mktemp("straight")
-    result = train(tiny_options(outdir=str(out), sample_every=2, sample_count=2), dataset=BlobDataset(8))
+    result = train(tiny_options(outdir=str(out), sample_every=2, sample_count=2, **OBJECTIVE),
+                   dataset=BlobDataset(8))
     assert result.status == "finished" and result.step == 4
     return result
 
@@ -60,16 +66,17 @@ def straight(tmp_path_factory):
 def test_stop_and_resume_gives_the_same_weights_as_one_run(straight, tmp_path):
     """The straight run == 2 steps, SIGTERM, --resume auto, 2 more (a stop in mid-epoch)."""
     data = BlobDataset(8)
-    first = train(tiny_options(outdir=str(tmp_path)), dataset=data, step_callback=_sigterm_at(2))
+    first = train(tiny_options(outdir=str(tmp_path), **OBJECTIVE), dataset=data, step_callback=_sigterm_at(2))
     assert first.status == "interrupted" and first.step == 2
     assert ckpt.list_checkpoints(tmp_path)[-1][0] == 2
-    second = train(tiny_options(outdir=str(tmp_path), resume="auto"), dataset=data)
+    second = train(tiny_options(outdir=str(tmp_path), resume="auto", **OBJECTIVE), dataset=data)
     assert second.status == "finished" and second.step == 4
 
     a = ckpt.load_state(straight.checkpoint)
     b = ckpt.load_state(second.checkpoint)
-    for key in ("model", "D", "ema", "opt_G", "opt_D", "step", "epoch", "batch_in_epoch", "rng"):
+    for key in ("model", "D", "ema", "opt_G", "opt_D", "step", "epoch", "batch_in_epoch", "rng", "objective"):
         _assert_same_tensors(a[key], b[key], key)
+    assert int(a["objective"]["mode_seek_deficit"]["picks"].sum()) == 4  # one pick per step, 4 steps
     opts = json.loads((tmp_path / "training_options.json").read_text())
     assert opts["resolved"]["start_step"] == 2 and opts["resolved"]["resumed_from"].endswith("00000002.pt")
 
@@ -87,6 +94,7 @@ def test_training_state_is_weights_only_and_snapshot_is_a_model_folder(straight)
     assert json.loads((run / "status.json").read_text())["status"] == "finished"
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2, 3, 4] and all("G/feat" in x and "D/total" in x for x in lines)
+    assert all(0 <= x["mode_seek/deficit/background"] <= 0.1 for x in lines)  # each class's shortfall, logged
     assert [s for s, _ in ckpt.list_snapshots(run)] == [2, 4]
     assert sorted(p.name for p in (run / "samples").iterdir()) == [
         "samples-00000000.png", "samples-00000002.png", "samples-00000004.png"]

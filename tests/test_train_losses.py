@@ -183,6 +183,27 @@ def test_mode_seeking_picks_present_classes_and_redraws_only_their_codes():
     assert not new.requires_grad  # the kept codes are detached
 
 
+def test_deficit_pick_sends_the_picks_to_classes_short_of_the_target_and_its_state_round_trips():
+    onehot = torch.zeros(1, 3, 8, 8)
+    onehot[0, 0, :4], onehot[0, 1, 4:6], onehot[0, 2, 6:] = 1, 1, 1  # all three present (>= 16 pixels)
+    deficit = losses.ClassDeficit(3, target=0.1)
+    torch.testing.assert_close(deficit.weights(), torch.full((3,), 1.05))  # nothing known: all alike
+    for _ in range(60):  # classes 0 and 2 meet the target, class 1 does not move at all
+        deficit.update(torch.tensor([0, 1, 2]), torch.tensor([0.0, 0.1, 0.0]))
+    w = deficit.weights()
+    assert w[1].item() == pytest.approx(1.05, rel=1e-5) and w[0].item() == pytest.approx(0.05, abs=0.005)
+    torch.manual_seed(0)
+    picks = torch.cat([losses.pick_present_classes(onehot, class_weights=w) for _ in range(2000)])
+    assert 0.85 < (picks == 1).float().mean().item() < 0.95  # 1.05 / 1.15 of the picks; uniform gives a third
+    assert (picks == 0).any() and (picks == 2).any()  # the floor keeps measuring the others
+    again = losses.ClassDeficit(3, target=0.1)
+    again.load_state_dict(deficit.state_dict())
+    torch.testing.assert_close(again.weights(), w)
+    assert again.picks.tolist() == [60, 60, 60]
+    with pytest.raises(ValueError, match="has 3 classes, the model 4"):
+        losses.ClassDeficit(4, 0.1).load_state_dict(deficit.state_dict())
+
+
 def test_mode_seeking_is_a_hinge_on_the_change_inside_the_class():
     onehot = torch.zeros(2, 2, 16, 16)
     onehot[:, 0] = 1
@@ -214,10 +235,14 @@ def test_mode_seeking_in_the_g_step_renders_extra_images_once_and_keeps_the_batc
         return [[img.mean(1, keepdim=True), img.mean(1, keepdim=True)]]
 
     o = ObjectiveOptions(vgg="none", lambda_mode_seek=1.0, mode_seek_target=10.0, mode_seek_images=2)
-    loss, fake, terms = losses.GroupDNetObjective(o, None, contextlib.nullcontext).g_step(
-        model.generator, model.encoder, d, real, onehot, label)
+    objective = losses.GroupDNetObjective(o, None, contextlib.nullcontext)
+    loss, fake, terms = objective.g_step(model.generator, model.encoder, d, real, onehot, label)
     assert calls == [5] and fake.shape[0] == 3  # one pass over 3 + 2 images; D and the logs see 3
     assert 0 < terms["G/mode_seek"].item() <= 10.0
+    picked = objective.deficit.picks
+    assert picked.sum().item() == 2 and objective.state_dict()["mode_seek_deficit"]["picks"].sum().item() == 2
+    assert set(objective.class_log(model.config.class_names)) == {
+        f"mode_seek/deficit/{name}" for name in model.config.class_names}
     model.zero_grad()
     terms["G/mode_seek"].backward()
     assert model.generator.conv_img.weight.grad.abs().sum() > 0

@@ -234,9 +234,10 @@ class Networks:
 
 
 def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps: int,
-            device: torch.device) -> tuple[int, Path | None, str | None]:
-    """``--resume`` (a training state: weights, optimisers, position, RNG streams), else ``--init-from``
-    (weights only), else the seeded fresh start. Returns (start step, resumed from, initialised from)."""
+            device: torch.device, objective: GroupDNetObjective | None = None) -> tuple[int, Path | None, str | None]:
+    """``--resume`` (a training state: weights, optimisers, position, RNG streams, the objective's own
+    state), else ``--init-from`` (weights only), else the seeded fresh start. Returns (start step,
+    resumed from, initialised from)."""
     rank, world, run_dir = dist.rank(), dist.world_size(), opts.run_dir
     resume, seed = opts.run.resume, opts.run.seed
     path, state = None, None
@@ -257,6 +258,8 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
             raise ValueError(f"{path} was trained with another model config (preset, size, classes "
                              "or widths differ); use the options it was started with")
         nets.load_state_dict(state)
+        if objective is not None:
+            objective.load_state_dict(state.get("objective", {}))
         start_step = int(state["step"])
         rngs = state.get("rng", [])
         if len(rngs) == world:
@@ -438,7 +441,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
         # -- 4. Networks, optimisers, grad scalers; then resume or initialise ---------------
         nets = Networks.build(config, s, r.amp, r.seed, device, memory_format, main, world)
         net, disc, ema = nets.net, nets.disc, nets.ema
-        start_step, resumed_from, initialised_from = restore(opts, nets, config, total_steps, device)
+        start_step, resumed_from, initialised_from = restore(opts, nets, config, total_steps, device, objective)
 
         # -- 5. Distributed wrappers, compile -------------------------------------------------
         g_train, e_train, d_train, d_plain = _wrapped(nets, device, r.compile)
@@ -561,7 +564,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                                "sec_per_step": round(secs / n, 5),
                                "img_per_s": round(n * s.batch_size / max(secs, 1e-9), 3),
                                "lr_G": s.lr_g * factor, "lr_D": s.lr_d * factor,
-                               **{k: round(v, 6) for k, v in avg.items()}}
+                               **{k: round(v, 6) for k, v in avg.items()}, **objective.class_log(config.class_names)}
                         if cuda:
                             rec["mem_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
                         folder.log_metrics(rec)
@@ -578,7 +581,8 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                         logger.error("non-finite weights at step %d: not saved. Last good checkpoint: %s", step, last)
                         break
                     t_save = time.monotonic()
-                    saved = save_checkpoint(opts, nets, step, steps_per_epoch, header, device, perceptual_desc)
+                    saved = save_checkpoint(opts, nets, step, steps_per_epoch,
+                                            {**header, "objective": objective.state_dict()}, device, perceptual_desc)
                     last, last_snap = saved or (last, last_snap)
                     t_ckpt = time.monotonic()
                     save_cost = t_ckpt - t_save

@@ -135,14 +135,52 @@ def latent_regression_loss(encoder: nn.Module, fake: torch.Tensor, onehot: torch
     return d[present].mean()
 
 
-def pick_present_classes(onehot: torch.Tensor, min_pixels: int = 16) -> torch.Tensor:
-    """One class per image, uniformly among those with at least ``min_pixels`` pixels (N,) (the
-    largest class where none has that many)."""
+def pick_present_classes(onehot: torch.Tensor, min_pixels: int = 16,
+                         class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """One class per image among those with at least ``min_pixels`` pixels (N,): uniformly, or in
+    proportion to ``class_weights`` (C,) (all > 0); the largest class where none has that many."""
     area = onehot.detach().float().flatten(2).sum(-1)  # (N, C)
     present = area >= min_pixels
     fallback = F.one_hot(area.argmax(1), area.shape[1]).bool()
     weights = torch.where(present.any(1, keepdim=True), present, fallback).float()
+    if class_weights is not None:
+        weights = weights * class_weights.to(weights.device, weights.dtype)
     return torch.multinomial(weights, 1).squeeze(1)
+
+
+class ClassDeficit:
+    """Each class's running shortfall of the mode-seeking target (the hinge's value when that class
+    was picked), an exponential average over its own picks.
+
+    It starts at the target (nothing known: full shortfall). :meth:`weights` turns it into picking
+    weights for ``--mode-seek-pick deficit``: shortfall / target + ``floor``, so classes that meet the
+    target are still picked now and then (their shortfall stays measured) and the others get the picks
+    that still move something. Kept per process (each rank's picks) and saved with the training state.
+    """
+
+    def __init__(self, num_classes: int, target: float, decay: float = 0.9, floor: float = 0.05):
+        self.target, self.decay, self.floor = float(target), float(decay), float(floor)
+        self.value = torch.full((num_classes,), self.target)
+        self.picks = torch.zeros(num_classes, dtype=torch.long)
+
+    def update(self, classes: torch.Tensor, hinge: torch.Tensor) -> None:
+        """Fold in one step's picks: ``classes`` (N,) and the hinge value of each (N,)."""
+        for c, h in zip(classes.tolist(), hinge.detach().float().cpu().tolist()):
+            self.value[c] = self.decay * self.value[c] + (1 - self.decay) * h
+            self.picks[c] += 1
+
+    def weights(self) -> torch.Tensor:
+        return self.value / max(self.target, 1e-8) + self.floor
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"value": self.value.clone(), "picks": self.picks.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        value, picks = state["value"], state["picks"]
+        if value.shape != self.value.shape:
+            raise ValueError(f"the saved mode-seeking shortfall has {value.numel()} classes, the model "
+                             f"{self.value.numel()}")
+        self.value, self.picks = value.float().cpu().clone(), picks.long().cpu().clone()
 
 
 def redraw_class_codes(z: torch.Tensor, classes: torch.Tensor, z_channels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,20 +197,22 @@ def redraw_class_codes(z: torch.Tensor, classes: torch.Tensor, z_channels: int) 
 
 
 def class_mode_seeking_loss(fake_a: torch.Tensor, fake_b: torch.Tensor, onehot: torch.Tensor,
-                            classes: torch.Tensor, dz: torch.Tensor, target: float, pool: int = 4) -> torch.Tensor:
+                            classes: torch.Tensor, dz: torch.Tensor, target: float, pool: int = 4,
+                            reduction: str = "mean") -> torch.Tensor:
     """Per-class mode seeking (MSGAN, Mao et al. 2019, restricted to one class's region).
 
     ``fake_a`` / ``fake_b`` differ only in class ``classes[i]``'s code, by ``dz[i]`` (mean |dz|). The
     change inside that class (L1 of ``pool``-times average-pooled colours, so noise does not count)
     per unit of ``dz`` is pushed up to ``target``: ``mean_i relu(target - change_i / dz_i)``. A hinge,
     not MSGAN's reciprocal, so a class whose code does nothing gets a bounded push and a class that
-    already varies that much gets none.
+    already varies that much gets none. ``reduction="none"``: the hinge of each image (N,).
     """
     n = fake_a.shape[0]
     d = F.avg_pool2d(fake_a.float() - fake_b.float(), pool).abs().mean(1)  # (N, h, w)
     m = F.avg_pool2d(onehot.detach().float(), pool)[torch.arange(n, device=onehot.device), classes]
     change = (m * d).sum((1, 2)) / m.sum((1, 2)).clamp_min(1e-6)
-    return F.relu(target - change / dz.clamp_min(1e-6)).mean()
+    hinge = F.relu(target - change / dz.clamp_min(1e-6))
+    return hinge if reduction == "none" else hinge.mean()
 
 
 class PerceptualLoss(nn.Module):
@@ -251,6 +291,7 @@ class GroupDNetObjective:
         self.perceptual = perceptual
         self.autocast = autocast
         self.diffaug = parse_policy(opts.diffaug)
+        self.deficit: ClassDeficit | None = None  # made on the first g_step (the class count comes with the data)
 
     def discriminate(self, d: nn.Module, label: torch.Tensor, fake: torch.Tensor, real: torch.Tensor):
         """D on the batch [fake; real] with its labels (DiffAugmented when ``--diffaug``), split in halves."""
@@ -273,7 +314,10 @@ class GroupDNetObjective:
             if b:
                 # One G pass over the batch and, for its first b images, the same masks with one class's
                 # code re-drawn (one pass: DDP-safe, one update of the batch-norm statistics).
-                classes = pick_present_classes(onehot[:b])
+                if self.deficit is None:
+                    self.deficit = ClassDeficit(onehot.shape[1], o.mode_seek_target)
+                classes = pick_present_classes(
+                    onehot[:b], class_weights=self.deficit.weights() if o.mode_seek_pick == "deficit" else None)
                 z_b, dz = redraw_class_codes(z[:b], classes, z.shape[1] // onehot.shape[1])
                 fake, fake_b = g(torch.cat([z, z_b]), torch.cat([label, label[:b]])).split([z.shape[0], b])
             else:
@@ -288,14 +332,35 @@ class GroupDNetObjective:
                      if o.lambda_rec > 0 else l_gan.new_zeros(()))
             l_lat = (latent_regression_loss(e, fake, onehot, z) * o.lambda_latent
                      if o.lambda_latent > 0 else l_gan.new_zeros(()))
-            l_ms = (class_mode_seeking_loss(fake[:b], fake_b, onehot[:b], classes, dz, o.mode_seek_target,
-                                            o.rec_pool) * o.lambda_mode_seek if b else l_gan.new_zeros(()))
+            if b:
+                hinge = class_mode_seeking_loss(fake[:b], fake_b, onehot[:b], classes, dz, o.mode_seek_target,
+                                                o.rec_pool, reduction="none")
+                self.deficit.update(classes, hinge)
+                l_ms = hinge.mean() * o.lambda_mode_seek
+            else:
+                l_ms = l_gan.new_zeros(())
             loss = l_gan + l_feat + l_vgg + l_kl + l_rec + l_lat + l_ms
         with torch.no_grad():
             l1 = (fake.detach().float() - real.float()).abs().mean()
         return loss, fake, {"G/gan": l_gan, "G/feat": l_feat, "G/vgg": l_vgg, "G/kl": l_kl, "G/rec": l_rec,
                             "G/latent": l_lat, "G/mode_seek": l_ms, "G/total": loss, "G/l1": l1,
                             "KL/nats_per_image": kl_nats, "G/noise": l1.new_tensor(noise)}
+
+    def state_dict(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What the objective carries between steps (the mode-seeking shortfall), for the training state."""
+        return {"mode_seek_deficit": self.deficit.state_dict()} if self.deficit is not None else {}
+
+    def load_state_dict(self, state: dict[str, dict[str, torch.Tensor]]) -> None:
+        saved = state.get("mode_seek_deficit")
+        if saved is not None:
+            self.deficit = ClassDeficit(saved["value"].numel(), self.opts.mode_seek_target)
+            self.deficit.load_state_dict(saved)
+
+    def class_log(self, class_names: Sequence[str]) -> dict[str, float]:
+        """The per-class shortfall for the metrics log (``mode_seek/deficit/<class>``); empty before any pick."""
+        if self.deficit is None:
+            return {}
+        return {f"mode_seek/deficit/{name}": round(float(v), 6) for name, v in zip(class_names, self.deficit.value)}
 
     @torch.no_grad()
     def d_fake(self, g: nn.Module, e: nn.Module, real: torch.Tensor, onehot: torch.Tensor, label: torch.Tensor,

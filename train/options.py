@@ -167,6 +167,10 @@ class ObjectiveOptions:
     mode_seek_target: float = field(default=0.1, metadata=NON_NEGATIVE)
     #: How many images of each batch get the second rendering (the extra cost of the term).
     mode_seek_images: int = field(default=4, metadata=POSITIVE)
+    #: Which present class an image re-draws: uniform (each present class alike), or deficit (in
+    #: proportion to that class's running shortfall of the target, so the picks go where the hinge
+    #: still pushes: a rare class whose code does nothing is not left to 2 % of the picks).
+    mode_seek_pick: Literal["uniform", "deficit"] = "uniform"
     #: Steps over which the sampling noise of z = mu + s * eps * sigma ramps from s = 0 to 1 (0: s = 1
     #: throughout, the paper). Early on the decoder sees the encoder's signal without noise, so it
     #: learns to use every class's code instead of learning to ignore noise (posterior collapse).

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--fp16", action="store_true", help="fp16 weights and arithmetic (float32 inputs/outputs)")
     o.add_argument("--no-encoder", action="store_true", help="skip encoder.onnx")
     o.add_argument("--no-split", action="store_true",
-                   help="skip generator-label.onnx / generator-render.onnx (the re-roll fast path)")
+                   help="skip generator-maps.onnx / generator-render.onnx (the re-roll fast path)")
     o.add_argument("--no-uint8", action="store_true", help="no image_uint8 output on the generator")
     o.add_argument("--opset", type=int, default=17)
     o.add_argument("--check", action="store_true", help="compare with PyTorch through ONNX Runtime")

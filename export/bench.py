@@ -245,7 +245,7 @@ class ModeFactory:
         if mode not in self._cache:
             folder = self._onnx_folder(fp16)
             split = {} if mode not in ("ort-reroll", "ort-newmask") else {
-                "label_path": folder / graph_file_name("generator_label", fp16),
+                "maps_path": folder / graph_file_name("generator_maps", fp16),
                 "render_path": folder / graph_file_name("generator_render", fp16)}
             backend = OnnxBackend(folder / graph_file_name("generator", fp16), None, None, device=device,
                                   fp16=fp16, threads=self.threads, trt_cache=self.workdir / "trt", **split)
@@ -259,7 +259,7 @@ class ModeFactory:
         backend = self._cache[mode]
         if mode == "ort-reroll":
             return self._backend_call(backend, inputs, reroll=True)
-        if mode == "ort-newmask":  # the split path on a mask it has not seen: label graph, then render
+        if mode == "ort-newmask":  # the cached-mask path on a mask it has not seen: the maps graph
             _, warm = self._backend_call(backend, inputs, reroll=True)
 
             def call():
@@ -328,8 +328,8 @@ MODES: dict[str, Mode] = {
     "ort-trt-fp16": _ort_mode("ort-trt-fp16", "ONNX Runtime TensorRT provider, fp16"),
     "torch-reroll": Mode("fp32", "TorchBackend with its label-branch cache warm: a re-roll on an unchanged mask",
                          lambda f, inputs: f._torch_backend("reroll", inputs, reroll=True)),
-    "ort-reroll": _ort_mode("ort-reroll", "OnnxBackend (generator-label + generator-render graphs), cache warm"),
-    "ort-newmask": _ort_mode("ort-newmask", "OnnxBackend on a new mask: generator-label, then generator-render"),
+    "ort-reroll": _ort_mode("ort-reroll", "OnnxBackend (generator-render graph on the cached maps), cache warm"),
+    "ort-newmask": _ort_mode("ort-newmask", "OnnxBackend on a new mask: generator-maps (image + its label branch)"),
     "torch-backend-bf16": Mode("bf16", "TorchBackend with bf16 weights (the pipeline's dtype='bfloat16'), new mask",
                                lambda f, inputs: f._torch_backend("backend-bf16", inputs, False, "bfloat16")),
     "torch-reroll-bf16": Mode("bf16", "TorchBackend with bf16 weights, label-branch cache warm: a re-roll",

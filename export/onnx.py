@@ -7,9 +7,10 @@ The exported graphs take what a deployer has, not what the networks take:
   (the one-hot, the instance edges and every label resize happen inside the graph);
 - ``encoder.onnx``: ``photo`` (N, 3, H, W) float32 in [-1, 1] and ``labels`` (N, 1, H, W) int64
   -> ``mu`` and ``logvar`` (N, 8C, H/64, W/64);
-- optionally the generator in two halves, ``generator-label.onnx`` (labels -> every CG-Norm's
-  scale and shift maps) and ``generator-render.onnx`` (z + those maps -> image), so a re-roll on
-  an unchanged mask skips the label branch (as ``smis.backends.TorchBackend`` caches it).
+- optionally a pair for one mask rendered many times: ``generator-maps.onnx`` (labels, z -> the
+  image and every CG-Norm's scale and shift maps, at the cost of ``generator.onnx``) and
+  ``generator-render.onnx`` (z + those maps -> image), so a re-roll on an unchanged mask skips the
+  label branch (as ``smis.backends.TorchBackend`` caches it) and a new mask costs no extra pass.
 
 Batch, height and width are dynamic; height and width must be multiples of 64. Before tracing,
 the model is copied and simplified for inference: spectral norm is baked into the weights, and the
@@ -223,16 +224,27 @@ class GeneratorGraph(_GeneratorPart):
         return self.outputs(self.generator(z.to(self.dtype), self.label_tensor(labels)))
 
 
-class LabelBranchGraph(_GeneratorPart):
-    """labels -> every CG-Norm's (scale, shift): the part of G that does not depend on the codes.
+def _flat(features: list[dict[str, tuple[torch.Tensor, torch.Tensor]]]) -> tuple[torch.Tensor, ...]:
+    """The label branch as the flat tuple the graphs pass around, in :func:`feature_names` order."""
+    return tuple(t for block in features for mod in block.values() for t in mod)
 
-    With :class:`RenderGraph` it splits ``generator.onnx`` in two, so a re-roll, mix or morph on an
-    unchanged mask runs only the render half (a quarter of the FLOPs for the demo preset).
+
+class MapsGraph(_GeneratorPart):
+    """(labels (L, 1, H, W), z (N, 8C, h, w)) -> the image(s) and every CG-Norm's (scale, shift).
+
+    The first rendering of a mask: the image as ``generator.onnx`` gives it, plus the part of G that
+    does not depend on the codes, for :class:`RenderGraph` to reuse on the next re-roll, mix or morph
+    of that mask. A label batch of 1 broadcasts over the N codes (L = N: one mask per code).
+    Returning the maps costs about nothing beside the image (one pass computes both); running a
+    label-only graph and then the render graph cost 1.3-2x the one graph on 2 CPU cores.
     """
 
-    def forward(self, labels: torch.Tensor):
-        features = self.generator.label_features(self.label_tensor(labels))
-        return tuple(t for block in features for mod in block.values() for t in mod)
+    def forward(self, labels: torch.Tensor, z: torch.Tensor):
+        label = self.label_tensor(labels)
+        features = self.generator.label_features(label)
+        image = self.generator(z.to(self.dtype), label, features)
+        out = self.outputs(image)
+        return (*(out if isinstance(out, tuple) else (out,)), *_flat(features))
 
 
 class RenderGraph(_GeneratorPart):
@@ -295,11 +307,12 @@ def _example_inputs(net: GroupDNet, kind: str, dtype: torch.dtype, batch: int = 
     z = torch.randn(batch, *config.latent_shape(h, w), generator=g)
     if kind == "encoder":
         return torch.rand(batch, 3, h, w, generator=g) * 2 - 1, labels
-    if kind == "generator_label":
-        return (labels,)
+    if kind == "generator_maps":  # one mask, a batch of codes (traces the broadcast)
+        return labels[:1], z
     if kind == "generator_render":  # batch-1 label maps broadcast over the batch of codes
         with torch.no_grad():
-            return (z, *LabelBranchGraph(net, dtype)(labels[:1]))
+            label = net.label_tensor(labels[:1], dtype=dtype)
+            return (z, *_flat(net.generator.label_features(label)))
     return labels, z
 
 
@@ -319,8 +332,9 @@ def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], lis
                  for n in names}
     if kind == "generator":
         return ["labels", "z"], image_out, {"labels": img, "z": grid, **{k: image_axes[k] for k in image_out}}
-    if kind == "generator_label":
-        return ["labels"], names, {"labels": {**img, 0: "label_batch"}, **feat_axes}
+    if kind == "generator_maps":
+        return (["labels", "z"], image_out + names,
+                {"labels": {**img, 0: "label_batch"}, "z": grid, **feat_axes, **{k: image_axes[k] for k in image_out}})
     if kind == "generator_render":
         return ["z", *names], image_out, {"z": grid, **feat_axes, **{k: image_axes[k] for k in image_out}}
     raise ValueError(f"kind must be one of {', '.join(GRAPH_KINDS)}, got {kind!r}")
@@ -367,8 +381,8 @@ def export_graph(model: GroupDNet, path: str | os.PathLike, kind: str = "generat
                  uint8: bool = True, opset: int = DEFAULT_OPSET, digest: str | None = None,
                  prepared: GroupDNet | None = None, metadata: dict[str, str] | None = None) -> Path:
     """Export one graph to ``path`` and check it. ``kind``: ``generator`` (labels, z -> image),
-    ``encoder`` (photo, labels -> mu, logvar), or the generator's two halves ``generator_label``
-    (labels -> CG-Norm maps) and ``generator_render`` (z, CG-Norm maps -> image).
+    ``encoder`` (photo, labels -> mu, logvar), or the cached-mask pair ``generator_maps`` (labels, z
+    -> image + every CG-Norm's maps) and ``generator_render`` (z, CG-Norm maps -> image).
 
     ``fp16``: weights and arithmetic in float16; labels, z, photo and the outputs stay int64 /
     float32 (the label-branch maps between the two halves are float16).
@@ -384,10 +398,9 @@ def export_graph(model: GroupDNet, path: str | os.PathLike, kind: str = "generat
     dtype = torch.float16 if fp16 else torch.float32
     if fp16:
         net = _half_copy(net)
-    graph = {"generator": GeneratorGraph, "generator_label": LabelBranchGraph,
-             "generator_render": RenderGraph}.get(kind)
+    graph = {"generator": GeneratorGraph, "generator_maps": MapsGraph, "generator_render": RenderGraph}.get(kind)
     graph = graph(net, dtype, uint8) if graph is not None else EncoderGraph(net, dtype)
-    uint8 = uint8 and kind in ("generator", "generator_render")
+    uint8 = uint8 and kind != "encoder"
     args = _example_inputs(net, kind, dtype)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
@@ -419,8 +432,8 @@ def export_model(model: GroupDNet, folder: str | os.PathLike, fp16: bool = False
                  split: bool = True, uint8: bool = True, opset: int = DEFAULT_OPSET,
                  write_config: bool = True, metadata: dict[str, str] | None = None) -> ExportResult:
     """Write ``generator.onnx`` and ``encoder.onnx`` (``*-fp16.onnx`` with ``fp16``) into ``folder``,
-    and with ``split`` the generator's halves ``generator-label.onnx`` + ``generator-render.onnx``
-    (the ONNX backend uses them to re-render an unchanged mask without its label branch).
+    and with ``split`` the pair ``generator-maps.onnx`` + ``generator-render.onnx`` (the ONNX backend
+    renders a new mask with the first and keeps its maps, and re-renders it with the second).
 
     With ``write_config`` a ``config.json`` goes next to them, so the folder alone is a model that
     ``SMISPipeline.from_pretrained(folder, backend="onnx")`` can load.
@@ -432,7 +445,7 @@ def export_model(model: GroupDNet, folder: str | os.PathLike, fp16: bool = False
     net = inference_copy(model)
     result = ExportResult(folder)
     kinds = ["generator"] + (["encoder"] if encoder else [])
-    kinds += ["generator_label", "generator_render"] if split else []
+    kinds += ["generator_maps", "generator_render"] if split else []
     for kind in kinds:
         path = folder / graph_file_name(kind, fp16)
         logger.info("exporting the %s%s to %s", kind, " (fp16)" if fp16 else "", path)
@@ -551,7 +564,7 @@ def torch_reference(model: GroupDNet, inputs: dict[str, np.ndarray], kind: str =
     model = model.eval()
     labels = torch.from_numpy(inputs["labels"])[:, 0]
     with torch.no_grad():
-        if kind == "generator":
+        if kind in ("generator", "generator_maps"):  # the maps graph's first output is the image
             return (model(torch.from_numpy(inputs["z"]), labels).numpy(),)
         mu, logvar = model.encode(torch.from_numpy(inputs["photo"]), labels)
         return mu.numpy(), logvar.numpy()

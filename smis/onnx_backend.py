@@ -188,7 +188,7 @@ def _graphs_in(folder: Path, fp16: bool) -> dict[str, Path]:
 def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike | None = None,
                   use_folder: bool = True, exporter: Exporter | None = None) -> dict[str, Path]:
     """The exported graphs of a model folder by kind (``generator``, ``encoder``, and the optional
-    halves ``generator_label`` / ``generator_render``), exporting them if the folder has none.
+    pair ``generator_maps`` / ``generator_render``), exporting them if the folder has none.
 
     Graphs in the folder itself win; else the cache (``cache_dir``, default :func:`cache_root` /
     onnx, then a folder named by the hash of the weights) is used, filled from the safetensors on
@@ -233,10 +233,11 @@ class OnnxBackend:
     """GroupDNet through ONNX Runtime; implements :class:`smis.backends.Backend`.
 
     Like the PyTorch backend, it keeps the label branch of the last mask (every CG-Norm's scale
-    and shift, which do not depend on the codes) when the split graphs ``generator-label.onnx`` /
-    ``generator-render.onnx`` are there: a re-roll, mix or morph on an unchanged mask then runs
-    only the render half. The maps stay in ONNX Runtime's memory (on the GPU with CUDA/TensorRT);
-    masks whose maps would exceed ``label_cache_mib`` take the one-graph path.
+    and shift, which do not depend on the codes) when the pair ``generator-maps.onnx`` /
+    ``generator-render.onnx`` is there: a new mask runs the first, which returns the image and those
+    maps in one pass, and a re-roll, mix or morph on an unchanged mask then runs only the render
+    graph. The maps stay in ONNX Runtime's memory (on the GPU with CUDA/TensorRT); masks whose maps
+    would exceed ``label_cache_mib`` take the one-graph path.
     """
 
     name = "onnxruntime"
@@ -244,7 +245,7 @@ class OnnxBackend:
     def __init__(self, generator_path: str | os.PathLike, encoder_path: str | os.PathLike | None = None,
                  config: SMISConfig | None = None, device: str | None = None, fp16: bool = False,
                  threads: int | None = None, trt_cache: str | os.PathLike | None = None,
-                 label_path: str | os.PathLike | None = None, render_path: str | os.PathLike | None = None,
+                 maps_path: str | os.PathLike | None = None, render_path: str | os.PathLike | None = None,
                  label_cache_mib: float = 1024.0):
         self.generator_path = Path(generator_path)
         self.encoder_path = Path(encoder_path) if encoder_path else None
@@ -268,12 +269,12 @@ class OnnxBackend:
         logger.info("ONNX backend: %s on %s (%s, %d threads)", self.generator_path.name, self.device,
                     "fp16" if fp16 else "fp32", self.session.get_session_options().intra_op_num_threads)
         self._encoder = None
-        # The split generator for re-rendering one mask (optional).
+        # The pair for re-rendering one mask (optional).
         self.label_cache_bytes = int(label_cache_mib * 2**20)
-        self._label = self._render = None
-        if label_path and render_path and Path(label_path).is_file() and Path(render_path).is_file():
-            self._label = make_session(label_path, self.providers, threads)
-            self._check_graph(self._label, Path(label_path), "generator_label", self.config)
+        self._maps = self._render = None
+        if maps_path and render_path and Path(maps_path).is_file() and Path(render_path).is_file():
+            self._maps = make_session(maps_path, self.providers, threads)
+            self._check_graph(self._maps, Path(maps_path), "generator_maps", self.config)
             self._render = make_session(render_path, self.providers, threads)
             self._check_graph(self._render, Path(render_path), "generator_render", self.config)
         self.label_cache: LabelBranchCache[list] = LabelBranchCache()
@@ -302,7 +303,7 @@ class OnnxBackend:
         for use_folder in (True, False):
             graphs = ensure_graphs(folder, fp16, cache_dir, use_folder, exporter)
             backend = cls(graphs["generator"], graphs.get("encoder"), config, device, fp16, threads, trt_cache,
-                          graphs.get("generator_label"), graphs.get("generator_render"), label_cache_mib)
+                          graphs.get("generator_maps"), graphs.get("generator_render"), label_cache_mib)
             source = backend.session.get_modelmeta().custom_metadata_map.get(SOURCE_KEY)
             if not (source and graphs["generator"].parent == folder and any(folder.glob("model*.safetensors"))
                     and source != weights_file_digest(folder)):
@@ -339,7 +340,12 @@ class OnnxBackend:
         if self._render is None or not self.label_cache.one_mask(lab) or \
                 label_branch_bytes(self.config, h, w, self.fp16) > self.label_cache_bytes:
             return self.session.run([output], {"labels": lab, "z": zz})[0]
-        maps = self.label_cache.get(lab[0], lambda: self._label_maps(lab[:1]))
+        maps = self.label_cache.lookup(lab[0])
+        if maps is None:  # a new mask: the image and its maps in one pass, the maps kept for the next call
+            self.label_cache.clear()  # free the old maps first
+            image, maps = self._render_new_mask(lab[:1], zz, output)
+            self.label_cache.put(lab[0], maps)
+            return image
         binding = self._render.io_binding()
         binding.bind_cpu_input("z", zz)
         for inp, value in zip(self._render.get_inputs()[1:], maps):
@@ -348,15 +354,20 @@ class OnnxBackend:
         self._render.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
-    def _label_maps(self, lab: np.ndarray) -> list:
-        """The label graph's outputs for one mask (1, 1, H, W), left where the provider runs."""
+    def _render_new_mask(self, lab: np.ndarray, z: np.ndarray, output: str) -> tuple[np.ndarray, list]:
+        """The maps graph on one mask (1, 1, H, W) and N codes: (the image output on the host, the
+        label-branch maps left where the provider runs)."""
         kind, index = self._maps_device
-        binding = self._label.io_binding()
+        binding = self._maps.io_binding()
         binding.bind_cpu_input("labels", np.ascontiguousarray(lab))
-        for out in self._label.get_outputs():
-            binding.bind_output(out.name, kind, index)
-        self._label.run_with_iobinding(binding)
-        return binding.get_outputs()
+        binding.bind_cpu_input("z", z)
+        binding.bind_output(output, "cpu")
+        names = [o.name for o in self._maps.get_outputs() if o.name not in ("image", "image_uint8")]
+        for name in names:
+            binding.bind_output(name, kind, index)
+        self._maps.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0].numpy(), outputs[1:]
 
     @staticmethod
     def _check_graph(session, path: Path, kind: str, config: SMISConfig | None) -> SMISConfig:

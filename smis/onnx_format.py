@@ -1,12 +1,13 @@
 """The ONNX file contract: what ``python -m export onnx`` writes and :mod:`smis.onnx_backend` reads.
 
-A model folder may hold ``generator.onnx`` / ``encoder.onnx`` and the generator's halves
-``generator-label.onnx`` / ``generator-render.onnx`` (``*-fp16.onnx`` for float16). Every file is
+A model folder may hold ``generator.onnx`` / ``encoder.onnx`` and the generator's cached-mask pair
+``generator-maps.onnx`` (labels, z -> the image *and* every CG-Norm's scale / shift map) /
+``generator-render.onnx`` (z, those maps -> the image) (``*-fp16.onnx`` for float16). Every file is
 self-describing: its ``metadata_props`` hold
 
 ==========================  ====================================================================
 ``smis.format``             ``smis-onnx/1``
-``smis.graph``              ``generator``, ``encoder``, ``generator_label`` or ``generator_render``
+``smis.graph``              ``generator``, ``encoder``, ``generator_maps`` or ``generator_render``
 ``smis.config``             ``SMISConfig.to_json()`` (rebuild with :func:`config_from_metadata`)
 ``smis.class_names``        JSON list of class names (class id = index)
 ``smis.palette``            JSON list of [r, g, b], one per class
@@ -33,12 +34,13 @@ from .config import SIZE_MULTIPLE, SMISConfig
 ONNX_FORMAT = "smis-onnx/1"
 GENERATOR_FILE = "generator.onnx"
 ENCODER_FILE = "encoder.onnx"
-#: The generator split in two: labels -> CG-Norm maps, and (z, maps) -> image (optional files).
-LABEL_FILE = "generator-label.onnx"
+#: The generator for one mask rendered many times (optional files): (labels, z) -> image + its label
+#: branch (every CG-Norm's maps; as cheap as the generator alone), then (z, maps) -> image per re-roll.
+MAPS_FILE = "generator-maps.onnx"
 RENDER_FILE = "generator-render.onnx"
 FP16_SUFFIX = "-fp16"
-GRAPH_KINDS = ("generator", "encoder", "generator_label", "generator_render")
-_FILES = dict(zip(GRAPH_KINDS, (GENERATOR_FILE, ENCODER_FILE, LABEL_FILE, RENDER_FILE)))
+GRAPH_KINDS = ("generator", "encoder", "generator_maps", "generator_render")
+_FILES = dict(zip(GRAPH_KINDS, (GENERATOR_FILE, ENCODER_FILE, MAPS_FILE, RENDER_FILE)))
 
 #: Metadata keys (see the table above).
 FORMAT_KEY = "smis.format"
@@ -49,7 +51,7 @@ SOURCE_KEY = "smis.source_sha256"
 
 
 def graph_file_name(kind: str, fp16: bool = False) -> str:
-    """``generator.onnx``, ``encoder-fp16.onnx``, ``generator-label.onnx``, ``generator-render.onnx``..."""
+    """``generator.onnx``, ``encoder-fp16.onnx``, ``generator-maps.onnx``, ``generator-render.onnx``..."""
     base = _FILES[kind]
     return base.replace(".onnx", f"{FP16_SUFFIX}.onnx") if fp16 else base
 

@@ -97,21 +97,25 @@ def test_export_passes_checker_and_matches_pytorch(exported):
     # The comparison means something: the reference image is far from flat or saturated.
     image = torch_reference(model, random_inputs(model.config, 2))[0]
     assert image.std() > 0.2 and (np.abs(image) < 0.99).mean() > 0.5
-    # The generator's two halves: label branch of one mask, rendered with two codes.
+    # The cached-mask pair: one mask and two codes give the image and the mask's label branch,
+    # which the render graph turns into the same image for those codes (and other codes).
     inputs = random_inputs(model.config, 2, seed=3)
     inputs["labels"][1] = inputs["labels"][0]
-    label = make_session(result.files["generator_label"], threads=1)
+    first = make_session(result.files["generator_maps"], threads=1)
     render = make_session(result.files["generator_render"], threads=1)
-    maps = label.run(None, {"labels": inputs["labels"][:1]})
+    image, _, *maps = first.run(None, {"labels": inputs["labels"][:1], "z": inputs["z"]})
     names = [i.name for i in render.get_inputs()][1:]
-    assert names == feature_names(model.config) == [o.name for o in label.get_outputs()]
+    assert names == feature_names(model.config) == [o.name for o in first.get_outputs()][2:]
+    reference = torch_reference(model, inputs)[0]
+    assert np.abs(image - reference).max() <= FP32_BOUND
     got = render.run(["image"], {"z": inputs["z"], **dict(zip(names, maps))})[0]
-    assert np.abs(got - torch_reference(model, inputs)[0]).max() <= FP32_BOUND
+    assert np.abs(got - reference).max() <= FP32_BOUND
+    assert parity(model, result.files["generator_maps"], batch=2, threads=1) <= FP32_BOUND  # a mask per code
 
 
 def test_graph_has_no_batchnorm_and_no_spectral_norm(exported):
     model, result = exported
-    gen_ops = set().union(*(op_types(result.files[k]) for k in ("generator", "generator_label", "generator_render")))
+    gen_ops = set().union(*(op_types(result.files[k]) for k in ("generator", "generator_maps", "generator_render")))
     enc_ops = op_types(result.files["encoder"])
     assert not gen_ops & (UNFOLDED_OPS | {"Div", "Sub", "InstanceNormalization"}), gen_ops
     assert not enc_ops & UNFOLDED_OPS, enc_ops
@@ -263,6 +267,23 @@ def test_backend_swap_gives_the_same_images(demo_dir, tmp_path):
     assert (folder / "generator.onnx").stat().st_mtime_ns == mtime
 
 
+def _count_runs(backend: OnnxBackend) -> dict[str, int]:
+    """Count the backend's session runs by graph (wrapping each session's run methods)."""
+    calls = {"generator": 0, "generator_maps": 0, "generator_render": 0}
+    for kind, session in (("generator", backend.session), ("generator_maps", backend._maps),
+                          ("generator_render", backend._render)):
+        for method in ("run", "run_with_iobinding"):
+            setattr(session, method, _counting(getattr(session, method), calls, kind))
+    return calls
+
+
+def _counting(run, calls: dict[str, int], kind: str):
+    def counted(*args, **kwargs):
+        calls[kind] += 1
+        return run(*args, **kwargs)
+    return counted
+
+
 def test_split_generator_serves_rerolls_from_the_cached_label_branch(demo_model, demo_onnx_dir):
     backend = OnnxBackend.from_pretrained(demo_onnx_dir, device="cpu", threads=1)
     assert backend._render is not None
@@ -270,11 +291,16 @@ def test_split_generator_serves_rerolls_from_the_cached_label_branch(demo_model,
     inputs = random_inputs(cfg, 3, seed=5)
     labels = np.repeat(inputs["labels"][:1, 0], 3, axis=0)  # one mask, three codes
     full = backend.session.run(["image"], {"labels": labels[:, None], "z": inputs["z"]})[0]
-    split = backend.generate(labels, inputs["z"])
+    calls = _count_runs(backend)
+    split = backend.generate(labels, inputs["z"])  # a new mask: the maps graph, once
     key = backend.label_cache.key
     assert key is not None and np.abs(split - full).max() <= 1e-5
+    assert calls == {"generator": 0, "generator_maps": 1, "generator_render": 0}
     again = backend.generate(labels[:1], inputs["z"][1:2])  # served from the cache
     assert backend.label_cache.key == key and np.abs(again[0] - full[1]).max() <= 1e-5
+    assert calls == {"generator": 0, "generator_maps": 1, "generator_render": 1}
+    uint8 = backend.generate_uint8(labels[:1], inputs["z"][1:2])
+    assert uint8.dtype == np.uint8 and uint8.shape == (1, cfg.height, cfg.width, 3)
     ref = torch_reference(demo_model, {"labels": labels[:, None], "z": inputs["z"]})[0]
     assert np.abs(split - ref).max() <= FP32_BOUND
     # Another mask replaces the cache; a batch of different masks takes the one-graph path.

@@ -374,6 +374,10 @@ def test_cli_resolves_and_round_trips(tmp_path):
     cfg = opts.model.config()
     assert cfg.generator.channels[-1] == 20 and cfg.encoder.channels[0] == 20
     assert TrainOptions.from_dict({"data": ".", "vgg": "double-fm"}).objective.feat_weight == 20.0
+    more = parse_args(["--data", str(tmp_path), "--preset", "ccp-cpu", "--outdir", str(tmp_path / "more"),
+                       "--decoder-groups", *"10 10 10 10 5 5 1".split()])
+    assert more.model.config().generator.groups == (10, 10, 10, 10, 5, 5, 1)
+    assert TrainOptions.from_dict(json.loads(more.to_json())).model.config() == more.model.config()
 
 
 @pytest.mark.parametrize("args, message", [
@@ -388,6 +392,8 @@ def test_cli_resolves_and_round_trips(tmp_path):
     (["--resume", "/no/such/state.pt"], "no such checkpoint"),
     (["--vgg", "alexnet"], "invalid choice"),
     (["--diffaug", "color,flip"], "unknown DiffAugment policy ['flip']"),
+    (["--decoder-groups", *"10 10 10 10 3 3 1".split()], "not divisible by 3 groups"),
+    (["--decoder-groups", "10", "10"], "expected 7 arguments"),
 ])
 def test_cli_refuses_bad_arguments_early(tmp_path, capsys, args, message):
     argv = ["--data", str(tmp_path), *args] if "--data" not in args else args

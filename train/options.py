@@ -74,6 +74,12 @@ class ModelOptions:
     d_layers: int | None = field(default=None, metadata=POSITIVE)
     #: Discriminator scales (2).
     d_scales: int | None = field(default=None, metadata=POSITIVE)
+    #: The decoder's group counts, one per CG-Block (7 numbers, e.g. 10 10 10 10 5 5 1; the preset's if
+    #: omitted). More groups keep each class's code in its own channels for longer (the paper's
+    #: Table 3: lower mOCD); each count must divide that block's channels and, for the ``fixed``
+    #: CG-Norm layout, the class count and ``norm_hidden``.
+    decoder_groups: tuple[int, int, int, int, int, int, int] | None = field(
+        default=None, metadata={"metavar": "G"})
 
     def config(self, class_names: tuple[str, ...] | None = None,
                palette: tuple[tuple[int, int, int], ...] | None = None) -> SMISConfig:
@@ -84,6 +90,11 @@ class ModelOptions:
         if self.width is not None:
             kw["width"] = self.width
         cfg = get_config(self.preset, tiny=self.tiny, **kw)
+        if self.decoder_groups is not None:
+            try:
+                cfg = cfg.replace(generator=dataclasses.replace(cfg.generator, groups=tuple(self.decoder_groups)))
+            except ValueError as err:
+                raise ValueError(f"--decoder-groups {' '.join(map(str, self.decoder_groups))}: {err}") from err
         d = cfg.discriminator
         cfg = cfg.replace(discriminator=DiscriminatorConfig(
             ndf=self.d_ndf or d.ndf, num_layers=self.d_layers or d.num_layers,

@@ -115,7 +115,16 @@ def provider_candidates(device: str | None = None, fp16: bool = False,
 
 
 def session_options(threads: int | None = None, quiet: bool = False):
-    """Graph optimisation level "all", intra-op threads = cores (or ``threads``), one inter-op."""
+    """Graph optimisation level "all", intra-op threads = cores (or ``threads``), one inter-op, and
+    no spin-waiting between runs.
+
+    ONNX Runtime's worker threads spin for a while after each run by default. The app alternates
+    sessions (parser -> encoder -> generator for a photo; maps -> render graphs for a mask), and the
+    previous session's spinning threads then take the cores from the next one: on 2 cores, one
+    generator run after another session's took 1.6-1.8x as long as the same run alone
+    (`python -m export.bench --modes ort-fp32,ort-newmask,ort-reroll`). Without spinning the
+    alternating runs cost what they cost alone, and a session run repeatedly loses nothing measurable.
+    """
     ort = _ort()
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -124,6 +133,7 @@ def session_options(threads: int | None = None, quiet: bool = False):
         threads = int(os.environ["OMP_NUM_THREADS"])
     so.intra_op_num_threads = int(threads) if threads else cpu_cores()
     so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if quiet:
         # A GPU provider whose libraries are missing logs an [E] line and falls back to CPU; we
         # read back and log what the session got instead.

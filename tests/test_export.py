@@ -324,6 +324,7 @@ def test_backend_uses_graphs_in_the_model_folder(demo_onnx_dir, tmp_path):
     (bare / "config.json").unlink()
     assert OnnxBackend.from_pretrained(bare, threads=1).config == backend.config
     assert backend.session.get_session_options().intra_op_num_threads == 1
+    assert backend.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
     with pytest.raises(ValueError, match="float32 or float16"):
         OnnxBackend.from_pretrained(demo_onnx_dir, dtype="bfloat16")
     with pytest.raises(ValueError, match="z must be"):

@@ -171,10 +171,9 @@ class OnnxParserNet:
                 "or use backend='torch'")
         import onnxruntime as ort
 
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = int(threads)
-            opts.inter_op_num_threads = 1
+        from ..onnx_backend import session_options
+
+        opts = session_options(threads)  # the generator's: no spin-waiting that would slow the next session
         providers = ["CPUExecutionProvider"]
         if str(device).startswith("cuda"):
             providers.insert(0, "CUDAExecutionProvider")

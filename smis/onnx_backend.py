@@ -29,6 +29,7 @@ from .backends import LabelBranchCache, parse_dtype
 from .config import SIZE_MULTIPLE, SMISConfig
 from .layers import cgnorm_channels
 from .onnx_format import (
+    FP16_SUFFIX,
     GENERATOR_FILE,
     GRAPH_KEY,
     GRAPH_KINDS,
@@ -120,10 +121,10 @@ def session_options(threads: int | None = None, quiet: bool = False):
 
     ONNX Runtime's worker threads spin for a while after each run by default. The app alternates
     sessions (parser -> encoder -> generator for a photo; maps -> render graphs for a mask), and the
-    previous session's spinning threads then take the cores from the next one: on 2 cores, one
-    generator run after another session's took 1.6-1.8x as long as the same run alone
-    (`python -m export.bench --modes ort-fp32,ort-newmask,ort-reroll`). Without spinning the
-    alternating runs cost what they cost alone, and a session run repeatedly loses nothing measurable.
+    previous session's spinning threads then take the cores from the next one. On 2 cores, in the
+    round-robin ``python -m export.bench --preset ccp-cpu`` (README), spinning made a new mask through
+    ONNX Runtime 79 instead of 50 ms and PyTorch eager 124 instead of 87 ms; a session run on its own,
+    repeatedly, loses nothing measurable without it.
     """
     ort = _ort()
     so = ort.SessionOptions()
@@ -206,6 +207,10 @@ def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike
     """
     found = _graphs_in(folder, fp16) if use_folder else {}
     if "generator" in found:
+        old_label_graph = folder / f"generator-label{FP16_SUFFIX if fp16 else ''}.onnx"
+        if "generator_maps" not in found and old_label_graph.is_file():
+            logger.warning("%s holds graphs exported before generator-maps.onnx: re-rolls run the whole "
+                           "generator; `python -m export onnx --model %s` re-exports them", folder, folder)
         return found
     digest = weights_file_digest(folder)
     target = (Path(cache_dir) if cache_dir else cache_root() / "onnx") / digest[:24]

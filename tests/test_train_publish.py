@@ -183,3 +183,13 @@ def test_evaluations_with_more_images_per_mask_are_their_own_curve(tmp_path, mon
     history.plot_history(history.History(evals=rows), tmp_path / "curves.png")
     frechet = [label for label in labels if label and label.startswith("Frechet")]
     assert len(frechet) == 2 and "1 image per mask" in frechet[0] and "5 images per mask" in frechet[1]
+
+
+def test_an_older_snapshot_gets_the_losses_and_samples_of_its_own_step(tmp_path):
+    out = tmp_path / "run4"
+    train(tiny_options(outdir=str(out), steps=4, sample_every=2, sample_count=2), dataset=BlobDataset(4))
+    pub = publish.build_folder(out, tmp_path / "pub", snapshot=out / "snapshots" / "model-00000002")
+    card = (pub / "README.md").read_text()
+    assert "| steps (this snapshot) | 2 |" in card
+    assert "Losses averaged over the last logged interval (step 2):" in card  # not step 4's
+    assert (pub / "samples.png").read_bytes() == (out / "samples" / "samples-00000002.png").read_bytes()

@@ -137,6 +137,12 @@ class RunInfo:
     history_runs: tuple[dict[str, Any], ...] = ()
 
 
+def _step_of(path: Path) -> int:
+    """The step in a ``name-<step>.ext`` file name (0 if none)."""
+    tail = path.stem.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
 def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = None,
              metrics: str | os.PathLike | None = None) -> RunInfo:
     """Everything the model card needs from a run folder (newest EMA snapshot unless given)."""
@@ -155,15 +161,23 @@ def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = No
     d = json.loads(opts_file.read_text()) if opts_file.is_file() else {}
     status_file = run / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
+    try:
+        step = int(snap.name.rsplit("-", 1)[-1])
+    except ValueError:
+        step = int(status.get("step", 0))
+    # The losses and the sample grid of the snapshot's time, not of a chunk trained after it.
     last: dict[str, Any] = {}
     mfile = run / "metrics.jsonl"
     if mfile.is_file():
         for line in mfile.read_text().splitlines():
             try:
-                last = json.loads(line)
+                rec = json.loads(line)
             except json.JSONDecodeError:  # a line cut by a kill
                 continue
+            if not step or int(rec.get("step", 0)) <= step:
+                last = rec
     grids = sorted((run / "samples").glob("samples-*.png")) if (run / "samples").is_dir() else []
+    grids = [g for g in grids if not step or _step_of(g) <= step] or grids
     mpath = Path(metrics) if metrics else next(
         (p for p in (run / "evals" / snap.name / "metrics.json", run / "metrics.json", run / "eval" / "metrics.json",
                      snap / "metrics.json") if p.is_file()), None)
@@ -172,10 +186,6 @@ def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = No
     mdata = json.loads(mpath.read_text()) if mpath else None
     md_file = mpath.with_suffix(".md") if mpath else None
     md = md_file.read_text() if md_file is not None and md_file.is_file() else None
-    try:
-        step = int(snap.name.rsplit("-", 1)[-1])
-    except ValueError:
-        step = int(status.get("step", 0))
     return RunInfo(run, snap, step, d.get("options", {}), d.get("resolved", {}), status, last,
                    grids[-1] if grids else None, mdata, mpath, md)
 

@@ -85,29 +85,13 @@ class LabelBranchCache(Generic[T]):
 
     def get(self, mask: np.ndarray, compute: Callable[[], T]) -> T:
         """The maps of ``mask`` (one label map): cached, or ``compute()`` replacing the old ones."""
-        key = self._key(mask)
+        key = (mask.shape, hashlib.blake2b(np.ascontiguousarray(mask).tobytes(), digest_size=16).digest())
         with self._lock:
             if key != self.key:
                 self._value = None  # free the old maps before computing the new ones
                 self._value = compute()
                 self.key = key
             return self._value
-
-    def lookup(self, mask: np.ndarray) -> T | None:
-        """The cached maps of ``mask``, or ``None`` (then compute them and :meth:`put` them)."""
-        key = self._key(mask)
-        with self._lock:
-            return self._value if key == self.key else None
-
-    def put(self, mask: np.ndarray, value: T) -> None:
-        """Cache ``value`` as the maps of ``mask``, replacing the old ones."""
-        key = self._key(mask)
-        with self._lock:
-            self.key, self._value = key, value
-
-    @staticmethod
-    def _key(mask: np.ndarray) -> tuple:
-        return mask.shape, hashlib.blake2b(np.ascontiguousarray(mask).tobytes(), digest_size=16).digest()
 
     def clear(self) -> None:
         """Forget the cached maps (the next mask, even the same one, runs the label branch)."""

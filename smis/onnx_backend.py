@@ -355,12 +355,16 @@ class OnnxBackend:
         if self._render is None or not self.label_cache.one_mask(lab) or \
                 label_branch_bytes(self.config, h, w, self.fp16) > self.label_cache_bytes:
             return self.session.run([output], {"labels": lab, "z": zz})[0]
-        maps = self.label_cache.lookup(lab[0])
-        if maps is None:  # a new mask: the image and its maps in one pass, the maps kept for the next call
-            self.label_cache.clear()  # free the old maps first
+        first: list[np.ndarray] = []
+
+        def render_new_mask() -> list:  # a new mask: the image and its maps in one pass, the maps kept
             image, maps = self._render_new_mask(lab[:1], zz, output)
-            self.label_cache.put(lab[0], maps)
-            return image
+            first.append(image)
+            return maps
+
+        maps = self.label_cache.get(lab[0], render_new_mask)
+        if first:
+            return first[0]
         binding = self._render.io_binding()
         binding.bind_cpu_input("z", zz)
         for inp, value in zip(self._render.get_inputs()[1:], maps):

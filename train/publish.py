@@ -161,10 +161,7 @@ def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = No
     d = json.loads(opts_file.read_text()) if opts_file.is_file() else {}
     status_file = run / "status.json"
     status = json.loads(status_file.read_text()) if status_file.is_file() else {}
-    try:
-        step = int(snap.name.rsplit("-", 1)[-1])
-    except ValueError:
-        step = int(status.get("step", 0))
+    step = _step_of(snap) or int(status.get("step", 0))
     # The losses and the sample grid of the snapshot's time, not of a chunk trained after it.
     last: dict[str, Any] = {}
     mfile = run / "metrics.jsonl"

@@ -21,7 +21,7 @@ import functools
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from smis import ClassCodes, SMISPipeline, SMISResult
+from smis.hub import WEAK_CODE_RATIO
 from smis.labels import letterbox_labels, load_photo
 from smis.parsing import NotAPersonError
 
@@ -126,9 +127,12 @@ class DemoHandlers:
 
     def __init__(self, pipeline: SMISPipeline, references: Iterable[Reference] = (),
                  workdir: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
-                 parser: Any = None, parser_note: str | None = None):
+                 parser: Any = None, parser_note: str | None = None,
+                 class_control: Mapping[str, float] | None = None):
         """``parser``: a :class:`smis.parsing.HumanParser` for "Start from a photo" and photos without
-        a mask (``None``: the UI says masks cannot be predicted, ``parser_note`` why)."""
+        a mask (``None``: the UI says masks cannot be predicted, ``parser_note`` why);
+        ``class_control``: per class, how much its re-roll changes its own region against the rest, as
+        measured on val (:func:`smis.hub.measured_class_control`); a re-roll of a weak class says so."""
         self.pipe = pipeline
         self.config = pipeline.config
         self.class_names: tuple[str, ...] = tuple(self.config.class_names)
@@ -142,6 +146,16 @@ class DemoHandlers:
         self.canvas = LabelCanvas(pipeline)
         self.files = ResultFiles(pipeline, workdir, max_upload_bytes)
         self.references = ReferenceLibrary(pipeline, references)
+        self.class_control = {n: float(r) for n, r in (class_control or {}).items() if n in self.class_names}
+
+    def weak_code_note(self, name: str) -> str:
+        """A note when ``name``'s code was measured to change its region little ("" otherwise)."""
+        ratio = self.class_control.get(name)
+        if ratio is None or ratio >= WEAK_CODE_RATIO:
+            return ""
+        return (f"This model's {name} code does little: on val, re-rolling it changed the {name} "
+                f"{ratio:.1f}× as much as the rest of the image (most classes: several times more), "
+                "so expect a near-identical result. See the model card.")
 
     # -- what the UI shows -----------------------------------------------------------------
     def backend_label(self) -> str:
@@ -179,7 +193,7 @@ class DemoHandlers:
 
     def _outputs(self, result: SMISResult, strip: Any, caption: str, op: str, seconds: float | None,
                  chosen: str | None = None, locked: Sequence[str] | None = None,
-                 path: str | None = None) -> tuple:
+                 path: str | None = None, note: str = "") -> tuple:
         """(image, file, strip, re-roll class, locked classes, status) for a new current result.
 
         A new result is saved and joins the strip; ``path`` (a variant of the strip) does neither.
@@ -196,7 +210,7 @@ class DemoHandlers:
             chosen = others[0] if others else present[0]
         kept = [n for n in (locked or []) if n in present]
         return (self.files.display(path), path, strip_out, gr.update(choices=present, value=chosen),
-                gr.update(choices=present, value=kept), self.status(op, seconds))
+                gr.update(choices=present, value=kept), self.status(op, seconds, note))
 
     # -- the canvas: upload, fill, clear, undo ----------------------------------------------
     def _edit(self, before: np.ndarray | None, history: list | None, labels: np.ndarray) -> tuple:
@@ -299,7 +313,10 @@ class DemoHandlers:
         t0 = time.perf_counter()
         new = self.pipe.reroll(result.labels, result.codes, [name], seed=seed)
         dt = time.perf_counter() - t0
-        return self._outputs(new, strip, f"re-roll {name} · seed {seed}", "re-roll", dt, name, locked)
+        note = self.weak_code_note(name)
+        if note:
+            gr.Info(note)
+        return self._outputs(new, strip, f"re-roll {name} · seed {seed}", "re-roll", dt, name, locked, note=note)
 
     @event(model=True)
     def reroll_unlocked(self, result_file: Any, locked: Sequence[str] | None, strip: Any,

@@ -15,13 +15,14 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from smis import SMISPipeline
+from smis.hub import WEAK_CODE_RATIO
 
 from .canvas import Canvas
 from .handlers import MAX_SEED, MORPH_MAX_FRAMES, MORPH_MIN_FRAMES, DemoHandlers
@@ -120,7 +121,8 @@ def banner_html(text: str) -> str:
 def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None = None,
                banner: str | None = None, cache_examples: bool = True,
                workdir: str | Path | None = None, max_upload_bytes: int | None = None,
-               parser: Any = None, parser_note: str | None = None) -> gr.Blocks:
+               parser: Any = None, parser_note: str | None = None,
+               class_control: Mapping[str, float] | None = None) -> gr.Blocks:
     """The whole demo on one loaded pipeline.
 
     ``references``: reference photos + masks (default: the shipped examples, if any);
@@ -128,11 +130,14 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
     ``cache_examples``: pre-compute the example outputs at launch (into a fresh temp folder unless
     ``$GRADIO_EXAMPLES_CACHE`` is set, so a cache never outlives the model it was made with);
     ``parser``: a loaded :class:`smis.parsing.HumanParser` for "Start from a photo" (``None``: the
-    section says masks cannot be predicted, and ``parser_note`` why).
+    section says masks cannot be predicted, and ``parser_note`` why); ``class_control``: the model's
+    measured per-class re-roll strength (:func:`smis.hub.measured_class_control`), for the About
+    tab and a note on re-rolls of a weak class.
     """
     refs = load_references(class_names=pipeline.config.class_names) if references is None else list(references)
     kw = {} if max_upload_bytes is None else {"max_upload_bytes": max_upload_bytes}
-    h = DemoHandlers(pipeline, refs, workdir, parser=parser, parser_note=parser_note, **kw)
+    h = DemoHandlers(pipeline, refs, workdir, parser=parser, parser_note=parser_note,
+                     class_control=class_control, **kw)
     cfg = pipeline.config
     names = list(cfg.class_names)
     default_brush = names.index("upper clothes") if "upper clothes" in names else min(1, len(names) - 1)
@@ -378,7 +383,24 @@ class *c* only controls the pixels of class *c*.
 
 What this demo runs: the `{cfg.name}` model — {cfg.num_classes} classes ({", ".join(cfg.class_names)}),
 {cfg.height}×{cfg.width} pixels, {codes} — with {h.backend_label()}.{shown}
+{control_markdown(h.class_control)}
 
 Every result PNG carries its mask and its codes in the PNG metadata: download it, and re-open it later
 (under *Generate*) to keep editing. Metadata is lost if the PNG is re-encoded (e.g. by some chat apps).
 """
+
+
+def control_markdown(control: Mapping[str, float]) -> str:
+    """How well each class's code works, as measured on val ("" when the model folder has no figures)."""
+    if not control:
+        return ""
+    ranked = sorted(control.items(), key=lambda kv: -kv[1])
+    strong = [f"{n} {r:.1f}×" for n, r in ranked if r >= WEAK_CODE_RATIO]
+    weak = [f"{n} {r:.1f}×" for n, r in ranked if r < WEAK_CODE_RATIO]
+    text = ("\nMeasured on the validation masks (`python -m train.evaluate`, in the model card): re-rolling one "
+            "class changes its own region this many times more than the rest of the image — "
+            + (", ".join(strong) or "none") + ".")
+    if weak:
+        text += (f" Weak (a re-roll barely changes anything): {', '.join(weak)}.")
+    return text + "\n"
+

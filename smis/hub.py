@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 INDEX_NAME = "model.safetensors.index.json"
+#: What ``python -m train.evaluate`` writes into a model folder it evaluated (kept by ``train.publish``).
+METRICS_NAME = "metrics.json"
+#: A class whose re-roll changes its own region less than this many times the rest of the image is
+#: called weak (the project's per-class bar for mCSD / mOCD).
+WEAK_CODE_RATIO = 2.0
 
 #: The bundled default model (trained on CCP), shipped inside the package.
 BUNDLED_MODEL_DIR = Path(__file__).parent / "assets" / "ccp-demo"
@@ -75,6 +80,34 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None, revision: str | No
     except HfHubHTTPError as err:
         raise CheckpointError(f"the Hub refused {target!r}: {err}") from err
     return Path(local)
+
+
+def class_control(metrics: dict) -> dict[str, float]:
+    """Per class, L_c / L_≠c: how much re-rolling its code changes its own region against the rest
+    (the per-class mCSD / mOCD of ``train.evaluate``'s ``metrics.json``). Classes without pairs are left out."""
+    per_class = (metrics.get("smis") or {}).get("per_class") or {}
+    return {name: c["csd"] / c["ocd"] for name, c in per_class.items()
+            if c.get("ocd") and c.get("csd") is not None}
+
+
+def measured_class_control(folder: str | os.PathLike, class_names: tuple[str, ...]) -> dict[str, float]:
+    """:func:`class_control` from a model folder's ``metrics.json``; ``{}`` when it has none, or when
+    it was measured on other classes (a warning says so: the figures belong to another model)."""
+    path = Path(folder) / METRICS_NAME
+    if not path.is_file():
+        return {}
+    try:
+        metrics = json.loads(path.read_text())
+        measured = tuple((metrics.get("model") or {}).get("classes") or ())
+        ratios = class_control(metrics)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as err:
+        logger.warning("%s is not a train.evaluate metrics file (%s); per-class figures not shown", path, err)
+        return {}
+    if measured and measured != tuple(class_names):
+        logger.warning("%s was measured on other classes (%s); per-class figures not shown", path,
+                       ", ".join(measured))
+        return {}
+    return ratios
 
 
 def save_state(folder: str | os.PathLike, config: SMISConfig, state: dict[str, torch.Tensor],

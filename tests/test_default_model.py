@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from smis import GroupDNet, SMISPipeline
-from smis.hub import BUNDLED_MODEL_DIR, load_state
+from smis.hub import BUNDLED_MODEL_DIR, WEAK_CODE_RATIO, load_state
 
 EXAMPLES = BUNDLED_MODEL_DIR.parent / "examples" / "ccp"
 #: Classes whose codes work in the shipped model, re-rolled on every example that contains them
@@ -75,6 +75,16 @@ def test_rerolling_one_class_changes_its_region_and_little_else(pipe):
         assert inside >= MIN_INSIDE_CHANGE, f"re-rolling {name!r} changes it by only {inside:.4f}"
         assert inside >= MIN_LOCALITY_RATIO * outside, (
             f"re-rolling {name!r}: inside {inside:.4f} is not {MIN_LOCALITY_RATIO}x outside {outside:.4f}")
+
+
+def test_the_shipped_card_and_the_demo_agree_on_which_codes_work(pipe):
+    """The demo reads the per-class figures of the shipped metrics.json (About tab, note on a weak
+    re-roll): every class tested above as working must be measured as working there too."""
+    import app
+
+    control = app.model_class_control(str(BUNDLED_MODEL_DIR), pipe)
+    assert set(control) == set(pipe.class_names)
+    assert {n for n in WORKING if control[n] < WEAK_CODE_RATIO} == set()
 
 
 def test_encoding_a_photo_reconstructs_it_better_than_random_codes(pipe):

@@ -219,6 +219,22 @@ def test_reroll_refuses_locked_absent_and_missing(h, first):
         h.reroll(None, "skin", [], strip)
 
 
+def test_reroll_of_a_weak_class_says_so(pipe, examples_dir, tmp_path, first):
+    """A class measured to do little gets a note on re-roll (and in About); the others do not."""
+    from demo.ui import about_markdown
+
+    weak = DemoHandlers(pipe, load_references(examples_dir), tmp_path,
+                        class_control={"skin": 0.4, "upper clothes": 9.5, "wings": 0.1})
+    assert "wings" not in weak.class_control  # not this model's class: ignored
+    path, strip = first[3], first[4]
+    note = weak.reroll(path, "skin", [], strip)[5]
+    assert "skin code does little" in note and "0.4×" in note
+    assert "does little" not in weak.reroll(path, "upper clothes", [], strip)[5]
+    about = about_markdown(weak)
+    assert "upper clothes 9.5×" in about and "Weak (a re-roll barely changes anything): skin 0.4×" in about
+    assert "Measured on the validation masks" not in about_markdown(DemoHandlers(pipe, [], tmp_path / "b"))
+
+
 def test_reroll_unlocked_keeps_locked_classes(h, first):
     path, strip = first[3], first[4]
     out = h.reroll_unlocked(path, ["skin", "background"], strip, "skin")

@@ -380,3 +380,22 @@ def test_smis_imports_nothing_else_in_the_repo():
                      else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
             for name in names:
                 assert name.split(".")[0] not in ("export", "train", "demo", "app"), f"{path.name} imports {name}"
+
+
+def test_measured_class_control_reads_metrics(tmp_path, caplog):
+    """Per-class L_c / L_≠c from a folder's metrics.json; absent, corrupt or other classes give {}."""
+    from smis.hub import METRICS_NAME, measured_class_control
+
+    names = ("background", "hair")
+    assert measured_class_control(tmp_path, names) == {}
+    per_class = {"background": {"csd": 0.6, "ocd": 0.2}, "hair": {"csd": 0.01, "ocd": 0.02},
+                 "empty": {"csd": 0.0, "ocd": 0.0}}
+    metrics = {"model": {"classes": list(names)}, "smis": {"per_class": per_class}}
+    (tmp_path / METRICS_NAME).write_text(json.dumps(metrics))
+    assert measured_class_control(tmp_path, names) == pytest.approx({"background": 3.0, "hair": 0.5})
+    assert measured_class_control(tmp_path, ("background", "sky")) == {}
+    assert "measured on other classes" in caplog.text
+    (tmp_path / METRICS_NAME).write_text("{not json")
+    assert measured_class_control(tmp_path, names) == {}
+    assert "not a train.evaluate metrics file" in caplog.text
+

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from smis.hub import METRICS_NAME, class_control
+
 from . import features as feat
 from . import metrics as M
 from .inception import InceptionV3Pool
@@ -264,8 +266,9 @@ def to_markdown(results: dict) -> str:
     lines += ["", "## Per class", "",
               "| class | share of the pixels | L_c (inside) | L_≠c (outside) | L_c / L_≠c | masks | pairs |",
               "|---|---|---|---|---|---|---|"]
+    ratios = class_control(r)
     for name, c in s["per_class"].items():
-        ratio = c["csd"] / c["ocd"] if c.get("ocd") else None
+        ratio = ratios.get(name)
         pct = f"{100 * share[name]:.2f} %" if name in share else "n/a"
         lines.append(f"| {name} | {pct} | {_fmt(c['csd'])} | {_fmt(c['ocd'])} | {_fmt(ratio, 2)} | "
                      f"{c['num_masks']} | {c['num_pairs']} |")
@@ -293,7 +296,7 @@ def _json_safe(obj: Any) -> Any:
 def write_reports(results: dict, out_dir: str | Path) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    j, md = out / "metrics.json", out / "metrics.md"
+    j, md = out / METRICS_NAME, out / "metrics.md"
     j.write_text(json.dumps(_json_safe(results), indent=2) + "\n")
     md.write_text(to_markdown(results))
     return j, md

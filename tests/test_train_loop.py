@@ -254,6 +254,29 @@ def test_init_step_continues_the_schedule_of_the_weights_it_starts_from(straight
         tiny_options(init_step="2")
 
 
+def test_resuming_another_runs_state_into_a_new_folder_keeps_its_history(straight, tmp_path):
+    """An A/B arm: --resume RUN/checkpoints/state into a new folder continues exactly, and the new run
+    says what it grew from and carries the parent's history up to that step (the model card's curves)."""
+    from train import history
+
+    source = ckpt.state_path(straight.run_dir, 2)
+    opts = tiny_options(outdir=str(tmp_path), resume=str(source), **OBJECTIVE)
+    result = train(opts, dataset=BlobDataset(8))
+    assert result.status == "finished" and result.step == 4
+    resolved = json.loads((tmp_path / "training_options.json").read_text())["resolved"]
+    assert resolved["start_step"] == 2 and resolved["init_step"] == 2
+    grew_from = resolved["initialised_from"]
+    assert str(source) in grew_from and "resumed into a new run folder" in grew_from
+    _assert_same_tensors(torch.load(ckpt.state_path(tmp_path, 4), weights_only=True)["ema"],
+                         torch.load(ckpt.state_path(straight.run_dir, 4), weights_only=True)["ema"], "ema")
+    merged = history.run_history(tmp_path)
+    assert [(r["step"], r["epoch"]) for r in merged.train] == [(1, 0.25), (2, 0.5), (3, 0.75), (4, 1.0)]
+    assert [r["name"] for r in merged.runs] == [straight.run_dir.name, tmp_path.name]
+    again = train(tiny_options(outdir=str(tmp_path), resume="auto", steps=5), dataset=BlobDataset(8))
+    resolved = json.loads((tmp_path / "training_options.json").read_text())["resolved"]
+    assert again.step == 5 and str(source) in resolved["initialised_from"] and resolved["init_step"] == 2
+
+
 # -- the val probe ---------------------------------------------------------------------------------
 def test_val_probe_measures_reconstruction_and_per_class_reroll_locality():
     from train.monitor import val_probe

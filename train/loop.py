@@ -273,7 +273,18 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
                            state.get("total_steps"), total_steps)
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, start_step,
                     state.get("epoch", -1), state.get("batch_in_epoch", -1))
-        return start_step, Path(path), None
+        if resume == "auto" or Path(run_dir).resolve() in Path(path).resolve().parents:
+            return start_step, Path(path), None
+        # A branch: another run's state resumed into this folder (an A/B arm). The run grew from it,
+        # so it says so and carries that run's history up to this step, as --init-from does.
+        if rank == 0 and not (Path(run_dir) / history.HISTORY_DIR).exists():
+            inherited = history.history_of_init_source(path)
+            if inherited:
+                history.write_log_dir(inherited, Path(run_dir) / history.HISTORY_DIR)
+                logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
+                            Path(run_dir) / history.HISTORY_DIR)
+        return start_step, Path(path), (f"training state {path} (step {start_step}): resumed into a new run "
+                                        "folder (G, E, D, EMA, optimisers and RNG carried on)")
     initialised_from = None
     if opts.run.init_from:
         # Every rank loads the same file: identical weights without a broadcast.

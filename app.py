@@ -29,7 +29,7 @@ import gradio as gr
 
 from demo import CSS, build_demo, load_references
 from smis import SMISPipeline
-from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV, CheckpointError, measured_class_control, resolve_model_dir
+from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV, measured_class_control
 from smis.parsing import BUNDLED_PARSER_DIR, PARSER_ENV
 
 logger = logging.getLogger("smis.app")
@@ -136,13 +136,9 @@ def load_parser(name: str | None, device: str | None = None):
     return parser, None
 
 
-def model_class_control(model: str | None, pipe: SMISPipeline) -> dict[str, float]:
+def model_class_control(pipe: SMISPipeline) -> dict[str, float]:
     """The per-class re-roll strength measured on val, from the model folder's metrics.json ({} if none)."""
-    try:
-        return measured_class_control(resolve_model_dir(model), pipe.config.class_names)
-    except CheckpointError as err:  # e.g. a folder of ONNX graphs only: the figures are optional
-        logger.info("no per-class figures for %s: %s", model, err)
-        return {}
+    return measured_class_control(pipe.model_dir, pipe.class_names) if pipe.model_dir else {}
 
 
 def create_app(args: argparse.Namespace) -> gr.Blocks:
@@ -155,7 +151,7 @@ def create_app(args: argparse.Namespace) -> gr.Blocks:
         refs = []
     demo = build_demo(pipe, references=refs, banner=banner, cache_examples=not args.no_cache_examples,
                       max_upload_bytes=_parse_size(args.max_file_size), parser=parser, parser_note=parser_note,
-                      class_control={} if banner else model_class_control(args.model, pipe))
+                      class_control={} if banner else model_class_control(pipe))
     on_gpu = not str(pipe.backend.device).lower().startswith("cpu")
     concurrency = args.concurrency or (4 if on_gpu else 1)
     return demo.queue(max_size=args.max_queue, default_concurrency_limit=concurrency)

@@ -403,4 +403,3 @@ def control_markdown(control: Mapping[str, float]) -> str:
     if weak:
         text += (f" Weak (a re-roll barely changes anything): {', '.join(weak)}.")
     return text + "\n"
-

@@ -15,11 +15,13 @@ import logging
 import os
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 import torch
 
+from . import hub
 from .config import SMISConfig
 from .model import GroupDNet, bake_spectral_norm
 
@@ -109,6 +111,8 @@ class TorchBackend:
     """
 
     name = "pytorch"
+    #: The model folder it was loaded from (``None``: built from a model in memory).
+    model_dir: Path | None = None
 
     def __init__(self, model: GroupDNet, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, compile: bool = False,
@@ -157,7 +161,10 @@ def load_backend(kind: str, name_or_path: str | os.PathLike | None, device: str 
                  **kwargs) -> Backend:
     """Build a backend by name: ``"torch"`` or ``"onnx"``."""
     if kind in ("torch", "pytorch"):
-        return TorchBackend(GroupDNet.from_pretrained(name_or_path, revision=revision), device, dtype, **kwargs)
+        folder = hub.resolve_model_dir(name_or_path, revision)
+        backend = TorchBackend(GroupDNet.from_pretrained(folder), device, dtype, **kwargs)
+        backend.model_dir = folder
+        return backend
     if kind in ("onnx", "onnxruntime"):
         from .onnx_backend import OnnxBackend
 

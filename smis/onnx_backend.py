@@ -256,6 +256,8 @@ class OnnxBackend:
     """
 
     name = "onnxruntime"
+    #: The model folder it was loaded from (``None``: built from graph files directly).
+    model_dir: Path | None = None
 
     def __init__(self, generator_path: str | os.PathLike, encoder_path: str | os.PathLike | None = None,
                  config: SMISConfig | None = None, device: str | None = None, fp16: bool = False,
@@ -326,6 +328,7 @@ class OnnxBackend:
             logger.warning("%s was exported from other weights than the safetensors now in %s; using a "
                            "fresh export instead (run `python -m export onnx --model %s` to replace it)",
                            graphs["generator"].name, folder, folder)
+        backend.model_dir = folder
         return backend
 
     # -- the Backend protocol --------------------------------------------------------------

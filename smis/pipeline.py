@@ -144,6 +144,11 @@ class SMISPipeline:
 
     # -- inputs ----------------------------------------------------------------------------
     @property
+    def model_dir(self) -> Path | None:
+        """The model folder the backend was loaded from (its card, ``metrics.json``), if it has one."""
+        return getattr(self.backend, "model_dir", None)
+
+    @property
     def class_names(self) -> tuple[str, ...]:
         return self.config.class_names
 

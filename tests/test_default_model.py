@@ -82,7 +82,7 @@ def test_the_shipped_card_and_the_demo_agree_on_which_codes_work(pipe):
     re-roll): every class tested above as working must be measured as working there too."""
     import app
 
-    control = app.model_class_control(str(BUNDLED_MODEL_DIR), pipe)
+    control = app.model_class_control(pipe)
     assert set(control) == set(pipe.class_names)
     assert {n for n in WORKING if control[n] < WEAK_CODE_RATIO} == set()
 

@@ -497,6 +497,7 @@ def test_app_backend_auto_is_onnx_runtime_on_a_cpu_and_exports_once(tiny_model_d
     monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
     pipe, banner = app.load_pipeline(str(tiny_model_dir), device="cpu")  # no .onnx in the folder
     assert banner is None and pipe.backend.name.startswith("onnx")
+    assert pipe.model_dir == tiny_model_dir  # where the About tab reads the model's measured figures
     assert list((tmp_path / "cache").rglob("*.onnx")), "the graphs were not exported into the cache"
 
 

@@ -153,6 +153,9 @@ def test_history_chain_through_a_published_folder(run, tmp_path):
     card = (first / "README.md").read_text()
     assert "![training curves](training_curves.png)" in card and log.runs[0]["command"] in card
     assert "## How it was made\n\nFree bits: before 2.6, after 4.1." in card
+    assert "| training time (wall clock, every run the weights went through) |" in card
+    assert "| run | from epoch | hours |" in card
+    assert f"| processes / device | 1 / cpu, {torch.get_num_threads()} threads each |" in card
 
     second_run = tmp_path / "run2"
     train(tiny_options(outdir=str(second_run), steps=2, init_from=str(first)), dataset=BlobDataset(4))
@@ -193,3 +196,19 @@ def test_an_older_snapshot_gets_the_losses_and_samples_of_its_own_step(tmp_path)
     assert "| steps (this snapshot) | 2 |" in card
     assert "Losses averaged over the last logged interval (step 2):" in card  # not step 4's
     assert (pub / "samples.png").read_bytes() == (out / "samples" / "samples-00000002.png").read_bytes()
+
+
+def test_training_hours_add_up_the_logged_intervals_of_every_run():
+    """A run counted from step 0 after another run, and one continuing the other's steps (--init-step),
+    each get their own hours; the card's figure is their sum."""
+    from train import history
+
+    train_recs = [{"step": 100, "epoch": 1.0, "sec_per_step": 3.6}, {"step": 200, "epoch": 2.0, "sec_per_step": 7.2},
+                  {"step": 50, "epoch": 2.5, "sec_per_step": 36.0},  # a new run from step 0: 50 steps
+                  {"step": 150, "epoch": 3.5, "sec_per_step": 36.0},  # continued: 100 steps
+                  {"step": 160, "epoch": 3.6}]  # no timing: not counted
+    runs = [{"name": "a", "epoch": 0.0}, {"name": "b", "epoch": 2.0}]
+    total, per_run = history.training_hours(history.History(train=train_recs, runs=runs))
+    assert per_run == pytest.approx([(100 * 3.6 + 100 * 7.2) / 3600, 150 * 36.0 / 3600])
+    assert total == pytest.approx(sum(per_run))
+    assert history.training_hours(history.History()) == (0.0, [])

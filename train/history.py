@@ -146,6 +146,32 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
     return History(hist.train + own_train, hist.val + own_val, hist.evals + evals, runs)
 
 
+def training_hours(hist: History) -> tuple[float, list[float]]:
+    """Wall-clock hours of training behind the history: (total, one figure per run of ``hist.runs``).
+
+    Each logged interval counts its steps times the seconds per step the loop measured over it (the
+    loop's sample grids and val probes included). A record whose step is below the one before starts a
+    run counted from step 0; a record (the epoch at the end of its interval) is given to the last run
+    that began before it.
+    """
+    starts = [float(r.get("epoch", 0.0)) for r in hist.runs]
+    per_run = [0.0] * len(starts)
+    total, prev = 0.0, 0
+    for rec in hist.train:
+        step, sps = int(rec.get("step", 0)), rec.get("sec_per_step")
+        gap = step - prev if step > prev else step
+        prev = step
+        if sps is None:
+            continue
+        secs = gap * float(sps)
+        total += secs
+        if starts:
+            epoch = float(rec.get("epoch", 0.0))
+            idx = max((i for i, s in enumerate(starts) if s < epoch - 1e-6), default=0)
+            per_run[idx] += secs
+    return total / 3600.0, [s / 3600.0 for s in per_run]
+
+
 def history_of_init_source(source: str | Path) -> History:
     """The history behind ``--init-from source``: a model folder's (or Hub repo's) ``training_log``,
     or the log of the run a training-state file belongs to (up to that state's step)."""

@@ -473,6 +473,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
             "sample_reroll_class": config.class_names[grids.reroll],
             "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
             "initialised_from": initialised_from, "init_step": init_step,
+            "threads": torch.get_num_threads(),
             "torch": torch.__version__, "smis": smis.__version__, "python": platform.python_version(),
         }, "config": config.to_dict()}, r.tensorboard)
         if main:

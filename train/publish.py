@@ -135,6 +135,9 @@ class RunInfo:
     #: Set by :func:`build_folder` once it has drawn ``training_curves.png``.
     history_plot: bool = False
     history_runs: tuple[dict[str, Any], ...] = ()
+    #: Wall-clock hours of training behind the snapshot (all its runs), and per run of ``history_runs``.
+    training_hours: float | None = None
+    history_run_hours: tuple[float, ...] = ()
 
 
 def _step_of(path: Path) -> int:
@@ -255,7 +258,10 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
         ("perceptual loss", perceptual),
         ("mixed precision", o.get("amp")), ("EMA decay (published weights)", o.get("ema_decay")),
         ("gradient clipping", o.get("grad_clip") or "off"),
-        ("processes / device", f"{r.get('world_size')} / {r.get('device')}"),
+        ("processes / device", f"{r.get('world_size')} / {r.get('device')}"
+                               + (f", {r.get('threads')} threads each" if r.get("threads") else "")),
+        ("training time (wall clock, every run the weights went through)",
+         f"{info.training_hours:.1f} h" if info.training_hours else None),
         ("weights dtype", weights_dtype), ("torch", r.get("torch")),
     ]
     lines = yaml + [
@@ -291,12 +297,14 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
     if info.history_plot:
         lines += ["## Training history", "", "![training curves](training_curves.png)", "",
                   "Every run (chunk) the weights went through, oldest first; the curves above cover all of them "
-                  "(`training_log/`: losses, the val probe, evaluations, as JSON lines).", "",
-                  "| run | from epoch | initialised from | recipe |", "|---|---:|---|---|"]
-        for run in info.history_runs:
+                  "(`training_log/`: losses, the val probe, evaluations, as JSON lines). Hours: the run's wall-clock "
+                  "time in training (its logged steps times the seconds per step measured over them).", "",
+                  "| run | from epoch | hours | initialised from | recipe |", "|---|---:|---:|---|---|"]
+        hours = info.history_run_hours or (None,) * len(info.history_runs)
+        for run, h in zip(info.history_runs, hours):
             recipe = ", ".join(f"{k}={_fmt(v)}" for k, v in run.get("options", {}).items())
-            lines.append(f"| {run.get('name')} | {_fmt(run.get('epoch'))} | {_fmt(run.get('initialised_from'))} "
-                         f"| {recipe} |")
+            lines.append(f"| {run.get('name')} | {_fmt(run.get('epoch'))} | {'' if h is None else f'{h:.2f}'} "
+                         f"| {_fmt(run.get('initialised_from'))} | {recipe} |")
         commands = [(run.get("name"), run.get("command")) for run in info.history_runs if run.get("command")]
         if commands:
             lines += ["", "The commands, in order (each chunk was repeated with `--resume auto` until it ended; "
@@ -376,6 +384,9 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
                              title=f"{model.config.name}: training history up to step {info.step} "
                                    f"of {info.run_dir.name}")
         info.history_plot, info.history_runs = True, tuple(hist.runs)
+        total, per_run = history.training_hours(hist)
+        if total > 0:
+            info.training_hours, info.history_run_hours = total, tuple(per_run)
     if (info.run_dir / "training_options.json").is_file():
         shutil.copyfile(info.run_dir / "training_options.json", out / "training_options.json")
     if info.metrics_path is not None:

@@ -188,6 +188,32 @@ def test_evaluations_with_more_images_per_mask_are_their_own_curve(tmp_path, mon
     assert len(frechet) == 2 and "1 image per mask" in frechet[0] and "5 images per mask" in frechet[1]
 
 
+def test_a_second_evaluation_of_a_snapshot_joins_the_history_without_its_few_mask_ratio(tmp_path, monkeypatch):
+    """RUN/evals/model-<step>-fid5 (a Frechet-only evaluation on one mask) is read next to the full one;
+    its mCSD / mOCD from one mask is too noisy to plot."""
+    import matplotlib.axes
+
+    from train import history
+
+    run = tmp_path / "run"
+    train(tiny_options(outdir=str(run), steps=2), dataset=BlobDataset(4))
+    full = {"fid": {"value": 80.0}, "smis": {"mcsd": 0.4, "mocd": 0.1, "num_masks": 10}}
+    fid5 = {"fid": {"value": 60.0, "samples_per_mask": 5}, "smis": {"mcsd": 0.9, "mocd": 0.1, "num_masks": 1}}
+    for name, metrics in (("model-00000002", full), ("model-00000002-fid5", fid5)):
+        (run / "evals" / name).mkdir(parents=True)
+        (run / "evals" / name / "metrics.json").write_text(json.dumps(metrics))
+    (run / "evals" / "model-latest").mkdir()
+    (run / "evals" / "model-latest" / "metrics.json").write_text(json.dumps(full))  # not a step: left out
+    evals = history.run_history(run).evals
+    assert [(r["step"], r["frechet"], r["frechet_samples"]) for r in evals] == [(2, 80.0, 1), (2, 60.0, 5)]
+    plotted = {}
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot", lambda self, x, *a, **kw: plotted.setdefault(
+        kw.get("label"), list(x)) and real_plot(self, x, *a, **kw))
+    history.plot_history(history.History(evals=evals), tmp_path / "curves.png")
+    assert len(plotted["mCSD / mOCD (right axis)"]) == 1
+
+
 def test_an_older_snapshot_gets_the_losses_and_samples_of_its_own_step(tmp_path):
     out = tmp_path / "run4"
     train(tiny_options(outdir=str(out), steps=4, sample_every=2, sample_count=2), dataset=BlobDataset(4))

@@ -14,7 +14,9 @@ A log folder holds, as JSON lines with **absolute** epochs (counted from the fir
 - ``runs.jsonl``: one line per run (chunk) of the history: where it started, its recipe options.
 
 A run folder's own ``metrics.jsonl`` / ``val_metrics.jsonl`` count epochs from its own start; its
-evaluations live in ``RUN/evals/model-<step>/metrics.json`` (``train.evaluate --out``).
+evaluations live in ``RUN/evals/model-<step>/metrics.json`` (``train.evaluate --out``); another evaluation of
+the same snapshot goes to ``RUN/evals/model-<step>-<label>/`` (e.g. ``-fid5`` for ``--fid-samples 5``), and each
+``--fid-samples`` count is its own Frechet curve in the plot.
 """
 
 from __future__ import annotations
@@ -35,7 +37,10 @@ RECIPE_KEYS = ("preset", "batch_size", "lambda_feat", "lambda_vgg", "lambda_kl",
                "diffaug")
 HISTORY_DIR = "history"
 MODEL_LOG_DIR = "training_log"
-_EVAL_RE = re.compile(r"model-(\d{8,})$")
+#: ``RUN/evals/model-<step>`` or ``model-<step>-<label>`` (another evaluation of the same snapshot, e.g. ``-fid5``).
+_EVAL_RE = re.compile(r"model-(\d{8,})(?:-[\w.-]+)?$")
+#: Evaluations of fewer masks than this give a Frechet point but no mCSD / mOCD point in the plot.
+MIN_MASKS_FOR_RATIO = 5
 
 
 @dataclass
@@ -90,7 +95,7 @@ def eval_record(metrics: dict[str, Any], step: int, epoch: float) -> dict[str, A
     mcsd, mocd = s.get("mcsd"), s.get("mocd")
     return {"step": step, "epoch": round(epoch, 4), "frechet": fid.get("value"),
             "frechet_real_halves": fid.get("real_halves"), "frechet_name": fid.get("name"),
-            "frechet_samples": fid.get("samples_per_mask", 1),
+            "frechet_samples": fid.get("samples_per_mask", 1), "smis_masks": s.get("num_masks"),
             "mcsd": mcsd, "mocd": mocd, "ratio": (mcsd / mocd) if mcsd and mocd else None,
             "diversity": (metrics.get("diversity") or {}).get("mean"), "per_class": per_class}
 
@@ -125,7 +130,12 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
     own_val.sort(key=lambda r: r["step"])
     evals = []
     for path in sorted((run / "evals").glob("model-*/metrics.json")):
-        step = int(_EVAL_RE.search(path.parent.name).group(1))
+        match = _EVAL_RE.search(path.parent.name)
+        if match is None:
+            logger.warning("%s: not an evaluation folder name (model-<step>[-label]); left out of the history",
+                           path.parent)
+            continue
+        step = int(match.group(1))
         if upto_step is not None and step > upto_step:
             continue
         epoch = offset + (step / steps_per_epoch if steps_per_epoch else 0.0)
@@ -253,16 +263,17 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
         for k, color in zip(counts, ("tab:red", "tab:orange", "tab:brown", "tab:pink")):
             per_mask = "" if len(counts) == 1 else f", {k} image{'s' if k > 1 else ''} per mask"
             line(ax[5], [r for r in ev if r.get("frechet_samples", 1) == k], "frechet",
-                 f"Frechet distance (substitute{per_mask}; lower is better)", marker="o", color=color)
+                 f"Frechet (substitute{per_mask})", marker="o", color=color)
         floor = [r.get("frechet_real_halves") for r in ev if r.get("frechet_real_halves")]
         if floor:
-            ax[5].axhline(floor[-1], color="tab:red", linestyle=":", label="real vs real")
-        ax[5].set_ylabel("Frechet distance")
+            ax[5].axhline(floor[-1], color="tab:red", linestyle=":", label="Frechet, real vs real")
+        ax[5].set_ylabel("Frechet distance (lower is better)")
         twin = ax[5].twinx()
-        line(twin, ev, "ratio", "mCSD / mOCD (higher is better)", marker="s", color="tab:blue")
-        twin.set_ylabel("mCSD / mOCD")
-        twin.legend(loc="upper right", fontsize=8)
-        ax[5].legend(loc="upper left", fontsize=8)
+        enough = [r for r in ev if (r.get("smis_masks") or MIN_MASKS_FOR_RATIO) >= MIN_MASKS_FOR_RATIO]
+        line(twin, enough, "ratio", "mCSD / mOCD (right axis)", marker="s", color="tab:blue")
+        twin.set_ylabel("mCSD / mOCD (higher is better)")
+        handles = [h for a in (ax[5], twin) for h in a.get_legend_handles_labels()[0]]
+        twin.legend(handles, [h.get_label() for h in handles], loc="lower right", fontsize=8)
     else:
         ax[5].text(0.5, 0.5, "no evaluations yet", ha="center", va="center", transform=ax[5].transAxes)
     ax[5].set_title("python -m train.evaluate on val")
@@ -272,7 +283,8 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
         for run in history.runs[1:]:
             a.axvline(run["epoch"], color="grey", linestyle="-.", linewidth=0.8)
             if i == 0:
-                a.text(run["epoch"], a.get_ylim()[1], f" {run['name']}", fontsize=7, va="top", color="grey")
+                a.text(run["epoch"], a.get_ylim()[1], f" {run['name']}", fontsize=7, va="top", ha="right",
+                       rotation=90, color="grey")
         if i not in (5,) and a.get_legend_handles_labels()[0]:
             a.legend(fontsize=7, ncol=2 if i in (2, 4) else 1)
     fig.suptitle(title or "training history")

@@ -75,7 +75,17 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_model, monkeypatch, capsys):
     assert "share of the pixels" in md and "L_c / L_≠c" in md
     assert "not LPIPS" in md and "not FID" in md and "mCSD" in md and "| skin |" in md
     assert "4 real vs 4 generated images" in md and "real half vs real half" in md
-    assert "mOCD" in capsys.readouterr().out
+    assert "mOCD" in capsys.readouterr().out and r["truncation"] == 1.0
+
+    # --truncation 0: every random code is zero, so all draws of a mask are one image.
+    rc = E.main(["--model", str(tiny_model), "--data", str(data), "--format", "generic", "--split", "val",
+                 "--n", "3", "--m", "1", "--num-masks", "1", "--kid-subsets", "3", "--fid-method", "eigh",
+                 "--device", "cpu", "--out", str(tmp_path / "psi0"), "--quiet", "--truncation", "0"])
+    r0 = json.loads((tmp_path / "psi0" / "metrics.json").read_text())
+    assert rc == 0 and r0["truncation"] == 0.0
+    assert r0["diversity"]["mean"] == pytest.approx(0.0, abs=1e-6)
+    assert r0["smis"]["mcsd"] == pytest.approx(0.0, abs=1e-6)
+    assert E.main(["--model", str(tiny_model), "--data", str(data), "--truncation", "-1"]) == 2
 
 
 def test_evaluate_refuses_missing_explicit_weights(tmp_path, tiny_model, capsys):

@@ -336,6 +336,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                    help="images per KID subset, capped at the set size (default: 1000)")
     p.add_argument("--batch-size", type=int, default=8, help="images per generator / feature call (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="seed of every code and pair drawn (default: 0)")
+    p.add_argument("--truncation", type=float, default=1.0, metavar="PSI",
+                   help="scale every random code by PSI before the generator (the truncation trick: fewer "
+                        "unusual draws, less diversity; default: 1, the prior the model was trained with)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference backend (default: torch)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -350,6 +353,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if v < 1:
             print(f"error: {name} must be positive, got {v}", file=sys.stderr)
             return 2
+    if not 0.0 <= args.truncation <= 4.0:
+        print(f"error: --truncation must be between 0 and 4, got {args.truncation}", file=sys.stderr)
+        return 2
     if args.m > args.n * (args.n - 1) // 2:
         print(f"error: --m {args.m} pairs cannot be drawn from --n {args.n} samples; raise --n or lower --m",
               file=sys.stderr)
@@ -383,7 +389,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tuple(parser.class_names) != tuple(config.class_names):
                 raise ValueError(f"the parser's classes {parser.class_names} differ from the model's "
                                  f"{config.class_names}; use a parser trained on the same label set")
-        results = evaluate(pipe.backend.generate, config, dataset, distance_net=distance_net, fid_net=fid_net,
+        generate = pipe.backend.generate
+        if args.truncation != 1.0:
+            psi = float(args.truncation)
+
+            def generate(labels, z, _generate=pipe.backend.generate):
+                return _generate(labels, (np.asarray(z) * psi).astype(np.float32))
+        results = evaluate(generate, config, dataset, distance_net=distance_net, fid_net=fid_net,
                            n=args.n, m=args.m, num_masks=args.num_masks, num_fid=args.num_fid,
                            fid_samples=args.fid_samples,
                            batch_size=args.batch_size, seed=args.seed, device=device, parser=parser,
@@ -397,7 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "height": config.height, "width": config.width, "backend": pipe.backend.name,
                   "device": pipe.backend.device},
         "data": {"root": str(args.data), "format": args.format, "split": args.split, "num_images": len(dataset)},
-        "seed": args.seed,
+        "seed": args.seed, "truncation": args.truncation,
         "distance": distance_info,
         "fid_features": fid_info,
         **results,

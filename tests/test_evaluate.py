@@ -83,6 +83,7 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_model, monkeypatch, capsys):
                  "--device", "cpu", "--out", str(tmp_path / "psi0"), "--quiet", "--truncation", "0"])
     r0 = json.loads((tmp_path / "psi0" / "metrics.json").read_text())
     assert rc == 0 and r0["truncation"] == 0.0
+    assert "scaled by psi = 0 (`--truncation`)" in (tmp_path / "psi0" / "metrics.md").read_text()
     assert r0["diversity"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert r0["smis"]["mcsd"] == pytest.approx(0.0, abs=1e-6)
     assert E.main(["--model", str(tiny_model), "--data", str(data), "--truncation", "-1"]) == 2

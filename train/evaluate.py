@@ -232,6 +232,9 @@ def to_markdown(results: dict) -> str:
              f"Data: `{r['data']['root']}` ({r['data']['format']}, split `{r['data']['split']}`, "
              f"{r['data']['num_images']} images at {r['model']['height']}x{r['model']['width']}); seed {r['seed']}.",
              "", f"Distance for diversity / mCSD / mOCD: **{dist}**.", ""]
+    if r.get("truncation", 1.0) != 1.0:
+        lines += [f"> Every random code was scaled by psi = {r['truncation']:g} (`--truncation`): not comparable "
+                  "with evaluations at the prior (psi = 1).", ""]
     if r["distance"].get("substitute") or (r.get("fid") and r["fid"].get("substitute")):
         lines += ["> Substitute networks were used (no ImageNet AlexNet / Inception weights): these numbers "
                   "are not comparable with the paper's LPIPS / FID.", ""]

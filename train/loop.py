@@ -233,6 +233,14 @@ class Networks:
         self.scaler_d.load_state_dict(state["scaler_D"])
 
 
+def _inherit_history(source: str | Path, run_dir: Path) -> None:
+    """Copy the history of the weights a run grows from into ``RUN/history/`` (the model card's curves)."""
+    inherited = history.history_of_init_source(source)
+    if inherited:
+        history.write_log_dir(inherited, run_dir / history.HISTORY_DIR)
+        logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch, run_dir / history.HISTORY_DIR)
+
+
 def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps: int,
             device: torch.device, objective: GroupDNetObjective | None = None) -> tuple[int, Path | None, str | None]:
     """``--resume`` (a training state: weights, optimisers, position, RNG streams, the objective's own
@@ -278,11 +286,7 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
         # A branch: another run's state resumed into this folder (an A/B arm). The run grew from it,
         # so it says so and carries that run's history up to this step, as --init-from does.
         if rank == 0 and not (Path(run_dir) / history.HISTORY_DIR).exists():
-            inherited = history.history_of_init_source(path)
-            if inherited:
-                history.write_log_dir(inherited, Path(run_dir) / history.HISTORY_DIR)
-                logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
-                            Path(run_dir) / history.HISTORY_DIR)
+            _inherit_history(path, Path(run_dir))
         return start_step, Path(path), (f"training state {path} (step {start_step}): resumed into a new run "
                                         "folder (G, E, D, EMA, optimisers and RNG carried on)")
     initialised_from = None
@@ -290,12 +294,8 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
         # Every rank loads the same file: identical weights without a broadcast.
         initialised_from = ckpt.load_init(opts.run.init_from, nets.net, nets.disc, nets.ema)
         logger.info("initialised from %s", initialised_from)
-        if rank == 0:  # the curves of the weights' earlier life, for the model card's plot
-            inherited = history.history_of_init_source(opts.run.init_from)
-            if inherited:
-                history.write_log_dir(inherited, run_dir / history.HISTORY_DIR)
-                logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch,
-                            run_dir / history.HISTORY_DIR)
+        if rank == 0:
+            _inherit_history(opts.run.init_from, Path(run_dir))
     start_step = 0
     if opts.run.init_step is not None:
         start_step = (ckpt.init_source_step(opts.run.init_from) if opts.run.init_step == "auto"

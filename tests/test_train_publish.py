@@ -165,6 +165,9 @@ def test_history_chain_through_a_published_folder(run, tmp_path):
     assert [r["step"] for r in merged.train] == [1, 2, 1, 2]
     assert [r["epoch"] for r in merged.train] == [0.5, 1.0, 1.5, 2.0]  # absolute epochs
     assert [r["name"] for r in merged.runs] == [run.name, "run2"] and merged.runs[1]["epoch"] == 1.0
+    second = (publish.build_folder(second_run, tmp_path / "pub2", fp16=True) / "README.md").read_text()
+    assert "| epochs (this run's schedule) |" in second  # a run's own option, not what the weights went through
+    assert "| epochs trained (every run the weights went through) | 2.0 |" in second
     out = history.plot_history(merged, tmp_path / "curves.png")
     assert out.stat().st_size > 10_000
 

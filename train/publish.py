@@ -138,6 +138,8 @@ class RunInfo:
     #: Wall-clock hours of training behind the snapshot (all its runs), and per run of ``history_runs``.
     training_hours: float | None = None
     history_run_hours: tuple[float, ...] = ()
+    #: Epochs behind the snapshot counted over all its runs (a warm start's included).
+    epochs_trained: float | None = None
 
 
 def _step_of(path: Path) -> int:
@@ -230,7 +232,9 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
     training_rows = [
         ("preset", config.name), ("image size (H x W)", f"{config.height} x {config.width}"),
         ("classes", config.num_classes), ("steps (this snapshot)", info.step),
-        ("total steps", r.get("total_steps")), ("epochs", r.get("epochs")),
+        ("total steps", r.get("total_steps")), ("epochs (this run's schedule)", r.get("epochs")),
+        ("epochs trained (every run the weights went through)",
+         f"{info.epochs_trained:.1f}" if info.epochs_trained else None),
         ("images in the training set", r.get("dataset_size")),
         ("batch (global = processes x per process)",
          f"{o.get('batch_size')} = {r.get('world_size')} x {r.get('batch_per_process')}"),
@@ -384,6 +388,7 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
                              title=f"{model.config.name}: training history up to step {info.step} "
                                    f"of {info.run_dir.name}")
         info.history_plot, info.history_runs = True, tuple(hist.runs)
+        info.epochs_trained = max((float(rec.get("epoch", 0.0)) for rec in hist.train), default=None)
         total, per_run = history.training_hours(hist)
         if total > 0:
             info.training_hours, info.history_run_hours = total, tuple(per_run)

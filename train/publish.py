@@ -388,7 +388,7 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
                              title=f"{model.config.name}: training history up to step {info.step} "
                                    f"of {info.run_dir.name}")
         info.history_plot, info.history_runs = True, tuple(hist.runs)
-        info.epochs_trained = max((float(rec.get("epoch", 0.0)) for rec in hist.train), default=None)
+        info.epochs_trained = hist.last_epoch
         total, per_run = history.training_hours(hist)
         if total > 0:
             info.training_hours, info.history_run_hours = total, tuple(per_run)

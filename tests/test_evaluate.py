@@ -68,6 +68,10 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_model, monkeypatch, capsys):
     assert s["per_class"]["skin"]["num_masks"] == 1 and s["per_class"]["skin"]["num_pairs"] == 1
     assert s["mcsd"] > 0 and s["mocd"] >= 0
     assert r["segmentation"] is None
+    rec = r["reconstruction"]
+    assert rec["num_images"] == 4 and rec["units"] == "0-255" and 0 < rec["l1"] < 255
+    assert rec["per_class"]["background"]["pairs"] == 4 and rec["per_class"]["legwear"]["pairs"] == 0
+    assert rec["colour_error"] > 0 and "colour error of a photo's own codes" in (out / "metrics.md").read_text()
     share = r["class_pixel_share"]
     assert list(share) == r["model"]["classes"]
     assert sum(share.values()) == pytest.approx(1.0) and share["skin"] > 0
@@ -161,9 +165,36 @@ class _MeanNet(torch.nn.Module):
         return torch.cat([x.mean((2, 3)), x.std((2, 3))], 1)
 
 
+def test_reconstruction_fidelity_measures_class_mean_colours():
+    """A perfect re-synthesis scores 0; a region shifted by +0.2 in [-1, 1] scores 25.5 there, and a class
+    covering less than min_share of the image is left out."""
+    rng = np.random.default_rng(0)
+    labels = np.zeros((3, 16, 16), np.int64)
+    labels[:, 4:12, 4:12] = 3  # upper clothes: 25 % of each image
+    labels[:, 0, 0] = 5  # one pixel: 0.4 %, below 1 %
+    data = [{"image": rng.uniform(-0.5, 0.5, (3, 16, 16)).astype(np.float32), "label": labels[i]} for i in range(3)]
+
+    def encode(x, lab):  # the "code" is the photo itself: generate can give it back
+        return x.copy(), np.zeros_like(x)
+
+    perfect = M.reconstruction_fidelity(encode, lambda lab, z: z, data, CCP10_CLASSES, progress=False)
+    assert perfect["colour_error"] == pytest.approx(0.0, abs=1e-4) and perfect["l1"] == pytest.approx(0.0, abs=1e-4)
+    assert perfect["per_class"]["upper clothes"]["pairs"] == 3 and perfect["per_class"]["lower clothes"]["pairs"] == 0
+    assert perfect["other_photo_error"] > 0
+
+    def shifted(lab, z):
+        return np.where(lab[:, None] == 3, z + 0.2, z)
+
+    r = M.reconstruction_fidelity(encode, shifted, data, CCP10_CLASSES, batch_size=2, progress=False)
+    assert r["per_class"]["upper clothes"]["error"] == pytest.approx(25.5, abs=0.6)
+    assert r["per_class"]["background"]["error"] == pytest.approx(0.0, abs=1e-4)
+    assert r["colour_error"] == pytest.approx(25.5 / 2, abs=0.3)  # two (photo, class) pairs per photo
+    assert r["l1"] == pytest.approx(25.5 * 64 / 256, abs=0.3)
+
+
 def test_spread_indices_and_quantize():
     assert E.spread_indices(3, 10) == [0, 4, 9] and E.spread_indices(5, 2) == [0, 1]
-    q = E.quantize(torch.tensor([-2.0, 0.0, 0.3, 1.0]))
+    q = M.quantize(torch.tensor([-2.0, 0.0, 0.3, 1.0]))
     assert torch.allclose((q + 1) * 127.5, ((q + 1) * 127.5).round(), atol=1e-4) and q[0] == -1
 
 

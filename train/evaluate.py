@@ -108,11 +108,6 @@ def load_fid_net(inception_weights: str | None = None, download: bool = False,
 # ---------------------------------------------------------------------------------------------
 # The evaluation
 # ---------------------------------------------------------------------------------------------
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats -> the nearest 8-bit value (as if saved to PNG), still in [-1, 1]."""
-    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
-
-
 def spread_indices(count: int, total: int) -> list[int]:
     """``count`` indices spread evenly over ``range(total)`` (all of them if count >= total)."""
     if count >= total:
@@ -125,7 +120,7 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
              num_fid: int | None = None, fid_samples: int = 1, batch_size: int = 8, seed: int = 0,
              device: str | torch.device = "cpu", parser: Parser | None = None,
              kid_subsets: int = 100, kid_subset_size: int = 1000, fid_method: str = "auto",
-             progress: bool = True) -> dict:
+             encode: M.EncodeFn | None = None, progress: bool = True) -> dict:
     """All metrics for one generator on one dataset split; returns the ``metrics.json`` content.
 
     ``config``: the model's :class:`smis.config.SMISConfig`; ``dataset``: samples ``{"image",
@@ -133,8 +128,10 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
     ``fid_samples`` generated images per label map (random codes; more than one steadies the
     distance on a small split, the first is the same draw as with one). mCSD / mOCD and diversity use ``num_masks``
     label maps spread over the split. ``parser`` (optional) labels generated and real images for
-    mIoU / accuracy against the ground-truth maps. FID / KID are named after ``fid_net``
-    (:func:`describe_fid_net`); ``fid_method`` picks the matrix square root (see
+    mIoU / accuracy against the ground-truth maps. ``encode`` (optional, a backend's ``encode``)
+    adds the reconstruction fidelity of every photo of the split (encode -> generate from the posterior
+    means: per-class mean-colour error and L1, :func:`train.metrics.reconstruction_fidelity`). FID /
+    KID are named after ``fid_net`` (:func:`describe_fid_net`); ``fid_method`` picks the matrix square root (see
     :func:`train.metrics.frechet_distance`).
     """
     dev = torch.device(device)
@@ -158,7 +155,7 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
         labels = torch.stack([torch.as_tensor(x["label"]) for x in samples]).long()
         real = torch.stack([torch.as_tensor(x["image"]) for x in samples]).float()
         pixels += torch.bincount(labels[(labels >= 0) & (labels < config.num_classes)], minlength=config.num_classes)
-        real = quantize(real).to(dev)
+        real = M.quantize(real).to(dev)
         with torch.no_grad():
             real_feats.append(fid_net(real).float().cpu())
             if parser is not None:
@@ -166,7 +163,7 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
         for k in range(fid_samples):  # draw k of image i: keys (5, i) for the first, (5, i, k) after
             z = np.stack([M.latent_noise(latent_shape, seed, 5, i, *((k,) if k else ()))
                           for i in range(s, s + len(samples))])
-            fake = quantize(torch.as_tensor(generate(labels.numpy(), z)).float()).to(dev)
+            fake = M.quantize(torch.as_tensor(generate(labels.numpy(), z)).float()).to(dev)
             with torch.no_grad():
                 fake_feats.append(fid_net(fake).float().cpu())
                 if parser is not None:
@@ -203,7 +200,12 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
     out["smis"] = smis.to_dict()
     out["smis"]["mask_indices"] = picks
 
-    # 3. Segmentation (hook: the parser is optional).
+    # 3. Reconstruction: a photo's own codes should give its colours back.
+    out["reconstruction"] = (M.reconstruction_fidelity(encode, generate, dataset, config.class_names,
+                                                       batch_size=batch_size, progress=progress)
+                             if encode is not None else None)
+
+    # 4. Segmentation (hook: the parser is optional).
     if parser is not None:
         out["segmentation"] = {
             "generated": M.segmentation_scores(conf_fake, config.class_names),
@@ -256,6 +258,14 @@ def to_markdown(results: dict) -> str:
     lines.append(f"| mCSD (higher is better) | {_fmt(s['mcsd'])} | {len(s['per_class'])} classes, "
                  f"{s['num_masks']} masks, n={s['n']}, m={s['m']} ({pairs} pairs) |")
     lines.append(f"| mOCD (lower is better) | {_fmt(s['mocd'])} | same pairs, outside each class |")
+    rec = r.get("reconstruction")
+    if rec:
+        lines.append(f"| colour error of a photo's own codes, 0-255 (lower is better) | "
+                     f"{_fmt(rec['colour_error'], 1)} | "
+                     f"{rec['num_images']} photos encoded and re-rendered; per-class mean RGB vs the photo's, classes "
+                     f"covering >= {100 * rec['min_share']:g} % (another photo's colours: "
+                     f"{_fmt(rec['other_photo_error'], 1)}) |")
+        lines.append(f"| reconstruction L1, 0-255 (lower is better) | {_fmt(rec['l1'], 1)} | same images |")
     seg = r.get("segmentation")
     if seg:
         g, rp = seg["generated"], seg["real_photos"]
@@ -275,6 +285,10 @@ def to_markdown(results: dict) -> str:
         pct = f"{100 * share[name]:.2f} %" if name in share else "n/a"
         lines.append(f"| {name} | {pct} | {_fmt(c['csd'])} | {_fmt(c['ocd'])} | {_fmt(ratio, 2)} | "
                      f"{c['num_masks']} | {c['num_pairs']} |")
+    if rec:
+        lines += ["", "| class | colour error of its own codes (0-255) | photos |", "|---|---|---|"]
+        for name, c in rec["per_class"].items():
+            lines.append(f"| {name} | {_fmt(c['error'], 1)} | {c['pairs']} |")
     if seg:
         lines += ["", "| class | IoU generated | IoU real | accuracy generated |", "|---|---|---|---|"]
         for name, c in seg["generated"]["per_class"].items():
@@ -344,6 +358,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
                         "unusual draws, less diversity; default: 1, the prior the model was trained with)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: auto)")
     p.add_argument("--backend", default="torch", choices=["torch", "onnx"], help="inference backend (default: torch)")
+    p.add_argument("--no-reconstruction", action="store_true",
+                   help="skip the reconstruction fidelity (encode every photo, render it from its own codes: "
+                        "per-class mean-colour error and L1)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -403,7 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            fid_samples=args.fid_samples,
                            batch_size=args.batch_size, seed=args.seed, device=device, parser=parser,
                            kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
-                           fid_method=args.fid_method, progress=not args.quiet)
+                           fid_method=args.fid_method, progress=not args.quiet,
+                           encode=None if args.no_reconstruction else pipe.backend.encode)
     except (ValueError, feat.FeatureWeightsUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -31,6 +31,9 @@ logger = logging.getLogger(__name__)
 
 FeatureNet = Callable[[torch.Tensor], Sequence[torch.Tensor]]
 GenerateFn = Callable[[np.ndarray, np.ndarray], "torch.Tensor | np.ndarray"]
+#: ``encode(photos (N, 3, H, W) float32 in [-1, 1], labels (N, H, W) int64) -> (mu, logvar)``, as
+#: ``smis.backends.Backend.encode``.
+EncodeFn = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
 
 #: How reports name :func:`perceptual_distance`.
 PERCEPTUAL_DISTANCE_NAME = ("VGG-relu3 perceptual distance, not LPIPS (normalised VGG19 relu1_1-relu3_1, "
@@ -334,6 +337,75 @@ def overall_diversity(generate: GenerateFn, masks: Sequence[torch.Tensor | np.nd
     d = torch.cat(dists)
     return {"mean": float(d.mean()), "std": float(d.std()) if len(d) > 1 else 0.0, "num_pairs": len(d),
             "num_masks": len(masks), "n": n, "m": m, "distance": distance_name(net)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction fidelity: does a photo's own code give its colours back?
+# ---------------------------------------------------------------------------------------------
+def quantize(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats -> the nearest 8-bit value (as if saved to PNG), still in [-1, 1]."""
+    return ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1
+
+
+def class_mean_colours(images: torch.Tensor, labels: torch.Tensor,
+                       num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean RGB (0-255) of every class in every image, and each class's share of the image.
+
+    ``images`` (N, 3, H, W) in [-1, 1], ``labels`` (N, H, W) class ids (others are ignored).
+    Returns ``(means (N, C, 3), share (N, C))``; the mean of an absent class is 0.
+    """
+    rgb = (images.float().clamp(-1, 1) + 1) * 127.5
+    valid = (labels >= 0) & (labels < num_classes)
+    onehot = F.one_hot(labels.long().clamp(0, num_classes - 1), num_classes).permute(0, 3, 1, 2).float()
+    onehot = onehot * valid.unsqueeze(1)
+    area = onehot.sum((2, 3))  # (N, C)
+    sums = torch.einsum("nchw,nkhw->nck", onehot, rgb)
+    return sums / area.clamp_min(1).unsqueeze(-1), area / float(labels[0].numel())
+
+
+def reconstruction_fidelity(encode: EncodeFn, generate: GenerateFn, dataset: Sequence[dict],
+                            class_names: Sequence[str], *, min_share: float = 0.01, batch_size: int = 8,
+                            progress: bool = True) -> dict:
+    """Encode every photo of ``dataset``, render its mask from the posterior means, compare with the photo.
+
+    The per-class mean-colour error: for each photo and each class covering at least ``min_share``
+    of it, |mean RGB of the re-synthesis in that region - mean RGB of the photo there|, averaged over
+    the three channels (0-255); ``colour_error`` is the mean over all those (photo, class) pairs and
+    ``per_class`` the mean per class with its pair count. ``l1`` is the mean absolute difference of
+    the whole image in the same 0-255 units. ``other_photo_error`` is the colour error against the
+    *next* photo of the split (its codes would give this much): the scale a value is read on.
+    Both images are quantised to 8 bits first, as a viewer sees them.
+    """
+    num_classes = len(class_names)
+    errors: list[torch.Tensor] = []
+    presents: list[torch.Tensor] = []
+    real_means: list[torch.Tensor] = []
+    l1_sum, values = 0.0, 0
+    for s in tqdm(range(0, len(dataset), batch_size), disable=not progress, desc="reconstruction", unit="batch"):
+        samples = [dataset[i] for i in range(s, min(s + batch_size, len(dataset)))]
+        labels = torch.stack([torch.as_tensor(x["label"]) for x in samples]).long()
+        real = torch.stack([torch.as_tensor(x["image"]) for x in samples]).float()
+        mu, _ = encode(np.ascontiguousarray(real.numpy(), dtype=np.float32), labels.numpy())
+        fake = torch.as_tensor(generate(labels.numpy(), np.ascontiguousarray(mu, dtype=np.float32))).float()
+        real, fake = quantize(real), quantize(fake)
+        l1_sum += float((fake - real).abs().sum()) * 127.5
+        values += real.numel()
+        m_fake, share = class_mean_colours(fake, labels, num_classes)
+        m_real, _ = class_mean_colours(real, labels, num_classes)
+        errors.append((m_fake - m_real).abs().mean(-1))
+        presents.append(share >= min_share)
+        real_means.append(m_real)
+    err, present, m_real = torch.cat(errors), torch.cat(presents), torch.cat(real_means)
+    other = (m_real.roll(1, 0) - m_real).abs().mean(-1)
+    both = present & present.roll(1, 0)
+    per_class = {}
+    for c, name in enumerate(class_names):
+        k = int(present[:, c].sum())
+        per_class[name] = {"error": float(err[present[:, c], c].mean()) if k else None, "pairs": k}
+    return {"colour_error": float(err[present].mean()) if bool(present.any()) else None,
+            "other_photo_error": float(other[both].mean()) if bool(both.any()) else None,
+            "l1": l1_sum / max(values, 1), "per_class": per_class, "min_share": min_share,
+            "num_images": len(dataset), "units": "0-255"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,33 +16,31 @@ import sys
 from pathlib import Path
 
 from smis.config import PRESETS, SIZE_MULTIPLE, get_config
+from smis.model import GroupDNet
+from smis.onnx_format import SOURCE_KEY, config_from_metadata, weights_file_digest
+
+from .flops import block_table, encoder_gflop, generator_gflop
+from .onnx import export_model, op_types, parity, random_model, read_metadata
+from .tensorrt import TensorRTUnavailable, build_engine
 
 logger = logging.getLogger("export")
 
 
-def _load_model(args: argparse.Namespace):
-    from smis.model import GroupDNet
-
+def _load_model(args: argparse.Namespace) -> GroupDNet:
     if args.model:
         return GroupDNet.from_pretrained(args.model, revision=args.revision)
-    from .onnx import random_model
-
     logger.info("no --model: exporting %s%s with random weights (for trials only)", args.preset,
                 " (tiny)" if args.tiny else "")
     return random_model(get_config(args.preset, tiny=args.tiny), seed=args.seed, batches=1)
 
 
 def cmd_onnx(args: argparse.Namespace) -> int:
-    from .onnx import export_model, parity
-
     model = _load_model(args)
     out = Path(args.out) if args.out else (Path(args.model) if args.model and Path(args.model).is_dir() else None)
     if out is None:
         raise SystemExit("error: --out is required unless --model is a local folder")
     metadata = None
     if args.model and Path(args.model).is_dir():
-        from smis.onnx_format import SOURCE_KEY, weights_file_digest
-
         # Lets the ONNX backend notice graphs left behind after the weights changed.
         metadata = {SOURCE_KEY: weights_file_digest(Path(args.model))}
     result = export_model(model, out, fp16=args.fp16, encoder=not args.no_encoder, split=not args.no_split,
@@ -66,8 +64,6 @@ def cmd_onnx(args: argparse.Namespace) -> int:
 
 
 def cmd_tensorrt(args: argparse.Namespace) -> int:
-    from .tensorrt import TensorRTUnavailable, build_engine
-
     try:
         result = build_engine(args.onnx, args.out, fp16=not args.fp32, route=args.route, opt_batch=args.opt_batch,
                               max_batch=args.max_batch, height=args.height, width=args.width,
@@ -80,8 +76,6 @@ def cmd_tensorrt(args: argparse.Namespace) -> int:
 
 
 def cmd_flops(args: argparse.Namespace) -> int:
-    from .flops import block_table, encoder_gflop, generator_gflop
-
     names = [args.preset] if args.preset else list(PRESETS)
     print("| preset | size | generator GFLOP/image | encoder GFLOP/image |")
     print("|---|---|---:|---:|")
@@ -98,10 +92,6 @@ def cmd_flops(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from smis.onnx_format import config_from_metadata
-
-    from .onnx import op_types, read_metadata
-
     meta = read_metadata(args.file)
     config = config_from_metadata(meta, args.file)
     print(f"{args.file}: {meta.get('smis.graph')} of {config.name} ({config.num_classes} classes, native "

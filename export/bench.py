@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import logging
 import os
@@ -37,10 +38,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from smis.backends import OnnxBackend, TorchBackend
+from smis.backends.onnx import cpu_cores
 from smis.config import PRESETS, SMISConfig, get_config
+from smis.functional import kl_divergence, reparameterize
 from smis.model import GroupDNet
+from smis.onnx_format import graph_file_name
 
 from .flops import encoder_gflop, generator_gflop, render_gflop
+from .onnx import export_model, inference_copy, random_inputs, random_model
 
 logger = logging.getLogger("export.bench")
 
@@ -82,9 +88,9 @@ def _sync(device: torch.device) -> None:
 
 def _owned_copy(model: GroupDNet) -> GroupDNet:
     """A separate GroupDNet with the same weights (TorchBackend bakes spectral norm in place)."""
-    copy = GroupDNet(model.config)
-    copy.load_state_dict(model.state_dict())
-    return copy.eval()
+    owned = GroupDNet(model.config)
+    owned.load_state_dict(model.state_dict())
+    return owned.eval()
 
 
 class ModeFactory:
@@ -109,16 +115,12 @@ class ModeFactory:
 
     def _folded(self) -> GroupDNet:
         if "folded" not in self._cache:
-            from .onnx import inference_copy
-
             self._cache["folded"] = inference_copy(self.model).to(self.device)
         return self._cache["folded"]
 
     def _onnx_folder(self, fp16: bool) -> Path:
         key = f"onnx-{fp16}"
         if key not in self._cache:
-            from .onnx import export_model
-
             folder = self.workdir / "onnx"
             export_model(self.model, folder, fp16=fp16, encoder=False, split=True)
             self._cache[key] = folder
@@ -187,8 +189,6 @@ class ModeFactory:
         """``smis.backends.TorchBackend``: a new mask every call, or (``reroll``) its label-branch cache warm;
         ``dtype`` "bfloat16" runs the weights in bf16 (``SMISPipeline.from_pretrained(..., dtype=...)``)."""
         if key not in self._cache:
-            from smis.backends import TorchBackend
-
             # A new mask every call for "baked": the label-branch cache is measured by the re-roll modes.
             self._cache[key] = TorchBackend(_owned_copy(self.model), str(self.device), dtype=dtype,
                                             cache_label_features=reroll)
@@ -208,8 +208,6 @@ class ModeFactory:
         labels = torch.from_numpy(inputs["labels"][:, 0]).to(self.device)
         z = torch.from_numpy(inputs["z"]).to(self.device)
         if "bf16" not in self._cache:
-            import copy
-
             self._cache["bf16"] = copy.deepcopy(self._folded()).to(torch.bfloat16, memory_format=torch.channels_last)
         net = self._cache["bf16"]
         with torch.inference_mode():
@@ -233,9 +231,6 @@ class ModeFactory:
         return call, lambda: call().float().cpu().numpy()
 
     def _ort(self, mode: str, inputs: dict[str, np.ndarray]) -> tuple[Runner, Runner]:
-        from smis.onnx_backend import OnnxBackend
-        from smis.onnx_format import graph_file_name
-
         fp16 = mode.endswith("fp16")
         device = {"ort-fp32": "cpu", "ort-fp16": "cpu", "ort-cuda-fp32": "cuda", "ort-cuda-fp16": "cuda",
                   "ort-trt-fp32": "tensorrt", "ort-trt-fp16": "tensorrt", "ort-reroll": "cpu",
@@ -398,8 +393,6 @@ def run_bench(model: GroupDNet, device: torch.device, modes: list[str], batches:
               peak_tflops: float | None = None, workdir: Path | None = None, seed: int = 0,
               compile_mode: str = "max-autotune") -> dict:
     """Measure every mode at every batch size; returns a JSON-able dict (see :func:`markdown`)."""
-    from .onnx import random_inputs
-
     config = model.config
     h, w = height or config.height, width or config.width
     gflop = generator_gflop(config, h, w)
@@ -470,10 +463,6 @@ def run_bench(model: GroupDNet, device: torch.device, modes: list[str], batches:
 
 def train_step_bench(model: GroupDNet, device: torch.device, batches: list[int], repeats: int) -> list[dict]:
     """Forward + backward + Adam step of G and E (L1 + KL; no discriminator, no VGG)."""
-    from smis.functional import kl_divergence, reparameterize
-
-    from .onnx import random_inputs
-
     config = model.config
     net = _owned_copy(model).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.0, 0.9))
@@ -636,8 +625,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from smis.onnx_backend import cpu_cores
-
     threads = args.threads or cpu_cores()
     torch.set_num_threads(threads)
     if args.model:
@@ -645,8 +632,6 @@ def main(argv: list[str] | None = None) -> dict:
         if model.config.name != args.preset:
             logger.info("--model is a %s model; benchmarking it (not --preset %s)", model.config.name, args.preset)
     else:
-        from .onnx import random_model
-
         cfg = get_config(args.preset, tiny=args.tiny)
         model = random_model(cfg, seed=args.seed, batches=1)
     workdir = Path(args.workdir) if args.workdir else None

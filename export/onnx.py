@@ -44,12 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from smis.backends.onnx import make_session
 from smis.config import SIZE_MULTIPLE, SMISConfig
 from smis.functional import fit_label, to_uint8
 from smis.generator import BLOCK_NAMES
 from smis.layers import CGNorm, cgnorm_channels
 from smis.model import GroupDNet, bake_spectral_norm
-from smis.onnx_backend import make_session
 from smis.onnx_format import GRAPH_KEY, GRAPH_KINDS, graph_file_name, model_metadata
 
 logger = logging.getLogger(__name__)

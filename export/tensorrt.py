@@ -6,7 +6,7 @@ Two routes, whichever this machine has:
   (``generator-fp16.engine``) with one optimisation profile (batch 1..max at the native size),
   for deployers that run TensorRT directly (Triton, trtexec, C++);
 - ``onnxruntime``: ONNX Runtime's ``TensorrtExecutionProvider`` builds the engine into its engine
-  cache on the first run; :class:`smis.onnx_backend.OnnxBackend` then reuses that cache.
+  cache on the first run; :class:`smis.backends.OnnxBackend` then reuses that cache.
 
 TensorRT cannot be installed from PyPI here (the ``tensorrt`` wheel is a stub that downloads the
 real one from NVIDIA), so where neither route works :class:`TensorRTUnavailable` says so and what
@@ -21,7 +21,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from smis.onnx_backend import CPU, CUDA, TENSORRT, cache_root, make_session
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from smis.backends.onnx import CPU, CUDA, TENSORRT, cache_root, make_session
 from smis.onnx_format import config_from_metadata
 
 logger = logging.getLogger(__name__)
@@ -54,8 +58,6 @@ def _import_tensorrt():
 
 def _probe_model_bytes() -> bytes:
     """A one-op ONNX model (Relu on a 1x8 tensor) for asking a provider whether it really runs."""
-    from onnx import TensorProto, helper
-
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
@@ -132,8 +134,6 @@ def build_engine(onnx_path: str | os.PathLike, out_dir: str | os.PathLike | None
                  route: str = "auto", opt_batch: int = 1, max_batch: int = 8, height: int | None = None,
                  width: int | None = None, workspace_gib: float = 4.0) -> EngineResult:
     """Build a TensorRT engine for one exported graph; raises :class:`TensorRTUnavailable`."""
-    import onnx
-
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise FileNotFoundError(f"no ONNX graph at {onnx_path}; export one with `python -m export onnx`")
@@ -184,8 +184,6 @@ def _build_with_tensorrt(onnx_path: Path, engine_path: Path, fp16: bool, shapes:
 
 
 def _build_with_onnxruntime(onnx_path: Path, cache: Path, fp16: bool, shapes: dict) -> Path:
-    import numpy as np
-
     def fmt(i: int) -> str:
         return ",".join(f"{n}:{'x'.join(map(str, s[i]))}" for n, s in shapes.items())
 

@@ -1,4 +1,4 @@
-"""The ONNX file contract: what ``python -m export onnx`` writes and :mod:`smis.onnx_backend` reads.
+"""The ONNX file contract: what ``python -m export onnx`` writes and :mod:`smis.backends.onnx` reads.
 
 A model folder may hold ``generator.onnx`` / ``encoder.onnx`` and the generator's cached-mask pair
 ``generator-maps.onnx`` (labels, z -> the image *and* every CG-Norm's scale / shift map) /

@@ -7,6 +7,7 @@ strides 2..32) with a global-context branch and an FPN-style decoder back to str
 from __future__ import annotations
 
 import copy
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -14,10 +15,12 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .. import hub
+from ..backends.onnx import session_options
 from ..hub import CheckpointError
 from .config import ONNX_NAME, ParserConfig, resolve_parser_dir
 
@@ -108,8 +111,6 @@ class ParserNet(nn.Module):
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, metadata: dict[str, str] | None = None) -> list[Path]:
         """Write ``config.json`` + ``model.safetensors`` (float32). Returns the files."""
-        from safetensors.torch import save_file
-
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.config.save(folder / hub.CONFIG_NAME)
@@ -153,8 +154,6 @@ def fuse_batchnorm(net: ParserNet) -> ParserNet:
 
 
 def _has_onnxruntime() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("onnxruntime") is not None
 
 
@@ -169,9 +168,7 @@ class OnnxParserNet:
             raise CheckpointError(
                 f"{folder} has no {ONNX_NAME}; export it with `python -m train.parser --export-onnx {folder}` "
                 "or use backend='torch'")
-        import onnxruntime as ort
-
-        from ..onnx_backend import session_options
+        import onnxruntime as ort  # optional: the torch parser works without it
 
         opts = session_options(threads)  # the generator's: no spin-waiting that would slow the next session
         providers = ["CPUExecutionProvider"]

@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .backends import LabelBranchCache, parse_dtype
-from .config import SIZE_MULTIPLE, SMISConfig
-from .layers import cgnorm_channels
-from .onnx_format import (
+from ..config import SIZE_MULTIPLE, SMISConfig
+from ..hub import resolve_model_dir
+from ..layers import cgnorm_channels
+from ..model import GroupDNet
+from ..onnx_format import (
     FP16_SUFFIX,
     GENERATOR_FILE,
     GRAPH_KEY,
@@ -38,6 +39,7 @@ from .onnx_format import (
     graph_file_name,
     weights_file_digest,
 )
+from .common import LabelBranchCache, parse_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -70,6 +72,7 @@ def cpu_cores() -> int:
 # ---------------------------------------------------------------------------------------------
 
 def _ort():
+    """``onnxruntime``, imported on first use: the PyTorch backend works without it."""
     try:
         import onnxruntime as ort
     except ImportError as err:
@@ -186,8 +189,6 @@ def _resolve_folder(name_or_path: str | os.PathLike | None, revision: str | None
         p = Path(name_or_path).expanduser()
         if p.is_dir() and ((p / GENERATOR_FILE).is_file() or (p / graph_file_name("generator", True)).is_file()):
             return p
-    from .hub import resolve_model_dir
-
     return resolve_model_dir(name_or_path, revision)
 
 
@@ -222,8 +223,6 @@ def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike
                 f"no up-to-date {name} for {folder}: export the graphs with `python -m export onnx --model "
                 f"{folder}{' --fp16' if fp16 else ''}`, or pass exporter=export.onnx.export_model to export "
                 "them on first use")
-        from .model import GroupDNet
-
         logger.info("no %s in %s: exporting it once into %s", name, folder, target)
         exporter(GroupDNet.from_pretrained(folder), target, fp16=fp16, metadata={SOURCE_KEY: digest})
         found = _graphs_in(target, fp16)

@@ -15,7 +15,7 @@ from PIL import Image
 from smis import labels as L
 from train import data as D
 from train.data import build_dataset
-from train.formats import CCP_GROUPS, dataset_classes
+from train.formats import CCP_GROUPS, dataset_classes, detect_format, matching_formats
 from train.prepare import main as prepare_main
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp"
@@ -202,6 +202,56 @@ def test_ccp_groups_match_shared_layout_names(tmp_path):
     (root / "classes.json").write_text(json.dumps(bad))
     with pytest.raises(ValueError, match="CCP10_CLASSES"):
         build_dataset("ccp", root, "train", 48, 32)
+
+
+def test_format_is_found_from_the_folder(tmp_path):
+    """--format auto: each layout's own folders and classes.json decide; a folder that fits several
+    layouts or none is refused with a message naming the candidates."""
+    assert detect_format(_generic_tree(tmp_path / "g")) == "generic"
+    ccp = _ccp_tree(tmp_path / "ccp")
+    assert detect_format(ccp) == "ccp"
+    ds = build_dataset("auto", ccp, "val", 48, 32)
+    assert ds.class_names == L.CCP10_CLASSES and len(ds) == 2
+    df = tmp_path / "df"
+    (df / "train").mkdir(parents=True)
+    (df / "cihp_train_mask").mkdir()
+    assert detect_format(df) == "deepfashion"
+    cs = tmp_path / "cs"
+    (cs / "leftImg8bit").mkdir(parents=True)
+    (cs / "gtFine").mkdir()
+    assert detect_format(cs) == "cityscapes"
+    ade = tmp_path / "ade" / "ADEChallengeData2016" / "images" / "training"
+    ade.mkdir(parents=True)
+    assert detect_format(tmp_path / "ade") == "ade20k"
+    segnet = tmp_path / "segnet"
+    (segnet / "train").mkdir(parents=True)
+    (segnet / "trainannot").mkdir()
+    assert detect_format(segnet) == "camvid"
+    # images/ + labels/ without classes.json: CamVid's names are not photo numbers, so not CCP...
+    cam = tmp_path / "camvid"
+    _save(cam / "images" / "0001TP_1.png", _photo(24, 32, 1))
+    _save(cam / "labels" / "0001TP_1.png", _camvid_label())
+    assert matching_formats(cam) == ["camvid"]
+    # ...but photo numbers fit both: refused, naming both.
+    bare = _ccp_tree(tmp_path / "bare", with_json=False)
+    with pytest.raises(ValueError, match="several dataset layouts.*--format ccp or --format camvid"):
+        build_dataset("auto", bare, "train", 48, 32)
+    with pytest.raises(ValueError, match="matches no known dataset layout"):
+        detect_format(tmp_path / "df" / "train")
+
+
+def test_an_explicit_format_that_does_not_fit_names_the_one_that_does(tmp_path):
+    ccp = _ccp_tree(tmp_path / "ccp")
+    with pytest.raises(ValueError, match="looks like ccp: pass --format ccp"):
+        build_dataset("generic", ccp, "train", 48, 32)
+    with pytest.raises(ValueError, match="looks like ccp"):
+        dataset_classes("generic", ccp)
+
+
+def test_prepare_finds_the_format(tmp_path):
+    ccp = _ccp_tree(tmp_path / "ccp")
+    assert prepare_main(["--src", str(ccp), "--out", str(tmp_path / "out"), "--height", "48", "--width", "32"]) == 0
+    assert json.loads((tmp_path / "out" / "classes.json").read_text())["prepared"]["format"] == "ccp"
 
 
 def _camvid_label() -> np.ndarray:

@@ -37,6 +37,7 @@ from smis.hub import METRICS_NAME, class_control
 
 from . import features as feat
 from . import metrics as M
+from .formats import resolve_format
 from .inception import InceptionV3Pool
 
 logger = logging.getLogger(__name__)
@@ -326,7 +327,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.evaluate", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True, help="GroupDNet model folder (config.json + safetensors) or Hub id")
     p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--format", default="generic", help="dataset layout, see train/data.py (default: generic)")
+    p.add_argument("--format", default="auto",
+                   help="dataset layout, see train/formats.py (default: auto, found from the folder)")
     p.add_argument("--split", default="val", help="held-out split (default: val)")
     p.add_argument("--out", default="outputs/eval",
                    help="folder for metrics.json and metrics.md (default: outputs/eval)")
@@ -394,7 +396,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         fid_net, fid_info = load_fid_net(args.inception_weights, args.download_weights, device)
         pipe = SMISPipeline.from_pretrained(args.model, backend=args.backend, device=device)
         config = pipe.config
-        dataset = build_dataset(args.format, args.data, args.split, config.height, config.width,
+        fmt = resolve_format(args.format, args.data)
+        dataset = build_dataset(fmt, args.data, args.split, config.height, config.width,
                                 augment=False, on_bad="skip")
         if dataset.num_classes != config.num_classes:
             raise ValueError(f"the dataset has {dataset.num_classes} classes but the model {config.num_classes}; "
@@ -429,7 +432,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "model": {"path": str(args.model), "name": config.name, "classes": list(config.class_names),
                   "height": config.height, "width": config.width, "backend": pipe.backend.name,
                   "device": pipe.backend.device},
-        "data": {"root": str(args.data), "format": args.format, "split": args.split, "num_images": len(dataset)},
+        "data": {"root": str(args.data), "format": fmt, "split": args.split, "num_images": len(dataset)},
         "seed": args.seed, "truncation": args.truncation,
         "distance": distance_info,
         "fid_features": fid_info,

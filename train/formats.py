@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 Color = tuple[int, int, int]
 
 FORMATS = ("generic", "deepfashion", "cityscapes", "ade20k", "ccp", "camvid")
+#: ``--format auto``: the layout is found from the folder (:func:`detect_format`).
+AUTO = "auto"
 SPLITS = ("train", "val", "test", "all")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -371,27 +373,120 @@ _READERS: dict[str, Callable[..., Listing]] = {
 }
 
 
-def _check_fmt(fmt: str, root: str | os.PathLike) -> Path:
-    if fmt not in _READERS:
-        raise ValueError(f"unknown dataset format {fmt!r}; choose one of {', '.join(FORMATS)}")
+# -------------------------------------------------------------------------------------------
+# Finding the layout of a folder
+# -------------------------------------------------------------------------------------------
+
+def _classes_json_kind(path: Path) -> str | None:
+    """``"generic"`` (``names``), ``"ccp"`` (``suggested_groups``), ``"other"`` or None (no file)."""
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return "other"
+    if isinstance(d, dict) and isinstance(d.get("names"), list) and d["names"]:
+        return "generic"
+    if isinstance(d, dict) and "suggested_groups" in d:
+        return "ccp"
+    return "other"
+
+
+def matching_formats(root: str | os.PathLike) -> list[str]:
+    """Every layout of :data:`FORMATS` whose folders and files are present in ``root``.
+
+    Read from the folder names and ``classes.json`` only (no image is opened): ``images/`` +
+    ``labels/`` is generic with a ``classes.json`` that has ``names``, CCP with CCP's own
+    ``classes.json`` (``suggested_groups``); without a ``classes.json`` it can be CCP (photo numbers
+    as file names) or CamVid. The reference layouts of DeepFashion, Cityscapes, ADE20K and SegNet's
+    CamVid have their own folder names.
+    """
+    path = Path(root)
+    if not path.is_dir():
+        return []
+    fits = []
+    if (path / "images").is_dir() and (path / "labels").is_dir():
+        kind = _classes_json_kind(path / "classes.json")
+        if kind == "generic":
+            fits.append("generic")
+        elif kind == "ccp":
+            fits.append("ccp")
+        elif kind is None:
+            stems = [p.stem for p in (path / "labels").iterdir() if p.suffix.lower() == ".png"]
+            if stems and all(s.isdigit() for s in stems):
+                fits.append("ccp")
+            fits.append("camvid")
+    if any((path / f"cihp_{ph}_mask").is_dir() for ph in ("train", "test")):
+        fits.append("deepfashion")
+    if (path / "leftImg8bit").is_dir() and (path / "gtFine").is_dir():
+        fits.append("cityscapes")
+    ade = path / "ADEChallengeData2016" if (path / "ADEChallengeData2016").is_dir() else path
+    if (ade / "images" / "training").is_dir() or (ade / "annotations" / "training").is_dir():
+        fits.append("ade20k")
+    if "camvid" not in fits and ((path / "CamVid").is_dir() or ((path / "train").is_dir()
+                                                                and (path / "trainannot").is_dir())):
+        fits.append("camvid")
+    return fits
+
+
+def detect_format(root: str | os.PathLike) -> str:
+    """The one layout that fits ``root`` (:func:`matching_formats`); a ``ValueError`` naming the
+    candidates (or the layouts known) when none or several fit."""
     path = Path(root)
     if not path.is_dir():
         raise ValueError(f"dataset root {str(path)!r} does not exist or is not a folder")
-    return path
+    fits = matching_formats(path)
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
+        raise ValueError(f"{path} fits several dataset layouts ({', '.join(fits)}); pass --format "
+                         f"{' or --format '.join(fits)}")
+    raise ValueError(f"{path} matches no known dataset layout; expected one of {', '.join(FORMATS)} "
+                     "(a generic dataset is images/ + labels/ + classes.json with \"names\"; see train/formats.py)")
+
+
+def resolve_format(fmt: str, root: str | os.PathLike) -> str:
+    """``fmt`` itself, or the detected layout for :data:`AUTO` (logged)."""
+    if fmt != AUTO:
+        return fmt
+    found = detect_format(root)
+    logger.info("dataset layout of %s: %s (found from the folder; --format to choose another)", root, found)
+    return found
+
+
+def _check_fmt(fmt: str, root: str | os.PathLike) -> tuple[str, Path]:
+    path = Path(root)
+    if fmt != AUTO and fmt not in _READERS:
+        raise ValueError(f"unknown dataset format {fmt!r}; choose one of {AUTO}, {', '.join(FORMATS)}")
+    if not path.is_dir():
+        raise ValueError(f"dataset root {str(path)!r} does not exist or is not a folder")
+    return resolve_format(fmt, path), path
+
+
+def _with_hint(err: ValueError, fmt: str, path: Path) -> ValueError:
+    """``err`` with the layouts that do fit ``path`` when an explicit ``fmt`` does not."""
+    fits = [f for f in matching_formats(path) if f != fmt]
+    if not fits:
+        return err
+    return ValueError(f"{err} -- {path} looks like {' or '.join(fits)}: pass --format {fits[0]}"
+                      + (" (or --format auto)" if len(fits) == 1 else ""))
 
 
 def list_pairs(fmt: str, root: str | os.PathLike, split: str = "train", *, instances: bool = True,
                camvid_void: str | int = "nearest") -> Listing:
-    """List a dataset's pairs for ``split`` without reading any image."""
-    path = _check_fmt(fmt, root)
+    """List a dataset's pairs for ``split`` without reading any image (``fmt`` may be ``"auto"``)."""
+    fmt, path = _check_fmt(fmt, root)
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    return _READERS[fmt](path, split, instances=instances, camvid_void=camvid_void)
+    try:
+        return _READERS[fmt](path, split, instances=instances, camvid_void=camvid_void)
+    except ValueError as err:
+        raise _with_hint(err, fmt, path) from err
 
 
 def dataset_classes(fmt: str, root: str | os.PathLike) -> tuple[tuple[str, ...], tuple[Color, ...]]:
-    """(class names, palette) of a dataset, to build the matching ``SMISConfig``."""
-    path = _check_fmt(fmt, root)
+    """(class names, palette) of a dataset, to build the matching ``SMISConfig`` (``fmt`` may be ``"auto"``)."""
+    fmt, path = _check_fmt(fmt, root)
     fixed = {
         "deepfashion": (L.DEEPFASHION_CLASSES, L.DEEPFASHION_PALETTE),
         "cityscapes": (L.CITYSCAPES_CLASSES, L.CITYSCAPES_PALETTE),
@@ -400,7 +495,10 @@ def dataset_classes(fmt: str, root: str | os.PathLike) -> tuple[tuple[str, ...],
         "camvid": (L.CAMVID_CLASSES, L.CAMVID_PALETTE),
     }
     if fmt == "generic":
-        names, palette, _ = read_classes_json(path / "classes.json")
+        try:
+            names, palette, _ = read_classes_json(path / "classes.json")
+        except ValueError as err:
+            raise _with_hint(err, fmt, path) from err
         return names, palette
     names, palette = fixed[fmt]
     return tuple(names), tuple(tuple(c) for c in palette)

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--state", help="training state (runs/NAME/checkpoints/training-state-*.pt): its EMA "
                                      "model, plus D's view of training and val photos")
     p.add_argument("--data", required=True, help="dataset root")
-    p.add_argument("--format", default="generic", help="dataset layout (default: generic)")
+    p.add_argument("--format", default="auto", help="dataset layout (default: auto, found from the folder)")
     p.add_argument("--split", default="val", help="split (default: val)")
     p.add_argument("--images", type=int, default=16, help="images spread over the split (default: 16)")
     p.add_argument("--seed", type=int, default=0, help="seed of the re-rolled codes (default: 0)")

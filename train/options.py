@@ -42,8 +42,8 @@ class DataOptions:
 
     #: Dataset root folder.
     data: str = field(default="", metadata={"required": True})
-    #: Dataset layout understood by train/data.py and train/formats.py (e.g. generic, ccp).
-    format: str = "generic"
+    #: Dataset layout of train/formats.py (generic, ccp, ...); auto: found from the folder.
+    format: str = "auto"
     #: Dataset split to train on.
     split: str = "train"
     #: Random horizontal flips, zoom and crop position.

@@ -29,7 +29,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .data import BadSampleError, SMISDataset, build_dataset
-from .formats import FORMATS
+from .formats import AUTO, FORMATS, resolve_format
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +150,8 @@ def _dump_json(obj: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", required=True, choices=FORMATS, help="layout of --src")
+    parser.add_argument("--format", default=AUTO, choices=(AUTO, *FORMATS),
+                        help="layout of --src (default: auto, found from the folder)")
     parser.add_argument("--src", required=True, help="dataset root")
     parser.add_argument("--out", required=True, help="output folder (generic layout)")
     parser.add_argument("--height", type=int, required=True)
@@ -174,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     void = int(args.camvid_void) if args.camvid_void.isdigit() else args.camvid_void
     stems = tuple(s.strip() for s in args.stems.split(",") if s.strip()) if args.stems else None
     try:
-        summary = pack(args.format, args.src, args.out, args.height, args.width,
+        summary = pack(resolve_format(args.format, args.src), args.src, args.out, args.height, args.width,
                        splits=tuple(s.strip() for s in args.splits.split(",") if s.strip()),
                        quality=args.quality, stems=stems, manifest=args.manifest,
                        split_files=not args.no_split_files, on_bad=args.on_bad, workers=args.workers,

@@ -110,13 +110,11 @@ class ResultFiles:
         except ValueError as err:
             raise UserError(f"This PNG {_reason(err)}. Open a PNG saved by this demo; metadata is lost when "
                             "a PNG is re-encoded (e.g. by some chat apps).") from err
-        cfg = self.config
-        want = (cfg.num_classes, cfg.z_channels, *cfg.latent_grid())
-        if result.codes.values.shape != want or tuple(result.codes.class_names) != tuple(cfg.class_names):
+        if not self.pipe.codes_fit(result.codes):
             raise UserError(
                 f"This result was made by another model (codes {tuple(result.codes.values.shape)} for "
-                f"{result.codes.num_classes} classes); this demo runs '{cfg.name}', which needs {want}. "
-                "Open a PNG saved by this demo.")
+                f"{result.codes.num_classes} classes); this demo runs '{self.config.name}', which needs "
+                f"{self.pipe.codes_shape}. Open a PNG saved by this demo.")
         result.labels = self.pipe.prepare_mask(result.labels)
         return result
 

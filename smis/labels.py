@@ -300,11 +300,12 @@ def letterbox_box(size: Sequence[int], height: int, width: int) -> Box:
     return (height - nh) // 2, (width - nw) // 2, nh, nw
 
 
-def letterbox_photo(photo: np.ndarray, height: int, width: int,
-                    fill: Sequence[int] | None = None) -> tuple[np.ndarray, Box]:
-    """An RGB uint8 photo (H, W, 3) fitted into ``height`` x ``width``: resized (Lanczos) with its
-    aspect kept, never stretched; the bands are ``fill`` (default: the mean colour of the photo's
-    border, so they read as more background). Returns the photo and its box (see :func:`letterbox_box`)."""
+def letterbox_photo(photo: np.ndarray, height: int, width: int, fill: Sequence[int] | None = None,
+                    resample: int = Image.LANCZOS) -> tuple[np.ndarray, Box]:
+    """An RGB uint8 photo (H, W, 3) fitted into ``height`` x ``width``: resized by PIL (``resample``,
+    Lanczos by default) with its aspect kept, never stretched; the bands are ``fill`` (default: the
+    mean colour of the photo's border, so they read as more background). Returns the photo and its
+    box (see :func:`letterbox_box`)."""
     top, left, nh, nw = box = letterbox_box(photo.shape[:2], height, width)
     if (nh, nw) == photo.shape[:2] and (nh, nw) == (height, width):
         return photo, box
@@ -312,11 +313,21 @@ def letterbox_photo(photo: np.ndarray, height: int, width: int,
         edge = np.concatenate([photo[0], photo[-1], photo[:, 0], photo[:, -1]])
         fill = tuple(int(v + 0.5) for v in edge.reshape(-1, 3).mean(0))
     if (nh, nw) != photo.shape[:2]:
-        photo = np.asarray(Image.fromarray(photo).resize((nw, nh), Image.LANCZOS))
+        photo = np.asarray(Image.fromarray(photo).resize((nw, nh), resample))
     out = np.empty((height, width, 3), np.uint8)
     out[:] = np.asarray(fill, np.uint8)
     out[top:top + nh, left:left + nw] = photo
     return out, box
+
+
+def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest resize of a class-id map (exact ids, no blending)."""
+    h, w = labels.shape
+    if (h, w) == (height, width):
+        return labels
+    rows = (np.arange(height) * h) // height
+    cols = (np.arange(width) * w) // width
+    return labels[rows[:, None], cols[None, :]]
 
 
 def letterbox_labels(labels: np.ndarray, height: int, width: int, background: int = 0) -> np.ndarray:

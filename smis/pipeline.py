@@ -27,7 +27,7 @@ from .backends import Backend, load_backend
 from .codes import ClassCodes
 from .config import SMISConfig
 from .functional import to_uint8
-from .labels import ids_to_color, letterbox_labels, letterbox_photo, load_mask, load_photo
+from .labels import ids_to_color, letterbox_labels, letterbox_photo, load_mask, load_photo, resize_labels
 
 logger = logging.getLogger(__name__)
 
@@ -106,16 +106,6 @@ def _labels_from_b64(s: str) -> np.ndarray:
         raise ValueError(f"corrupt mask in the image metadata: {err}") from err
 
 
-def resize_labels(labels: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Nearest resize of a class-id map (exact ids, no blending)."""
-    h, w = labels.shape
-    if (h, w) == (height, width):
-        return labels
-    rows = (np.arange(height) * h) // height
-    cols = (np.arange(width) * w) // width
-    return labels[rows[:, None], cols[None, :]]
-
-
 class SMISPipeline:
     """Generate, re-roll, encode, mix and morph with one GroupDNet, on any backend."""
 
@@ -167,6 +157,15 @@ class SMISPipeline:
         if isinstance(classes, (int, str, np.integer)):
             classes = [classes]
         return [self.config.class_id(c) for c in classes]
+
+    @property
+    def codes_shape(self) -> tuple[int, int, int, int]:
+        """(classes, z channels, h, w): the shape of this model's codes (``ClassCodes.values``)."""
+        return (self.config.num_classes, self.config.z_channels, *self.config.latent_grid())
+
+    def codes_fit(self, codes: ClassCodes) -> bool:
+        """Whether ``codes`` were made for this model: its classes, code size and latent grid."""
+        return codes.values.shape == self.codes_shape and codes.class_names == self.class_names
 
     def sample_codes(self, seed: int | None = None) -> tuple[ClassCodes, int]:
         seed = _seed(seed)
@@ -253,10 +252,9 @@ class SMISPipeline:
     def _check_codes(self, codes: ClassCodes) -> None:
         if not isinstance(codes, ClassCodes):
             raise ValueError(f"expected ClassCodes, got {type(codes).__name__}")
-        want = (self.config.num_classes, self.config.z_channels, *self.config.latent_grid())
-        if codes.values.shape != want or codes.class_names != self.class_names:
+        if not self.codes_fit(codes):
             raise ValueError(
-                f"these codes ({codes.values.shape}) were made for another model; this one needs {want}")
+                f"these codes ({codes.values.shape}) were made for another model; this one needs {self.codes_shape}")
 
 
 def to_pil(image: np.ndarray) -> Image.Image:

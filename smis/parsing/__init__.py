@@ -35,8 +35,8 @@ from .inference import (
     ParseResult,
     check_person,
     letterbox,
-    letterbox_photo,
     person_measures,
+    photo_input,
     unletterbox,
 )
 from .network import InvertedResidual, OnnxParserNet, ParserNet, SeparableConv, export_onnx, fuse_batchnorm
@@ -45,5 +45,5 @@ __all__ = [
     "BUNDLED_PARSER_DIR", "CONFIG_FORMAT", "IGNORE_INDEX", "ONNX_NAME", "PARSER_ENV", "PARSER_PRESETS",
     "HumanParser", "InvertedResidual", "NotAPersonError", "OnnxParserNet", "ParseResult", "ParserConfig",
     "ParserNet", "SeparableConv", "check_person", "export_onnx", "fuse_batchnorm", "get_parser_config",
-    "letterbox", "letterbox_photo", "person_measures", "resolve_parser_dir", "unletterbox",
+    "letterbox", "person_measures", "photo_input", "resolve_parser_dir", "unletterbox",
 ]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from ..labels import ids_to_color, letterbox_box, load_photo
+from ..labels import Box, ids_to_color, letterbox_box, letterbox_photo, load_photo
 from .config import ONNX_NAME, Color, ParserConfig, resolve_parser_dir
 from .network import OnnxParserNet, ParserNet, _has_onnxruntime, fuse_batchnorm
 
@@ -168,7 +168,7 @@ class HumanParser:
         """
         arr = load_photo(photo)
         h, w = arr.shape[:2]
-        x, box = letterbox_photo(arr, self.config.height, self.config.width)
+        x, box = photo_input(arr, self.config.height, self.config.width)
         x = x.to(self.device)
         probs = self._run(x).softmax(1)
         labels, conf = _argmax_resized(probs[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]], (h, w))
@@ -195,17 +195,16 @@ def letterbox(images: torch.Tensor, height: int, width: int) -> tuple[torch.Tens
     return images, (top, left, nh, nw)
 
 
-def letterbox_photo(photo: np.ndarray, height: int, width: int) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
-    """:func:`letterbox` for one RGB uint8 photo (H, W, 3), resized by PIL (antialiased, ~5x faster
-    than torch on CPU). Returns (1, 3, height, width) in [-1, 1] and the box."""
-    h, w = photo.shape[:2]
-    top, left, nh, nw = letterbox_box((h, w), height, width)
-    if (nh, nw) != (h, w):
-        photo = np.asarray(Image.fromarray(photo).resize((nw, nh), Image.BILINEAR))
-    canvas = np.full((height, width, 3), 127.5, np.float32)
-    canvas[top:top + nh, left:left + nw] = photo
-    x = torch.from_numpy(canvas).permute(2, 0, 1)[None] / 127.5 - 1.0
-    return x.contiguous(), (top, left, nh, nw)
+def photo_input(photo: np.ndarray, height: int, width: int) -> tuple[torch.Tensor, Box]:
+    """One RGB uint8 photo (H, W, 3) as :func:`letterbox` would feed it: :func:`smis.labels.letterbox_photo`
+    with a bilinear resize (PIL: antialiased, ~5x faster than torch on CPU), then (1, 3, height, width)
+    in [-1, 1] with grey (0) bands. Returns it and the box."""
+    # Grey is 0 in [-1, 1], which no uint8 value maps to: only the box is converted, the bands stay 0.
+    boxed, (top, left, nh, nw) = letterbox_photo(photo, height, width, fill=(0, 0, 0), resample=Image.BILINEAR)
+    inside = torch.from_numpy(boxed[top:top + nh, left:left + nw]).permute(2, 0, 1)
+    x = torch.zeros(1, 3, height, width)
+    x[0, :, top:top + nh, left:left + nw] = inside / 127.5 - 1.0
+    return x, (top, left, nh, nw)
 
 
 def unletterbox(maps: torch.Tensor, box: tuple[int, int, int, int], size: tuple[int, int]) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""GroupDNet demo: the Hugging Face Space entry point (``python app.py``).
+"""GroupDNet demo, the Hugging Face Space entry point: ``python app.py [options]``.
 
-Loads the pipeline once, builds the UI from ``demo/`` and serves it with a bounded queue.
+Loads the demo once through :func:`demo.launch.create_app` and serves it with a bounded queue.
 
 Options (command line, or the environment variable in brackets):
 
@@ -11,10 +11,6 @@ Options (command line, or the environment variable in brackets):
                                (default: the bundled smis/assets/ccp-parser; "none" turns it off)
     --host     [GRADIO_SERVER_NAME]  default 0.0.0.0 on a Space, else 127.0.0.1
     --port     [GRADIO_SERVER_PORT]  default 7860
-
-If no model is given and the bundled one is missing, an *untrained* GroupDNet is built so the UI
-still works, and a banner says so on every page — never silently. If no parser is given and the
-bundled one is missing, the demo runs without mask prediction and "Start from a photo" says so.
 """
 
 from __future__ import annotations
@@ -23,19 +19,12 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
-import gradio as gr
-
-from demo import CSS, build_demo, load_references
-from smis import SMISPipeline
-from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV, measured_class_control
-from smis.parsing import BUNDLED_PARSER_DIR, PARSER_ENV
-
-logger = logging.getLogger("smis.app")
-
-FALLBACK_BANNER = ("Untrained fallback model — the trained CCP weights are not bundled yet; "
-                   "images will look like noise/blobs")
+from demo import CSS
+from demo.launch import create_app
+from export.onnx import export_model
+from smis.hub import MODEL_ENV
+from smis.parsing import PARSER_ENV
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,94 +58,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def build_fallback_model(backend: str, device: str | None) -> SMISPipeline:
-    """An untrained ``demo`` GroupDNet (fixed seed) in a temp folder, loaded like a real one."""
-    import torch
-
-    from smis import GroupDNet, get_config
-
-    logger.warning(FALLBACK_BANNER)
-    with tempfile.TemporaryDirectory(prefix="smis-untrained-") as folder:  # loaded, then deleted
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            GroupDNet(get_config("demo")).save_pretrained(folder, metadata={"trained": "false"})
-        return SMISPipeline.from_pretrained(folder, backend=backend, device=device, **_backend_kwargs(backend))
-
-
-def _backend_kwargs(backend: str) -> dict:
-    """ONNX Runtime: a model folder without .onnx graphs gets them exported once, into the cache."""
-    if backend != "onnx":
-        return {}
-    from export.onnx import export_model
-
-    return {"exporter": export_model}
-
-
-def resolve_backend(backend: str, device: str | None) -> str:
-    """``auto`` -> ``onnx`` on a CPU (the fastest there, see the README's speed table), ``torch`` on CUDA."""
-    if backend != "auto":
-        return backend
-    if device is not None:
-        return "torch" if device.startswith("cuda") else "onnx"
-    import torch
-
-    return "torch" if torch.cuda.is_available() else "onnx"
-
-
-def load_pipeline(model: str | None, backend: str = "auto",
-                  device: str | None = None) -> tuple[SMISPipeline, str | None]:
-    """The pipeline, and the banner to show (``None`` for a real model).
-
-    Only the *default* model may fall back: a model you named that cannot be loaded is an error.
-    """
-    backend = resolve_backend(backend, device)
-    if model is None and not os.environ.get(MODEL_ENV) and not BUNDLED_MODEL_DIR.is_dir():
-        return build_fallback_model(backend, device), FALLBACK_BANNER
-    return SMISPipeline.from_pretrained(model, backend=backend, device=device, **_backend_kwargs(backend)), None
-
-
-NO_PARSER_NOTE = ("The trained human parser is not bundled yet (smis/assets/ccp-parser), so masks cannot be "
-                  "predicted from photos")
-
-
-def load_parser(name: str | None, device: str | None = None):
-    """The human parser for "Start from a photo", and a note when there is none.
-
-    Only the *default* parser may be missing: one you named that cannot be loaded is an error.
-    """
-    from smis.parsing import HumanParser
-
-    if name is not None and name.strip().lower() == "none":
-        return None, "Mask prediction is turned off on this server (--parser none)"
-    if name is None and not (BUNDLED_PARSER_DIR / "config.json").is_file():
-        logger.warning("%s; \"Start from a photo\" needs masks drawn by hand", NO_PARSER_NOTE)
-        return None, NO_PARSER_NOTE
-    parser = HumanParser.from_pretrained(name, device=device)
-    logger.info("human parser: %s (%s)", name or BUNDLED_PARSER_DIR, parser.backend)
-    return parser, None
-
-
-def model_class_control(pipe: SMISPipeline) -> dict[str, float]:
-    """The per-class re-roll strength measured on val, from the model folder's metrics.json ({} if none)."""
-    return measured_class_control(pipe.model_dir, pipe.class_names) if pipe.model_dir else {}
-
-
-def create_app(args: argparse.Namespace) -> gr.Blocks:
-    pipe, banner = load_pipeline(args.model, args.backend, args.device)
-    parser, parser_note = load_parser(args.parser, args.device)
-    try:
-        refs = load_references(args.examples, class_names=pipe.config.class_names)
-    except ValueError as err:
-        logger.error("examples not loaded: %s", err)
-        refs = []
-    demo = build_demo(pipe, references=refs, banner=banner, cache_examples=not args.no_cache_examples,
-                      max_upload_bytes=_parse_size(args.max_file_size), parser=parser, parser_note=parser_note,
-                      class_control={} if banner else model_class_control(pipe))
-    on_gpu = not str(pipe.backend.device).lower().startswith("cpu")
-    concurrency = args.concurrency or (4 if on_gpu else 1)
-    return demo.queue(max_size=args.max_queue, default_concurrency_limit=concurrency)
-
-
 def _parse_size(text: str) -> int:
     t = text.strip().lower()
     for suffix, mult in (("gb", 2**30), ("mb", 2**20), ("kb", 2**10), ("b", 1)):
@@ -169,7 +70,9 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
-        demo = create_app(args)
+        demo = create_app(args.model, args.backend, args.device, parser=args.parser, examples=args.examples,
+                          cache_examples=not args.no_cache_examples, max_upload_bytes=_parse_size(args.max_file_size),
+                          max_queue=args.max_queue, concurrency=args.concurrency, exporter=export_model)
     except ValueError as err:  # CheckpointError and friends: say what to do, no traceback
         sys.exit(f"error: {err}")
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,

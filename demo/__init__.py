@@ -1,7 +1,7 @@
 """The Gradio demo: ``build_demo(pipeline)`` builds the UI (``ui.py``); ``handlers.py`` holds its events.
 
-The model is loaded once by ``app.py``; nothing here imports torch or builds a network. Modules:
-``ui`` layout and wiring · ``handlers`` the events · ``canvas`` canvas <-> class ids · ``uploads``
+``launch`` loads the model and the parser once (``app.py`` calls its ``create_app``); no other module here
+builds a network. Modules: ``launch`` loading and fallbacks · ``ui`` layout and wiring · ``handlers`` the events · ``canvas`` canvas <-> class ids · ``uploads``
 every image that enters · ``results`` result PNGs and the variant strip · ``references`` reference
 photos · ``memory_bench`` server memory under concurrent visitors · ``screenshots`` docs images.
 """

@@ -22,9 +22,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
-from .references import DEFAULT_EXAMPLES_DIR
+from demo.launch import load_pipeline
+from demo.references import DEFAULT_EXAMPLES_DIR
+from export.onnx import export_model
+from smis.hub import CheckpointError
+from smis.parsing import HumanParser
 
 EXAMPLE_PHOTOS = DEFAULT_EXAMPLES_DIR / "images"
 STAGES = ("decode + letterbox", "parse", "encode", "generate")
@@ -32,15 +37,11 @@ STAGES = ("decode + letterbox", "parse", "encode", "generate")
 
 def build_flows(model: str | None, parser: str | None, threads: int) -> dict[str, Callable[[Path], dict[str, float]]]:
     """``{"PyTorch": flow, "ONNX Runtime": flow}``; a flow times one photo's stages (seconds)."""
-    import torch
-
-    from app import load_pipeline  # the app's own loading (ONNX graphs exported once into the cache)
-    from smis.parsing import HumanParser
-
     torch.set_num_threads(threads)
     flows = {}
     for name, kind in (("PyTorch", "torch"), ("ONNX Runtime", "onnx")):
-        pipe, _ = load_pipeline(model, backend=kind, device="cpu")
+        # the app's own loading (ONNX graphs exported once into the cache)
+        pipe, _ = load_pipeline(model, backend=kind, device="cpu", exporter=export_model)
         net = HumanParser.from_pretrained(parser, device="cpu", backend=kind, threads=threads)
         flows[name] = _flow(pipe, net)
     return flows
@@ -107,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     photos = sorted(q for q in Path(a.photos).glob("*") if q.suffix.lower() in (".jpg", ".jpeg", ".png"))
     if not photos:
         p.error(f"--photos {a.photos}: no .jpg/.png photos there")
-    from smis.hub import CheckpointError
-
     try:
         flows = build_flows(a.model, a.parser, a.threads)
     except CheckpointError as err:

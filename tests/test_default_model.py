@@ -80,9 +80,9 @@ def test_rerolling_one_class_changes_its_region_and_little_else(pipe):
 def test_the_shipped_card_and_the_demo_agree_on_which_codes_work(pipe):
     """The demo reads the per-class figures of the shipped metrics.json (About tab, note on a weak
     re-roll): every class tested above as working must be measured as working there too."""
-    import app
+    from demo import launch
 
-    control = app.model_class_control(pipe)
+    control = launch.model_class_control(pipe)
     assert set(control) == set(pipe.class_names)
     assert {n for n in WORKING if control[n] < WEAK_CODE_RATIO} == set()
 

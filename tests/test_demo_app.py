@@ -476,26 +476,29 @@ def test_app_options_from_env(monkeypatch):
 
 
 def test_app_fallback_is_untrained_and_labelled(monkeypatch, tmp_path):
-    import app
+    from demo import launch
 
     monkeypatch.delenv("SMIS_MODEL", raising=False)
-    monkeypatch.setattr(app, "BUNDLED_MODEL_DIR", tmp_path / "missing")
-    pipe, banner = app.load_pipeline(None, backend="torch", device="cpu")
-    assert banner == app.FALLBACK_BANNER and "Untrained fallback model" in banner
+    monkeypatch.setattr(launch, "BUNDLED_MODEL_DIR", tmp_path / "missing")
+    pipe, banner = launch.load_pipeline(None, backend="torch", device="cpu")
+    assert banner == launch.FALLBACK_BANNER and "Untrained fallback model" in banner
     assert pipe.config.name == "demo" and pipe.config.height == 384
     # a model the user names is never replaced by the fallback
     with pytest.raises(ValueError, match="no model folder"):
-        app.load_pipeline(str(tmp_path / "nope"), device="cpu")
+        launch.load_pipeline(str(tmp_path / "nope"), device="cpu")
 
 
 def test_app_backend_auto_is_onnx_runtime_on_a_cpu_and_exports_once(tiny_model_dir, tmp_path, monkeypatch):
     import app
+    from demo import launch
+    from export.onnx import export_model
 
-    assert app.resolve_backend("auto", "cpu") == "onnx" and app.resolve_backend("auto", "cuda:0") == "torch"
-    assert app.resolve_backend("torch", "cpu") == "torch"
+    assert launch.resolve_backend("auto", "cpu") == "onnx" and launch.resolve_backend("auto", "cuda:0") == "torch"
+    assert launch.resolve_backend("torch", "cpu") == "torch"
     assert app.parse_args([]).backend == "auto" or "SMIS_BACKEND" in os.environ
     monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
-    pipe, banner = app.load_pipeline(str(tiny_model_dir), device="cpu")  # no .onnx in the folder
+    # no .onnx in the folder: app.py passes the exporter (demo/ does not import export/)
+    pipe, banner = launch.load_pipeline(str(tiny_model_dir), device="cpu", exporter=export_model)
     assert banner is None and pipe.backend.name.startswith("onnx")
     assert pipe.model_dir == tiny_model_dir  # where the About tab reads the model's measured figures
     assert list((tmp_path / "cache").rglob("*.onnx")), "the graphs were not exported into the cache"

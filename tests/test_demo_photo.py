@@ -231,18 +231,18 @@ def test_real_untrained_parser_end_to_end(pipe, examples_dir, tmp_path):
 
 
 def test_app_load_parser(tmp_path, monkeypatch):
-    import app
+    from demo import launch
     from smis.hub import CheckpointError
 
-    monkeypatch.setattr(app, "BUNDLED_PARSER_DIR", tmp_path / "absent")
-    parser, note = app.load_parser(None)
+    monkeypatch.setattr(launch, "BUNDLED_PARSER_DIR", tmp_path / "absent")
+    parser, note = launch.load_parser(None)
     assert parser is None and "not bundled yet" in note
-    assert app.load_parser("none")[0] is None
+    assert launch.load_parser("none")[0] is None
     with pytest.raises(CheckpointError):
-        app.load_parser(str(tmp_path / "nothing-here"))
+        launch.load_parser(str(tmp_path / "nothing-here"))
     torch.manual_seed(0)
     ParserNet(get_parser_config("tiny")).save_pretrained(tmp_path / "p")
-    parser, note = app.load_parser(str(tmp_path / "p"), "cpu")
+    parser, note = launch.load_parser(str(tmp_path / "p"), "cpu")
     assert note is None and parser.class_names == get_parser_config("tiny").class_names
 
 

@@ -55,7 +55,7 @@ def _heap_trimmer() -> Callable[[], None]:
 
     After a model call, glibc keeps the freed activations in its per-thread arenas, and the
     server's worker threads each grow their own: resident memory grew by ~1 GB over 240 calls
-    (``python -m demo.memory_bench``). Trimming after each model event keeps it flat at no
+    (``python -m devtools.memory_bench``). Trimming after each model event keeps it flat at no
     measurable cost per call.
     """
     try:

@@ -1,4 +1,4 @@
-"""Server memory under concurrent visitors (issue 12): ``python -m demo.memory_bench`` as a test.
+"""Server memory under concurrent visitors (issue 12): ``python -m devtools.memory_bench`` as a test.
 
 Slow (it builds the app's default 384x256 model and runs 80 calls): ``pytest -m slow tests/test_demo_memory.py``.
 Before the fix the resident memory grew by ~1.2 GB over 240 calls (20 clients x 3 rounds) and kept
@@ -18,7 +18,7 @@ MAX_GROWTH_MB = 200
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_memory_after_concurrent_calls_is_bounded(monkeypatch):
-    from demo.memory_bench import run
+    from devtools.memory_bench import run
 
     monkeypatch.delenv("SMIS_MODEL", raising=False)
     report = run(None, clients=10, rounds=2, tiny=False, extra_args=[])

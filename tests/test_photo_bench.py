@@ -1,10 +1,10 @@
-"""demo.photo_bench: the round-robin timing and its table (fake flows; no timing is asserted)."""
+"""devtools.photo_bench: the round-robin timing and its table (fake flows; no timing is asserted)."""
 
 from __future__ import annotations
 
 import pytest
 
-from demo import photo_bench as pb
+from devtools import photo_bench as pb
 
 
 def _fake(seconds: dict[str, float]):

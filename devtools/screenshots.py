@@ -1,7 +1,7 @@
 """Take the screenshots in docs/screenshots/ from a running demo (headless Chromium + Playwright).
 
     python app.py --port 7860 &            # the untrained fallback, or --model <folder>
-    python -m demo.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots
+    python -m devtools.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots
 
 Uses Debian's Chromium (``apt-get install chromium``), not ``playwright install``.
 """
@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import re
 from pathlib import Path
 
-from .references import DEFAULT_EXAMPLES_DIR
+from demo.references import DEFAULT_EXAMPLES_DIR
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,6 @@ EXAMPLE_PHOTO = DEFAULT_EXAMPLES_DIR / "images" / "0854.jpg"
 
 
 def _wait_for_file(page, sync_api, pattern: str) -> None:
-    import re
-
     link = page.locator("#result-file a[href]").first
     sync_api.expect(link).to_have_attribute("download", re.compile(pattern), timeout=TIMEOUT_MS)
 
@@ -52,7 +51,7 @@ def _select(page, elem_id: str, option: str) -> None:
 
 
 def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]:
-    from playwright import sync_api
+    from playwright import sync_api  # dev-only (requirements-dev.txt), with Debian's Chromium
 
     out.mkdir(parents=True, exist_ok=True)
     shots: list[Path] = []
@@ -122,7 +121,7 @@ def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]
         _select(page, "morph-b", "example 0880")
         page.click("#morph")
         sync_api.expect(page.locator("#morph-gif a[href]").first).to_have_attribute(
-            "download", __import__("re").compile("gif"), timeout=TIMEOUT_MS)
+            "download", re.compile("gif"), timeout=TIMEOUT_MS)
         page.locator("#morph-scrub input[type=range]").first.fill("5")
         shot(page, "05-style-morphing", "#features")
 

@@ -1,7 +1,7 @@
 """Latency of "Start from a photo" (issue 15): decode + letterbox, parse, encode, generate.
 
-    python -m demo.photo_bench --threads 2                      # the bundled model and parser
-    python -m demo.photo_bench --model M --parser P --repeats 30 --out runs/bench-photo
+    python -m devtools.photo_bench --threads 2                      # the bundled model and parser
+    python -m devtools.photo_bench --model M --parser P --repeats 30 --out runs/bench-photo
 
 Times the demo's own path (``demo.handlers``: ``prepare_photo`` -> ``HumanParser.predict`` ->
 ``SMISPipeline.encode`` -> ``SMISPipeline.generate``) on the shipped example photos, for PyTorch
@@ -82,7 +82,8 @@ def run_bench(flows: dict[str, Callable[[Path], dict[str, float]]], photos: list
 def markdown(times: dict[str, dict[str, list[float]]], threads: int, repeats: int) -> str:
     names = list(times)
     base = float(np.median(times[names[0]]["total"]))
-    lines = [f"Start from a photo, {threads} threads, p50 of {repeats} photos (ms; `python -m demo.photo_bench`):", "",
+    lines = [f"Start from a photo, {threads} threads, p50 of {repeats} photos "
+             "(ms; `python -m devtools.photo_bench`):", "",
              "| backend | " + " | ".join(STAGES) + " | total | × " + names[0] + " |",
              "|---|" + "---:|" * (len(STAGES) + 2)]
     for name in names:
@@ -93,7 +94,7 @@ def markdown(times: dict[str, dict[str, list[float]]], threads: int, repeats: in
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m demo.photo_bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m devtools.photo_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="GroupDNet folder or Hub id (default: the bundled model)")
     p.add_argument("--parser", help="human-parser folder or Hub id (default: the bundled parser)")
     p.add_argument("--threads", type=int, default=2, help="intra-op threads of PyTorch and ONNX Runtime")

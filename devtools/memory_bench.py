@@ -1,8 +1,8 @@
 """Resident memory of the demo server under concurrent visitors (issue 12).
 
-    python -m demo.memory_bench                     # the app's default model, 20 clients x 3 rounds
-    python -m demo.memory_bench --tiny --clients 8  # a tiny untrained model (quick)
-    python -m demo.memory_bench --max-growth-mb 600 # exit 1 if RSS grew by more than that
+    python -m devtools.memory_bench                     # the app's default model, 20 clients x 3 rounds
+    python -m devtools.memory_bench --tiny --clients 8  # a tiny untrained model (quick)
+    python -m devtools.memory_bench --max-growth-mb 600 # exit 1 if RSS grew by more than that
 
 Starts ``python app.py`` on a free port of 127.0.0.1, lets ``--clients`` gradio_client sessions
 run ``--rounds`` rounds at once (generate, re-roll, a refused upload, re-open), and prints one
@@ -26,7 +26,12 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import torch
+from gradio_client import Client, handle_file
 from PIL import Image
+
+from smis import GroupDNet, SMISConfig, get_config
+from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,10 +53,6 @@ def _free_port() -> int:
 
 
 def _tiny_model(folder: Path) -> Path:
-    import torch
-
-    from smis import GroupDNet, get_config
-
     torch.manual_seed(0)
     GroupDNet(get_config("demo", tiny=True)).save_pretrained(folder)
     return folder
@@ -75,8 +76,6 @@ def _inputs(folder: Path, height: int, width: int, palette) -> dict[str, Path]:
 
 
 def _visitor(url: str, files: dict[str, Path], rounds: int, errors: list[str]) -> None:
-    from gradio_client import Client, handle_file
-
     client = Client(url, verbose=False)
     canvas = {"background": handle_file(str(files["background"])),
               "layers": [handle_file(str(files["layer"]))], "composite": None}
@@ -96,9 +95,6 @@ def _visitor(url: str, files: dict[str, Path], rounds: int, errors: list[str]) -
 
 
 def run(model: str | None, clients: int, rounds: int, tiny: bool, extra_args: list[str]) -> dict:
-    from smis import SMISConfig, get_config
-    from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV
-
     tmp = Path(tempfile.mkdtemp(prefix="smis-membench-"))
     if tiny:
         model = str(_tiny_model(tmp / "model"))

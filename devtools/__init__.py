@@ -1,0 +1,6 @@
+"""Developer tools around the demo, not part of it (the Space never imports them):
+
+    python -m devtools.memory_bench     server memory under concurrent visitors (starts app.py)
+    python -m devtools.photo_bench      latency of "Start from a photo", PyTorch vs ONNX Runtime
+    python -m devtools.screenshots      the screenshots in docs/screenshots/ (headless Chromium)
+"""

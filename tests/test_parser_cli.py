@@ -145,7 +145,8 @@ CONFIG_KEYS = ["_format", "class_names", "decoder", "depths", "dropout", "expans
                "min_confidence", "min_feet", "min_foreground", "min_person_height", "palette", "stem", "width",
                "widths"]
 METRICS_KEYS = ["step", "val"]
-VAL_KEYS = ["majority_baseline", "mean_accuracy", "mean_iou", "per_class", "pixel_accuracy"]
+VAL_KEYS = ["absent_classes", "majority_baseline", "mean_accuracy", "mean_iou", "num_classes_in_mean", "per_class",
+            "pixel_accuracy"]
 PER_CLASS_KEYS = ["accuracy", "iou", "predicted_pixels", "true_pixels"]
 LOG_KEYS = [["grad_norm", "img_per_s", "loss", "lr", "minutes", "step"], ["step", "val"]]
 STATE_KEYS = ["best", "best_step", "config", "kind", "model", "optimizer", "step"]

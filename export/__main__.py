@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
+from smis.backends.onnx import ensure_graphs
 from smis.config import PRESETS, SIZE_MULTIPLE, get_config
+from smis.hub import BUNDLED_MODEL_DIR
 from smis.model import GroupDNet
 from smis.onnx_format import SOURCE_KEY, config_from_metadata, weights_file_digest
 
@@ -34,27 +37,47 @@ def _load_model(args: argparse.Namespace) -> GroupDNet:
     return random_model(get_config(args.preset, tiny=args.tiny), seed=args.seed, batches=1)
 
 
+def _into_export_cache(folder: Path) -> bool:
+    """Whether ``export onnx --model folder`` writes into the ONNX backend's export cache instead of
+    next to the weights: for a bundled model (any folder under smis/assets) or a folder this user
+    cannot write to, so a checkout or an installed package stays as it was."""
+    return folder.resolve().is_relative_to(BUNDLED_MODEL_DIR.resolve().parent) or not os.access(folder, os.W_OK)
+
+
 def cmd_onnx(args: argparse.Namespace) -> int:
     model = _load_model(args)
-    out = Path(args.out) if args.out else (Path(args.model) if args.model and Path(args.model).is_dir() else None)
-    if out is None:
+    folder = Path(args.model) if args.model and Path(args.model).is_dir() else None
+    if not args.out and folder is None:
         raise SystemExit("error: --out is required unless --model is a local folder")
-    metadata = None
-    if args.model and Path(args.model).is_dir():
-        # Lets the ONNX backend notice graphs left behind after the weights changed.
-        metadata = {SOURCE_KEY: weights_file_digest(Path(args.model))}
-    result = export_model(model, out, fp16=args.fp16, encoder=not args.no_encoder, split=not args.no_split,
-                          uint8=not args.no_uint8, opset=args.opset, metadata=metadata)
-    for kind, path in result.files.items():
+    # Lets the ONNX backend notice graphs left behind after the weights changed.
+    metadata = {SOURCE_KEY: weights_file_digest(folder)} if folder else None
+    options = dict(encoder=not args.no_encoder, split=not args.no_split, uint8=not args.no_uint8, opset=args.opset)
+    if args.out or not _into_export_cache(folder):
+        result = export_model(model, Path(args.out or folder), fp16=args.fp16, metadata=metadata, **options)
+        files = result.files
+    else:
+        # The cache folder is the ONNX backend's (keyed by the weights' hash, under $SMIS_CACHE or
+        # ~/.cache/smis): ensure_graphs picks it, and calls back here only when it lacks the graphs.
+        done = []
+
+        def exporter(_, target: Path, fp16: bool, metadata: dict[str, str]) -> None:
+            done.append(export_model(model, target, fp16=fp16, metadata=metadata, **options))
+
+        files = ensure_graphs(folder, args.fp16, use_folder=False, exporter=exporter)
+        result = done[0] if done else None
+        print(f"{folder} is bundled or read-only: its graphs are in the export cache, where "
+              f"SMISPipeline.from_pretrained(..., backend=\"onnx\") finds them")
+    for kind, path in files.items():
         size = path.stat().st_size / 2**20
         print(f"{kind:10s} {path}  ({size:.1f} MiB)")
-    print(f"exported in {result.seconds:.1f} s; onnx.checker passed")
+    print(f"exported in {result.seconds:.1f} s; onnx.checker passed" if result
+          else "already exported from these weights: nothing to do")
     if args.check:
         bound = 5e-2 if args.fp16 else 1e-4
         worst = 0.0
         for kind in ("generator", "encoder"):
-            if kind in result.files:
-                err = parity(model, result.files[kind], batch=2)
+            if kind in files:
+                err = parity(model, files[kind], batch=2)
                 worst = max(worst, err)
                 print(f"parity {kind}: max abs error vs PyTorch {err:.2e} (bound {bound:.0e})")
         if worst > bound:
@@ -125,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--tiny", action="store_true", help="with --preset: its tiny twin")
     o.add_argument("--seed", type=int, default=0)
     o.add_argument("--revision", help="Hub revision for --model")
-    o.add_argument("--out", help="output folder (default: the --model folder)")
+    o.add_argument("--out", help="output folder (default: the --model folder; for a bundled or read-only one, "
+                                   "the export cache the ONNX backend reads, $SMIS_CACHE or ~/.cache/smis)")
     o.add_argument("--fp16", action="store_true", help="fp16 weights and arithmetic (float32 inputs/outputs)")
     o.add_argument("--no-encoder", action="store_true", help="skip encoder.onnx")
     o.add_argument("--no-split", action="store_true",

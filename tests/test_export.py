@@ -442,6 +442,29 @@ def test_cli_exports_and_checks(tmp_path, capsys):
     assert main(["onnx", "--model", str(tmp_path / "missing"), "--out", str(tmp_path)]) == 2
 
 
+def test_cli_export_of_a_bundled_model_goes_to_the_backends_cache(demo_dir, tmp_path, monkeypatch, capsys):
+    """`python -m export onnx --model <a folder under smis/assets>` leaves the folder (the checkout, or
+    the installed package) as it was: the graphs go where the ONNX backend looks for them."""
+    import export.__main__ as cli
+
+    assets = tmp_path / "smis" / "assets"
+    bundled = assets / "mine"
+    shutil.copytree(demo_dir, bundled)
+    monkeypatch.setattr(cli, "BUNDLED_MODEL_DIR", assets / "ccp-demo")
+    monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
+    before = sorted(p.name for p in bundled.iterdir())
+    assert cli.main(["onnx", "--model", str(bundled)]) == 0
+    assert "export cache" in capsys.readouterr().out
+    assert sorted(p.name for p in bundled.iterdir()) == before
+    cached = list((tmp_path / "cache" / "onnx").glob("*/generator-maps.onnx"))
+    assert len(cached) == 1
+    pipe = SMISPipeline.from_pretrained(bundled, backend="onnx", threads=1)  # no exporter: only the cache
+    assert pipe.backend.generator_path == cached[0].parent / "generator.onnx"
+    assert cli.main(["onnx", "--model", str(bundled)]) == 0  # the same weights: nothing to do
+    assert "nothing to do" in capsys.readouterr().out
+    assert list((tmp_path / "cache" / "onnx").glob("*/generator-maps.onnx")) == cached
+
+
 def test_bench_smoke(demo_model, tmp_path):
     from export.bench import fastest_line, markdown, run_bench
 

@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
@@ -118,6 +118,95 @@ def banner_html(text: str) -> str:
     return f'<div id="fallback-banner">⚠️ <b>{html.escape(text)}</b></div>'
 
 
+class PhotoPanel(NamedTuple):
+    """0 · Start from a photo (optional): a photo in, its predicted mask and re-synthesis out."""
+
+    photo: gr.File
+    resynthesise: gr.Button
+    view: gr.Image
+
+
+class CanvasPanel(NamedTuple):
+    """1 · The label map: the canvas and its brush class, clear / undo, fill, mask upload."""
+
+    brush_class: gr.Radio
+    editor: Canvas
+    clear: gr.Button
+    undo: gr.Button
+    load_mask: gr.Button
+    label_map: gr.Image
+    fill_class: gr.Dropdown
+    mask_upload: gr.File
+    example_mask: gr.Image
+
+
+class GeneratePanel(NamedTuple):
+    """2 · Generate: the seed, the result (shown and as a file) and re-opening a result PNG."""
+
+    seed: gr.Number
+    randomize: gr.Checkbox
+    seed_used: gr.Number
+    generate: gr.Button
+    regenerate: gr.Button
+    image: gr.Image
+    file: gr.File
+    reopen: gr.File
+
+
+class RerollPanel(NamedTuple):
+    """3 · Re-roll one class, or every unlocked one; the strip of variants."""
+
+    reroll_class: gr.Dropdown
+    reroll: gr.Button
+    locked: gr.CheckboxGroup
+    reroll_all: gr.Button
+    strip: gr.Gallery
+
+
+class MixTab(NamedTuple):
+    """Appearance mixture: each class's codes from a reference photo, the user's photo, or kept."""
+
+    user_photo: gr.File
+    user_mask: gr.File
+    user_preview: gr.Image
+    all_sources: gr.Dropdown
+    set_all: gr.Button
+    sources: list[gr.Dropdown]
+    mix: gr.Button
+    preview: gr.Image
+
+
+class MorphTab(NamedTuple):
+    """Style morphing: frames from codes A to codes B, a scrubber, the GIF."""
+
+    a: gr.Dropdown
+    b: gr.Dropdown
+    frames: gr.Slider
+    morph: gr.Button
+    frame: gr.Image
+    scrub: gr.Slider
+    gif: gr.File
+    keep: gr.Button
+    gallery: gr.Gallery
+
+
+class Shared(NamedTuple):
+    """What the events share: the status line, the canvas history, the outputs of a new result and of
+    a mask edit, and the options of the two queue groups (network events, file reads)."""
+
+    status: gr.Markdown
+    history: gr.State
+    result_outputs: list
+    mask_outputs: list
+    model: dict
+    files: dict
+
+
+#: Cheap events skip the queue; private ones also stay out of the API.
+QUICK = {"queue": False, "show_progress": "hidden"}
+PRIVATE = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
+
+
 def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None = None,
                banner: str | None = None, cache_examples: bool = True,
                workdir: str | Path | None = None, max_upload_bytes: int | None = None,
@@ -138,13 +227,9 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
     kw = {} if max_upload_bytes is None else {"max_upload_bytes": max_upload_bytes}
     h = DemoHandlers(pipeline, refs, workdir, parser=parser, parser_note=parser_note,
                      class_control=class_control, **kw)
-    cfg = pipeline.config
-    names = list(cfg.class_names)
-    default_brush = names.index("upper clothes") if "upper clothes" in names else min(1, len(names) - 1)
     if cache_examples and not os.environ.get("GRADIO_EXAMPLES_CACHE"):
         os.environ["GRADIO_EXAMPLES_CACHE"] = tempfile.mkdtemp(prefix="smis-examples-")
         atexit.register(shutil.rmtree, os.environ["GRADIO_EXAMPLES_CACHE"], ignore_errors=True)
-    blank = h.canvas.to_editor(h.canvas.blank_labels())
 
     with gr.Blocks(title=TITLE, delete_cache=(1800, 7200)) as demo:
         gr.HTML(INTRO)
@@ -152,219 +237,288 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
             gr.HTML(banner_html(banner))
         status = gr.Markdown(h.status(), elem_id="status", padding=True)
         history = gr.State([])
-
-        # ---- 0 · start from a photo (optional) ---------------------------------------------------
-        with gr.Accordion("Start from a photo", open=True, elem_id="start-from-photo"):
-            with gr.Row(equal_height=False):
-                with gr.Column(scale=2, min_width=260):
-                    gr.Markdown(h.parser_markdown(), elem_id="photo-help")
-                    start_photo = gr.File(label="Your full-body photo (JPEG, PNG or WebP)", file_types=["image"],
-                                          elem_id="start-photo", elem_classes="upload-box", height=120)
-                    resynth_btn = gr.Button("Re-synthesise with the canvas mask", elem_id="resynthesise")
-                photo_view = gr.Image(label="Photo · predicted mask · re-synthesis", type="pil", format="png",
-                                      interactive=False, height=320, elem_id="photo-view", buttons=[], scale=3)
-
+        photo = _photo_panel(h)
         with gr.Row(equal_height=False):
-            # ---- 1 · the label map -----------------------------------------------------------
-            with gr.Column(scale=5, min_width=320, elem_id="draw-column"):
-                gr.Markdown("### 1 · Draw a label map")
-                brush_class = gr.Radio(names, value=names[default_brush], label="Brush class (what you paint)",
-                                       elem_id="brush-class")
-                editor = Canvas(
-                    value=blank, label="Canvas", elem_id="canvas", type="numpy", image_mode="RGBA", format="png",
-                    sources=(), transforms=(), layers=False,
-                    interactive=True, canvas_size=h.canvas.size, height=500,
-                    brush=gr.Brush(colors=h.canvas.brush_colors, default_color=h.canvas.brush_colors[default_brush],
-                                   color_mode="fixed", default_size=max(4, h.canvas.size[0] // 24)),
-                    eraser=gr.Eraser(default_size=max(6, h.canvas.size[0] // 16)))
-                gr.Markdown("The eraser paints background. Swatches in the colour popup show their class name "
-                            "on hover.", elem_id="canvas-help")
-                with gr.Row():
-                    clear_btn = gr.Button("Clear", size="sm", elem_id="clear-mask")
-                    undo_btn = gr.Button("Undo fill / upload", size="sm", elem_id="undo-mask")
-                    load_mask_btn = gr.Button("Load result's mask", size="sm", elem_id="load-result-mask")
-                with gr.Accordion("Fill, upload a mask", open=True):
-                    gr.Markdown("**Label map** — click a region to fill it with the fill class.")
-                    with gr.Row(equal_height=False):
-                        label_map = gr.Image(value=h.canvas.colorize(h.canvas.blank_labels()), show_label=False,
-                                             type="pil", format="png", interactive=False, height=240,
-                                             elem_id="label-map", buttons=[], scale=2)
-                        fill_class = gr.Dropdown(names, value=names[min(2, len(names) - 1)],
-                                                 label="Fill class", elem_id="fill-class", scale=1, min_width=120)
-                    mask_upload = gr.File(label="Upload a mask: PNG of class ids, or the legend colours",
-                                          file_types=["image"], elem_id="mask-upload", elem_classes="upload-box",
-                                          height=120)
-                examples = h.example_masks()
-                example_mask = gr.Image(label="Example mask", type="filepath", image_mode=None,
-                                        interactive=False, visible=False, height=120,
-                                        elem_id="example-mask", buttons=[])
-
-            # ---- 2 · generate ------------------------------------------------------------------
-            with gr.Column(scale=5, min_width=300):
-                gr.Markdown("### 2 · Generate")
-                with gr.Row():
-                    seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,
-                                     elem_id="seed", scale=2)
-                    randomize = gr.Checkbox(value=True, label="random seed", elem_id="randomize", scale=1)
-                    seed_used = gr.Number(value=0, precision=0, visible="hidden", elem_id="seed-used")
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    regen_btn = gr.Button("Same codes, new mask", elem_id="apply-mask-edit")
-                scale = h.files.display_scale
-                result_image = gr.Image(label="Result" + (f" (shown ×{scale}, Lanczos)" if scale > 1 else ""),
-                                        type="filepath", format="png", interactive=False,
-                                        height=420, elem_id="result")
-                result_file = gr.File(label="Download PNG (mask + codes inside)", interactive=False,
-                                      elem_id="result-file", elem_classes="upload-box")
-                reopen_file = gr.File(label="Re-open a result PNG saved by this demo", file_types=["image"],
-                                      elem_id="reopen", elem_classes="upload-box", height=120)
-
-            # ---- 3 · re-roll -------------------------------------------------------------------
-            with gr.Column(scale=4, min_width=260):
-                gr.Markdown("### 3 · Re-roll one class")
-                reroll_class = gr.Dropdown([], label="Class (present in the mask)", elem_id="reroll-class")
-                reroll_btn = gr.Button("Re-roll this class", variant="primary", elem_id="reroll")
-                locked = gr.CheckboxGroup([], label="Locked classes (never re-rolled)", elem_id="locked")
-                reroll_all_btn = gr.Button("Re-roll all unlocked", elem_id="reroll-unlocked")
-                gr.Markdown("**Variants** — click one to go back to it.")
-                strip = gr.Gallery(show_label=False, columns=2, height="auto", allow_preview=False, format="png",
-                                   interactive=False, elem_id="strip", object_fit="contain", fit_columns=False)
-
-        if examples:
-            gr.Examples(
-                examples=[[path, 0] for path, _ in examples], visible_columns=[0],
-                inputs=[example_mask, seed], fn=h.load_example,
-                outputs=[editor, label_map, result_image, result_file, strip, reroll_class, locked, status],
-                cache_examples=cache_examples, label="Start from an example mask (seed 0)", examples_per_page=12,
-                api_name="load_example", elem_id="examples")
-
-        # ---- features below the fold --------------------------------------------------------------
-        with gr.Tabs(elem_id="features"):
-            with gr.Tab("Appearance mixture", id="mix"):
-                gr.Markdown("For each class, choose which photo its appearance comes from; the other classes "
-                            "keep the current result's codes. Each photo is run through the encoder once.")
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=3):
-                        gr.Gallery(h.reference_gallery(), label="Reference photos (photo | mask)", columns=4,
-                                   height="auto", format="png", interactive=False, elem_id="references")
-                    with gr.Column(scale=2):
-                        user_photo = gr.File(label="Your photo (JPEG, PNG or WebP)",
-                                             file_types=["image"],
-                                             elem_id="user-photo", elem_classes="upload-box", height=120)
-                        user_mask = gr.File(label="Its mask (PNG, same size)" + (
-                                                "; leave empty to predict it" if h.parser is not None else ""),
-                                            file_types=["image"],
-                                            elem_id="user-mask", elem_classes="upload-box", height=120)
-                        user_preview = gr.Image(label="Your reference", type="pil", interactive=False,
-                                                height=160, buttons=[])
-                choices = h.mix_choices()
-                with gr.Row():
-                    all_sources = gr.Dropdown(choices, value="keep", label="Set every class to", scale=3)
-                    set_all_btn = gr.Button("Set all", scale=1)
-                sources = []
-                per_row = 5
-                for start in range(0, len(names), per_row):
-                    with gr.Row():
-                        for name in names[start:start + per_row]:
-                            sources.append(gr.Dropdown(choices, value="keep", label=name, min_width=120,
-                                                       elem_id=f"mix-{name.replace(' ', '-')}"))
-                with gr.Row():
-                    mix_btn = gr.Button("Mix", variant="primary", elem_id="mix")
-                mix_preview = gr.Image(label="Mixed result (also the current result above)", type="filepath",
-                                       interactive=False, height=240, format="png")
-
-            with gr.Tab("Style morphing", id="morph"):
-                gr.Markdown("Interpolate every class's code from A to B on the current mask. A and B can be "
-                            "two states of your own result (see the variant strip), references, or your photo.")
-                a0, b0 = h.update_morph_choices([], None, None)
-                with gr.Row():
-                    morph_a = gr.Dropdown(a0["choices"], value=a0["value"], label="From (A)", elem_id="morph-a")
-                    morph_b = gr.Dropdown(b0["choices"], value=b0["value"], label="To (B)", elem_id="morph-b")
-                    morph_frames = gr.Slider(MORPH_MIN_FRAMES, MORPH_MAX_FRAMES, value=8, step=1, label="Frames",
-                                             elem_id="morph-frames")
-                morph_btn = gr.Button("Morph", variant="primary", elem_id="morph")
-                with gr.Row(equal_height=False):
-                    morph_frame = gr.Image(label="Frame", type="filepath", interactive=False, height=320,
-                                           format="png", elem_id="morph-frame")
-                    with gr.Column():
-                        morph_t = gr.Slider(0, 7, value=0, step=1, label="Scrub (frame)", interactive=False,
-                                            elem_id="morph-scrub")
-                        morph_gif = gr.File(label="Animated GIF (there and back)", interactive=False,
-                                            elem_id="morph-gif", elem_classes="upload-box")
-                        keep_btn = gr.Button("Use this frame as the current result", elem_id="keep-frame")
-                morph_gallery = gr.Gallery(label="Frames", columns=8, height=160, allow_preview=False,
-                                           format="png", interactive=False, elem_id="morph-frames-strip")
-
-            with gr.Tab("Edit a result's mask", id="manipulate"):
-                gr.Markdown(
-                    "**Semantic manipulation** — change the layout, keep the looks:\n"
-                    "1. **Load result's mask** (under the canvas) puts the current result's mask on the canvas.\n"
-                    "2. Paint the change (longer sleeves, a bag, shorter hair…).\n"
-                    "3. **Same codes, new mask** renders it with the current result's codes, so every class "
-                    "keeps its appearance.")
-
+            canvas = _canvas_panel(h)
+            gen = _generate_panel(h)
+            reroll = _reroll_panel()
+        _examples(h, canvas, gen, reroll, status, cache_examples)
+        with gr.Tabs(elem_id="features"):  # features below the fold
+            mix = _mix_tab(h)
+            morph = _morph_tab(h)
+            _manipulate_tab()
             with gr.Tab("About", id="about"):
                 gr.Markdown(about_markdown(h))
 
-        # ---- wiring ---------------------------------------------------------------------------------
-        result_outputs = [result_image, result_file, strip, reroll_class, locked, status]
-        mask_outputs = [editor, history, label_map]
-        # One event per click: it checks, then works. Progress, a refusal and a full queue show on the
-        # status line only (no "Error" on the outputs; the canvas keeps its drawing).
-        model = {"concurrency_id": "model", "concurrency_limit": "default", "show_progress_on": [status]}
-        files = {"concurrency_id": "files", "concurrency_limit": FILE_EVENTS_AT_ONCE, "show_progress_on": [status]}
-        quick = {"queue": False, "show_progress": "hidden"}
-        private = {"queue": False, "show_progress": "hidden", "api_visibility": "private"}
-
-        demo.load(None, js=page_js(names, cfg.palette))
-        brush_class.change(None, brush_class, None, js="(name) => { window.smisPickBrush?.(name); return []; }")
-        seed.input(None, None, randomize, js="() => false")  # a typed seed is used, never replaced
-        clear_btn.click(h.clear_mask, [editor, history], mask_outputs, api_name="clear_mask", **files)
-        undo_btn.click(h.undo, history, mask_outputs, api_name="undo", **quick)
-        load_mask_btn.click(h.edit_result_mask, [result_file, editor, history], mask_outputs,
-                            api_name="edit_result_mask", **files)
-        mask_upload.upload(h.upload_mask, [mask_upload, editor, history], mask_outputs, api_name="upload_mask",
-                           **files).failure(lambda: None, None, mask_upload, **private)  # a refused file goes
-        label_map.select(h.fill, [editor, fill_class, history], mask_outputs, api_name="fill", **files)
-        start_photo.upload(h.start_from_photo, [start_photo, editor, history, strip, reroll_class, locked],
-                           [*mask_outputs, photo_view, *result_outputs], api_name="start_from_photo",
-                           **model).failure(lambda: None, None, start_photo, **private)
-        resynth_btn.click(h.resynthesise_photo, [start_photo, editor, strip, reroll_class, locked],
-                          [label_map, photo_view, *result_outputs], api_name="resynthesise_photo", **model)
-
-        generate_btn.click(h.generate, [editor, seed, randomize, strip, reroll_class, locked],
-                           [seed_used, label_map, *result_outputs], api_name="generate", **model).success(
-            None, [seed, randomize, seed_used], seed, js="(typed, random, used) => random ? used : typed", **private)
-        regen_btn.click(h.apply_mask_edit, [editor, result_file, strip, reroll_class, locked],
-                        [label_map, *result_outputs], api_name="apply_mask_edit", **model)
-        reopen_file.upload(h.reopen, [reopen_file, strip, reroll_class, locked], [editor, label_map, *result_outputs],
-                           api_name="reopen", **files).failure(lambda: None, None, reopen_file, **private)
-        reroll_btn.click(h.reroll, [result_file, reroll_class, locked, strip], result_outputs, api_name="reroll",
-                         **model)
-        reroll_all_btn.click(h.reroll_unlocked, [result_file, locked, strip, reroll_class], result_outputs,
-                             api_name="reroll_unlocked", **model)
-        strip.select(h.select_variant, [strip, reroll_class, locked], result_outputs, api_name="select_variant",
-                     **files)
-        strip.change(h.update_morph_choices, [strip, morph_a, morph_b], [morph_a, morph_b],
-                     api_name="morph_choices", **quick)
-
-        user_photo.upload(h.user_reference, [user_photo, user_mask], user_preview, api_name="user_reference",
-                          **files).failure(lambda: None, None, user_photo, **private)
-        user_mask.upload(h.user_reference, [user_photo, user_mask], user_preview, api_visibility="private",
-                         **files).failure(lambda: None, None, user_mask, **private)
-        set_all_btn.click(h.set_all_sources, all_sources, sources, api_name="set_all_sources", **quick)
-        mix_btn.click(h.mix, [result_file, user_photo, user_mask, strip, reroll_class, locked, *sources],
-                      result_outputs, api_name="mix", **model).success(
-            lambda path: path, result_image, mix_preview, **private)
-
-        morph_btn.click(h.morph, [result_file, morph_a, morph_b, morph_frames, strip, user_photo, user_mask],
-                        [morph_gallery, morph_t, morph_frame, morph_gif, status], api_name="morph", **model)
-        morph_t.change(h.scrub, [morph_gallery, morph_t], morph_frame, api_name="scrub", **quick)
-        keep_btn.click(h.keep_frame, [morph_gallery, morph_t, strip, reroll_class, locked], result_outputs,
-                       api_name="keep_frame", **files)
+        shared = _shared(status, history, canvas, gen, reroll)
+        _wire_page(demo, h, canvas, gen)
+        _wire_canvas(h, canvas, gen, shared)
+        _wire_photo(h, photo, canvas, reroll, shared)
+        _wire_generate(h, canvas, gen, reroll, shared)
+        _wire_variants(h, gen, reroll, morph, shared)
+        _wire_mix(h, gen, reroll, mix, shared)
+        _wire_morph(h, gen, reroll, mix, morph, shared)
 
     demo.handlers = h  # for tests and scripts
     return demo
+
+
+# -- the page's parts ---------------------------------------------------------------------------------
+
+def _photo_panel(h: DemoHandlers) -> PhotoPanel:
+    with gr.Accordion("Start from a photo", open=True, elem_id="start-from-photo"):
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=2, min_width=260):
+                gr.Markdown(h.parser_markdown(), elem_id="photo-help")
+                photo = gr.File(label="Your full-body photo (JPEG, PNG or WebP)", file_types=["image"],
+                                elem_id="start-photo", elem_classes="upload-box", height=120)
+                resynthesise = gr.Button("Re-synthesise with the canvas mask", elem_id="resynthesise")
+            view = gr.Image(label="Photo · predicted mask · re-synthesis", type="pil", format="png",
+                            interactive=False, height=320, elem_id="photo-view", buttons=[], scale=3)
+    return PhotoPanel(photo, resynthesise, view)
+
+
+def _canvas_panel(h: DemoHandlers) -> CanvasPanel:
+    names = list(h.config.class_names)
+    default_brush = names.index("upper clothes") if "upper clothes" in names else min(1, len(names) - 1)
+    with gr.Column(scale=5, min_width=320, elem_id="draw-column"):
+        gr.Markdown("### 1 · Draw a label map")
+        brush_class = gr.Radio(names, value=names[default_brush], label="Brush class (what you paint)",
+                               elem_id="brush-class")
+        editor = Canvas(
+            value=h.canvas.to_editor(h.canvas.blank_labels()), label="Canvas", elem_id="canvas", type="numpy",
+            image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
+            interactive=True, canvas_size=h.canvas.size, height=500,
+            brush=gr.Brush(colors=h.canvas.brush_colors, default_color=h.canvas.brush_colors[default_brush],
+                           color_mode="fixed", default_size=max(4, h.canvas.size[0] // 24)),
+            eraser=gr.Eraser(default_size=max(6, h.canvas.size[0] // 16)))
+        gr.Markdown("The eraser paints background. Swatches in the colour popup show their class name "
+                    "on hover.", elem_id="canvas-help")
+        with gr.Row():
+            clear = gr.Button("Clear", size="sm", elem_id="clear-mask")
+            undo = gr.Button("Undo fill / upload", size="sm", elem_id="undo-mask")
+            load_mask = gr.Button("Load result's mask", size="sm", elem_id="load-result-mask")
+        with gr.Accordion("Fill, upload a mask", open=True):
+            gr.Markdown("**Label map** — click a region to fill it with the fill class.")
+            with gr.Row(equal_height=False):
+                label_map = gr.Image(value=h.canvas.colorize(h.canvas.blank_labels()), show_label=False,
+                                     type="pil", format="png", interactive=False, height=240,
+                                     elem_id="label-map", buttons=[], scale=2)
+                fill_class = gr.Dropdown(names, value=names[min(2, len(names) - 1)],
+                                         label="Fill class", elem_id="fill-class", scale=1, min_width=120)
+            mask_upload = gr.File(label="Upload a mask: PNG of class ids, or the legend colours",
+                                  file_types=["image"], elem_id="mask-upload", elem_classes="upload-box",
+                                  height=120)
+        example_mask = gr.Image(label="Example mask", type="filepath", image_mode=None,
+                                interactive=False, visible=False, height=120,
+                                elem_id="example-mask", buttons=[])
+    return CanvasPanel(brush_class, editor, clear, undo, load_mask, label_map, fill_class, mask_upload, example_mask)
+
+
+def _generate_panel(h: DemoHandlers) -> GeneratePanel:
+    with gr.Column(scale=5, min_width=300):
+        gr.Markdown("### 2 · Generate")
+        with gr.Row():
+            seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,
+                             elem_id="seed", scale=2)
+            randomize = gr.Checkbox(value=True, label="random seed", elem_id="randomize", scale=1)
+            seed_used = gr.Number(value=0, precision=0, visible="hidden", elem_id="seed-used")
+        with gr.Row():
+            generate = gr.Button("Generate", variant="primary", elem_id="generate")
+            regenerate = gr.Button("Same codes, new mask", elem_id="apply-mask-edit")
+        scale = h.files.display_scale
+        image = gr.Image(label="Result" + (f" (shown ×{scale}, Lanczos)" if scale > 1 else ""),
+                         type="filepath", format="png", interactive=False, height=420, elem_id="result")
+        file = gr.File(label="Download PNG (mask + codes inside)", interactive=False,
+                       elem_id="result-file", elem_classes="upload-box")
+        reopen = gr.File(label="Re-open a result PNG saved by this demo", file_types=["image"],
+                         elem_id="reopen", elem_classes="upload-box", height=120)
+    return GeneratePanel(seed, randomize, seed_used, generate, regenerate, image, file, reopen)
+
+
+def _reroll_panel() -> RerollPanel:
+    with gr.Column(scale=4, min_width=260):
+        gr.Markdown("### 3 · Re-roll one class")
+        reroll_class = gr.Dropdown([], label="Class (present in the mask)", elem_id="reroll-class")
+        reroll = gr.Button("Re-roll this class", variant="primary", elem_id="reroll")
+        locked = gr.CheckboxGroup([], label="Locked classes (never re-rolled)", elem_id="locked")
+        reroll_all = gr.Button("Re-roll all unlocked", elem_id="reroll-unlocked")
+        gr.Markdown("**Variants** — click one to go back to it.")
+        strip = gr.Gallery(show_label=False, columns=2, height="auto", allow_preview=False, format="png",
+                           interactive=False, elem_id="strip", object_fit="contain", fit_columns=False)
+    return RerollPanel(reroll_class, reroll, locked, reroll_all, strip)
+
+
+def _examples(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, reroll: RerollPanel,
+              status: gr.Markdown, cache_examples: bool) -> None:
+    """The example masks under the three columns (none when there are no examples)."""
+    examples = h.example_masks()
+    if examples:
+        gr.Examples(
+            examples=[[path, 0] for path, _ in examples], visible_columns=[0],
+            inputs=[canvas.example_mask, gen.seed], fn=h.load_example,
+            outputs=[canvas.editor, canvas.label_map, gen.image, gen.file, reroll.strip, reroll.reroll_class,
+                     reroll.locked, status],
+            cache_examples=cache_examples, label="Start from an example mask (seed 0)", examples_per_page=12,
+            api_name="load_example", elem_id="examples")
+
+
+def _mix_tab(h: DemoHandlers) -> MixTab:
+    names = list(h.config.class_names)
+    with gr.Tab("Appearance mixture", id="mix"):
+        gr.Markdown("For each class, choose which photo its appearance comes from; the other classes "
+                    "keep the current result's codes. Each photo is run through the encoder once.")
+        with gr.Row(equal_height=False):
+            with gr.Column(scale=3):
+                gr.Gallery(h.reference_gallery(), label="Reference photos (photo | mask)", columns=4,
+                           height="auto", format="png", interactive=False, elem_id="references")
+            with gr.Column(scale=2):
+                user_photo = gr.File(label="Your photo (JPEG, PNG or WebP)", file_types=["image"],
+                                     elem_id="user-photo", elem_classes="upload-box", height=120)
+                user_mask = gr.File(label="Its mask (PNG, same size)" + (
+                                        "; leave empty to predict it" if h.parser is not None else ""),
+                                    file_types=["image"], elem_id="user-mask", elem_classes="upload-box", height=120)
+                user_preview = gr.Image(label="Your reference", type="pil", interactive=False, height=160, buttons=[])
+        choices = h.mix_choices()
+        with gr.Row():
+            all_sources = gr.Dropdown(choices, value="keep", label="Set every class to", scale=3)
+            set_all = gr.Button("Set all", scale=1)
+        sources = []
+        per_row = 5
+        for start in range(0, len(names), per_row):
+            with gr.Row():
+                for name in names[start:start + per_row]:
+                    sources.append(gr.Dropdown(choices, value="keep", label=name, min_width=120,
+                                               elem_id=f"mix-{name.replace(' ', '-')}"))
+        with gr.Row():
+            mix = gr.Button("Mix", variant="primary", elem_id="mix")
+        preview = gr.Image(label="Mixed result (also the current result above)", type="filepath",
+                           interactive=False, height=240, format="png")
+    return MixTab(user_photo, user_mask, user_preview, all_sources, set_all, sources, mix, preview)
+
+
+def _morph_tab(h: DemoHandlers) -> MorphTab:
+    with gr.Tab("Style morphing", id="morph"):
+        gr.Markdown("Interpolate every class's code from A to B on the current mask. A and B can be "
+                    "two states of your own result (see the variant strip), references, or your photo.")
+        a0, b0 = h.update_morph_choices([], None, None)
+        with gr.Row():
+            a = gr.Dropdown(a0["choices"], value=a0["value"], label="From (A)", elem_id="morph-a")
+            b = gr.Dropdown(b0["choices"], value=b0["value"], label="To (B)", elem_id="morph-b")
+            frames = gr.Slider(MORPH_MIN_FRAMES, MORPH_MAX_FRAMES, value=8, step=1, label="Frames",
+                               elem_id="morph-frames")
+        morph = gr.Button("Morph", variant="primary", elem_id="morph")
+        with gr.Row(equal_height=False):
+            frame = gr.Image(label="Frame", type="filepath", interactive=False, height=320,
+                             format="png", elem_id="morph-frame")
+            with gr.Column():
+                scrub = gr.Slider(0, 7, value=0, step=1, label="Scrub (frame)", interactive=False,
+                                  elem_id="morph-scrub")
+                gif = gr.File(label="Animated GIF (there and back)", interactive=False,
+                              elem_id="morph-gif", elem_classes="upload-box")
+                keep = gr.Button("Use this frame as the current result", elem_id="keep-frame")
+        gallery = gr.Gallery(label="Frames", columns=8, height=160, allow_preview=False,
+                             format="png", interactive=False, elem_id="morph-frames-strip")
+    return MorphTab(a, b, frames, morph, frame, scrub, gif, keep, gallery)
+
+
+def _manipulate_tab() -> None:
+    with gr.Tab("Edit a result's mask", id="manipulate"):
+        gr.Markdown(
+            "**Semantic manipulation** — change the layout, keep the looks:\n"
+            "1. **Load result's mask** (under the canvas) puts the current result's mask on the canvas.\n"
+            "2. Paint the change (longer sleeves, a bag, shorter hair…).\n"
+            "3. **Same codes, new mask** renders it with the current result's codes, so every class "
+            "keeps its appearance.")
+
+
+# -- the wiring: one event per click; it checks, then works --------------------------------------------
+
+def _shared(status: gr.Markdown, history: gr.State, canvas: CanvasPanel, gen: GeneratePanel,
+            reroll: RerollPanel) -> Shared:
+    """Progress, a refusal and a full queue show on the status line only (no "Error" on the outputs;
+    the canvas keeps its drawing)."""
+    return Shared(
+        status, history,
+        result_outputs=[gen.image, gen.file, reroll.strip, reroll.reroll_class, reroll.locked, status],
+        mask_outputs=[canvas.editor, history, canvas.label_map],
+        model={"concurrency_id": "model", "concurrency_limit": "default", "show_progress_on": [status]},
+        files={"concurrency_id": "files", "concurrency_limit": FILE_EVENTS_AT_ONCE, "show_progress_on": [status]})
+
+
+def _wire_page(demo: gr.Blocks, h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel) -> None:
+    """What runs in the browser only: the page script, the brush class, a typed seed."""
+    demo.load(None, js=page_js(h.config.class_names, h.config.palette))
+    canvas.brush_class.change(None, canvas.brush_class, None,
+                              js="(name) => { window.smisPickBrush?.(name); return []; }")
+    gen.seed.input(None, None, gen.randomize, js="() => false")  # a typed seed is used, never replaced
+
+
+def _wire_canvas(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, s: Shared) -> None:
+    canvas.clear.click(h.clear_mask, [canvas.editor, s.history], s.mask_outputs, api_name="clear_mask", **s.files)
+    canvas.undo.click(h.undo, s.history, s.mask_outputs, api_name="undo", **QUICK)
+    canvas.load_mask.click(h.edit_result_mask, [gen.file, canvas.editor, s.history], s.mask_outputs,
+                           api_name="edit_result_mask", **s.files)
+    canvas.mask_upload.upload(h.upload_mask, [canvas.mask_upload, canvas.editor, s.history], s.mask_outputs,
+                              api_name="upload_mask", **s.files).failure(  # a refused file goes
+        lambda: None, None, canvas.mask_upload, **PRIVATE)
+    canvas.label_map.select(h.fill, [canvas.editor, canvas.fill_class, s.history], s.mask_outputs, api_name="fill",
+                            **s.files)
+
+
+def _wire_photo(h: DemoHandlers, photo: PhotoPanel, canvas: CanvasPanel, reroll: RerollPanel, s: Shared) -> None:
+    variants = [reroll.strip, reroll.reroll_class, reroll.locked]
+    photo.photo.upload(h.start_from_photo, [photo.photo, canvas.editor, s.history, *variants],
+                       [*s.mask_outputs, photo.view, *s.result_outputs], api_name="start_from_photo",
+                       **s.model).failure(lambda: None, None, photo.photo, **PRIVATE)
+    photo.resynthesise.click(h.resynthesise_photo, [photo.photo, canvas.editor, *variants],
+                             [canvas.label_map, photo.view, *s.result_outputs], api_name="resynthesise_photo",
+                             **s.model)
+
+
+def _wire_generate(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, reroll: RerollPanel,
+                   s: Shared) -> None:
+    variants = [reroll.strip, reroll.reroll_class, reroll.locked]
+    gen.generate.click(h.generate, [canvas.editor, gen.seed, gen.randomize, *variants],
+                       [gen.seed_used, canvas.label_map, *s.result_outputs], api_name="generate", **s.model).success(
+        None, [gen.seed, gen.randomize, gen.seed_used], gen.seed, js="(typed, random, used) => random ? used : typed",
+        **PRIVATE)
+    gen.regenerate.click(h.apply_mask_edit, [canvas.editor, gen.file, *variants],
+                         [canvas.label_map, *s.result_outputs], api_name="apply_mask_edit", **s.model)
+    gen.reopen.upload(h.reopen, [gen.reopen, *variants], [canvas.editor, canvas.label_map, *s.result_outputs],
+                      api_name="reopen", **s.files).failure(lambda: None, None, gen.reopen, **PRIVATE)
+
+
+def _wire_variants(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, morph: MorphTab, s: Shared) -> None:
+    reroll.reroll.click(h.reroll, [gen.file, reroll.reroll_class, reroll.locked, reroll.strip], s.result_outputs,
+                        api_name="reroll", **s.model)
+    reroll.reroll_all.click(h.reroll_unlocked, [gen.file, reroll.locked, reroll.strip, reroll.reroll_class],
+                            s.result_outputs, api_name="reroll_unlocked", **s.model)
+    reroll.strip.select(h.select_variant, [reroll.strip, reroll.reroll_class, reroll.locked], s.result_outputs,
+                        api_name="select_variant", **s.files)
+    reroll.strip.change(h.update_morph_choices, [reroll.strip, morph.a, morph.b], [morph.a, morph.b],
+                        api_name="morph_choices", **QUICK)
+
+
+def _wire_mix(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mix: MixTab, s: Shared) -> None:
+    user = [mix.user_photo, mix.user_mask]
+    mix.user_photo.upload(h.user_reference, user, mix.user_preview, api_name="user_reference",
+                          **s.files).failure(lambda: None, None, mix.user_photo, **PRIVATE)
+    mix.user_mask.upload(h.user_reference, user, mix.user_preview, api_visibility="private",
+                         **s.files).failure(lambda: None, None, mix.user_mask, **PRIVATE)
+    mix.set_all.click(h.set_all_sources, mix.all_sources, mix.sources, api_name="set_all_sources", **QUICK)
+    mix.mix.click(h.mix, [gen.file, *user, reroll.strip, reroll.reroll_class, reroll.locked, *mix.sources],
+                  s.result_outputs, api_name="mix", **s.model).success(
+        lambda path: path, gen.image, mix.preview, **PRIVATE)
+
+
+def _wire_morph(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mix: MixTab, morph: MorphTab,
+                s: Shared) -> None:
+    morph.morph.click(h.morph, [gen.file, morph.a, morph.b, morph.frames, reroll.strip, mix.user_photo, mix.user_mask],
+                      [morph.gallery, morph.scrub, morph.frame, morph.gif, s.status], api_name="morph", **s.model)
+    morph.scrub.change(h.scrub, [morph.gallery, morph.scrub], morph.frame, api_name="scrub", **QUICK)
+    morph.keep.click(h.keep_frame, [morph.gallery, morph.scrub, reroll.strip, reroll.reroll_class, reroll.locked],
+                     s.result_outputs, api_name="keep_frame", **s.files)
 
 
 def about_markdown(h: DemoHandlers) -> str:

@@ -213,7 +213,7 @@ def export_onnx(net: ParserNet, path: str | os.PathLike, batch: int = 2, opset: 
             q.setLevel(lv)
     program.save(str(path))
     if check:
-        import onnx
+        import onnx  # optional: only the export needs it
 
         onnx.checker.check_model(str(path))
     return path

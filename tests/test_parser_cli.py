@@ -1,4 +1,4 @@
-"""``python -m train.parser``'s flags are generated from ParserTrainOptions by train/options.py's rules."""
+"""``python -m train.parser``'s flags are generated from ParserTrainOptions by train/cli.py's rules."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from train import parser as tp
-from train.options import NEGATED, SWITCH, add_dataclass_arguments
+from train.cli import NEGATED, SWITCH, add_dataclass_arguments
 
 #: Every flag the hand-written CLI had (a flag may gain an alias, never lose its name).
 FLAGS = """--evaluate --export-onnx --data --format --train-split --val-split --on-bad --workers --max-items

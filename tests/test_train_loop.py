@@ -346,7 +346,8 @@ class _BrightnessCritic(torch.nn.Module):
 
 
 def test_discriminator_probe_sees_a_critic_that_prefers_the_training_photos():
-    from train.monitor import OVERFIT_GAP, discriminator_probe, discriminator_table
+    from train.history import OVERFIT_GAP
+    from train.monitor import discriminator_probe, discriminator_table
 
     cfg = tiny_options(preset="ccp-cpu").model.config()
     model = GroupDNet(cfg).eval()

@@ -27,6 +27,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from smis import hub
+from smis.config import SMISConfig
+
 logger = logging.getLogger(__name__)
 
 STATE_DIR = "checkpoints"
@@ -128,6 +131,14 @@ def latest_snapshot(run_dir: str | os.PathLike) -> Path:
     return snaps[-1][1]
 
 
+def check_new_run(run_dir: str | os.PathLike) -> None:
+    """A ``ValueError`` if ``run_dir`` already holds training states: a new run must not write over
+    them (continuing it takes ``--resume auto``)."""
+    if list_checkpoints(run_dir):
+        raise ValueError(f"{run_dir} already holds checkpoints: pass --resume auto to continue that run, "
+                         "or choose another --outdir")
+
+
 def clean_temporaries(run_dir: str | os.PathLike) -> None:
     """Remove half-written files a killed run left behind (they never had a final name)."""
     for sub in (STATE_DIR, SNAPSHOT_DIR):
@@ -176,12 +187,8 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
     not change shapes (name, code layout). Raises :class:`TrainingStateError` naming what is
     wrong, before any weight is changed.
     """
-    from smis import hub
-
     hint = ("--init-from needs weights of the same architecture: use the preset and widths they were "
             "trained with, or start without --init-from")
-    from smis.config import SMISConfig
-
     path = Path(source).expanduser()
     source_config = None
     if path.is_file():
@@ -225,27 +232,6 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
         if changed:  # same shapes, other behaviour (e.g. label pooling): fine-tuning adapts to it
             what += "; the run's config differs from the source's in " + "; ".join(changed)
     return what
-
-
-def init_source_step(source: str) -> int:
-    """The step the ``--init-from`` source stopped at: a training state's step, else the last step
-    in a model folder's ``training_log``."""
-    from smis import hub
-
-    from . import history
-
-    path = Path(source).expanduser()
-    if path.is_file():
-        return int(load_state(path)["step"])
-    try:
-        folder = hub.resolve_model_dir(source)
-    except hub.CheckpointError as err:
-        raise TrainingStateError(f"--init-from {source}: {err}") from err
-    log = history.read_log_dir(folder / history.MODEL_LOG_DIR)
-    if log.train:
-        return int(log.train[-1]["step"])
-    raise TrainingStateError(f"--init-step auto: {folder} has no {history.MODEL_LOG_DIR}/ to read its step from; "
-                             "pass the step number")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -33,10 +33,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from smis.backends import auto_device
 from smis.hub import METRICS_NAME, class_control
+from smis.parsing import HumanParser
+from smis.pipeline import SMISPipeline
 
 from . import features as feat
 from . import metrics as M
+from .data import build_dataset
 from .formats import resolve_format
 from .inception import InceptionV3Pool
 
@@ -382,11 +386,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: --m {args.m} pairs cannot be drawn from --n {args.n} samples; raise --n or lower --m",
               file=sys.stderr)
         return 2
-    from smis.backends import auto_device
-    from smis.pipeline import SMISPipeline
-
-    from .data import build_dataset
-
     t0 = time.time()
     device = args.device or auto_device()
     try:
@@ -406,8 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             logger.warning("dataset class names differ from the model's; assuming the same ids")
         parser = None
         if args.parser:
-            from smis.parsing import HumanParser
-
             parser = HumanParser.from_pretrained(args.parser, device=device)
             if tuple(parser.class_names) != tuple(config.class_names):
                 raise ValueError(f"the parser's classes {parser.class_names} differ from the model's "

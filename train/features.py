@@ -22,6 +22,7 @@ ship with this package); what was verified for the others is written in each cla
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Iterable, Mapping
@@ -410,8 +411,6 @@ class LPIPSAlex(FrozenFeatureNet):
 
 def find_lpips_heads() -> Path | None:
     """``weights/v0.1/alex.pth`` of an installed lpips package, found without importing it."""
-    import importlib.util
-
     spec = importlib.util.find_spec("lpips")
     if spec is None or not spec.submodule_search_locations:
         return None

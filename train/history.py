@@ -28,6 +28,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from smis import hub
+
+from .checkpoint import TrainingStateError, load_state
+from .options import train_command
+
 logger = logging.getLogger(__name__)
 
 LOG_FILES = {"train": "metrics.jsonl", "val": "val_metrics.jsonl", "evals": "evals.jsonl", "runs": "runs.jsonl"}
@@ -41,6 +46,10 @@ MODEL_LOG_DIR = "training_log"
 _EVAL_RE = re.compile(r"model-(\d{8,})(?:-[\w.-]+)?$")
 #: Evaluations of fewer masks than this give a Frechet point but no mCSD / mOCD point in the plot.
 MIN_MASKS_FOR_RATIO = 5
+#: A train - val logit gap of D above this reads as D memorising the training photos
+#: (``train.monitor.discriminator_probe``): a quarter of the hinge loss's margin (D is pushed to +1
+#: on real photos and -1 on generated ones).
+OVERFIT_GAP = 0.25
 
 
 @dataclass
@@ -72,6 +81,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return out
 
 
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """One more line of a JSON-lines log."""
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    """A whole JSON-lines log (replacing the file)."""
+    Path(path).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
 def read_log_dir(folder: str | Path) -> History:
     """A ``training_log`` / ``history`` folder (absolute epochs); empty if it is not there."""
     folder = Path(folder)
@@ -82,8 +102,7 @@ def write_log_dir(history: History, folder: str | Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for key, name in LOG_FILES.items():
-        rows = getattr(history, key)
-        (folder / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        write_jsonl(folder / name, getattr(history, key))
     return folder
 
 
@@ -143,10 +162,8 @@ def run_history(run_dir: str | Path, upto_step: int | None = None) -> History:
     runs = list(hist.runs)
     if saved and (own_train or own_val):
         o = saved.get("options", {})
-        from .options import options_to_cli
-
         try:
-            command = options_to_cli(o)
+            command = train_command(o)
         except (TypeError, ValueError):
             command = None
         first = min((r["epoch"] for r in own_train + own_val), default=offset)
@@ -185,8 +202,6 @@ def training_hours(hist: History) -> tuple[float, list[float]]:
 def history_of_init_source(source: str | Path) -> History:
     """The history behind ``--init-from source``: a model folder's (or Hub repo's) ``training_log``,
     or the log of the run a training-state file belongs to (up to that state's step)."""
-    from smis import hub
-
     path = Path(source).expanduser()
     if path.is_file():
         m = re.search(r"(\d{8,})\.pt$", path.name)
@@ -201,9 +216,48 @@ def history_of_init_source(source: str | Path) -> History:
         return History()
 
 
+def init_source_step(source: str) -> int:
+    """The step the ``--init-from`` source stopped at: a training state's step, else the last step
+    in a model folder's ``training_log``."""
+    path = Path(source).expanduser()
+    if path.is_file():
+        return int(load_state(path)["step"])
+    try:
+        folder = hub.resolve_model_dir(source)
+    except hub.CheckpointError as err:
+        raise TrainingStateError(f"--init-from {source}: {err}") from err
+    log = read_log_dir(folder / MODEL_LOG_DIR)
+    if log.train:
+        return int(log.train[-1]["step"])
+    raise TrainingStateError(f"--init-step auto: {folder} has no {MODEL_LOG_DIR}/ to read its step from; "
+                             "pass the step number")
+
+
 # ---------------------------------------------------------------------------------------------
 # The plot
 # ---------------------------------------------------------------------------------------------
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` drawing to files only (the Agg backend).
+
+    Imported here rather than at the top: matplotlib is an optional dependency
+    (requirements-train.txt), needed only by the commands that draw.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(fig: Any, out_png: str | Path, dpi: int) -> Path:
+    """Write ``fig`` to ``out_png`` (its folder made if needed) and close it."""
+    out_png = Path(out_png)
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=dpi)
+    pyplot().close(fig)
+    return out_png
+
 def _smooth(values: list[float], k: int) -> list[float]:
     out, acc = [], []
     for v in values:
@@ -219,14 +273,7 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
 
     A vertical line marks where each run (chunk) after the first started, labelled with its name.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from .monitor import OVERFIT_GAP
-
-    fig, axes = plt.subplots(2, 3, figsize=(16, 8.5))
+    fig, axes = pyplot().subplots(2, 3, figsize=(16, 8.5))
     ax = axes.ravel()
     tr, va, ev = history.train, history.val, history.evals
 
@@ -289,8 +336,4 @@ def plot_history(history: History, out_png: str | Path, title: str = "", smooth:
             a.legend(fontsize=7, ncol=2 if i in (2, 4) else 1)
     fig.suptitle(title or "training history")
     fig.tight_layout()
-    out_png = Path(out_png)
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=90)

@@ -41,6 +41,7 @@ from smis.functional import one_hot
 
 from . import checkpoint as ckpt
 from . import dist, history
+from .data import build_dataset
 from .losses import GroupDNetObjective, build_perceptual
 from .monitor import SampleGrids
 from .options import ObjectiveOptions, ScheduleOptions, TrainOptions, check_launch
@@ -298,7 +299,7 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
             _inherit_history(opts.run.init_from, Path(run_dir))
     start_step = 0
     if opts.run.init_step is not None:
-        start_step = (ckpt.init_source_step(opts.run.init_from) if opts.run.init_step == "auto"
+        start_step = (history.init_source_step(opts.run.init_from) if opts.run.init_step == "auto"
                       else int(opts.run.init_step))
         if not 0 <= start_step < total_steps:
             raise ValueError(f"--init-step {start_step} is outside this run's 0..{total_steps - 1} steps; "
@@ -353,8 +354,6 @@ def _data(opts: TrainOptions, dataset: Dataset | None, local_batch: int,
     """The training set (``--data`` unless given), the model config with its classes, the sampler and loader."""
     d, seed = opts.data, opts.run.seed
     if dataset is None:
-        from .data import build_dataset
-
         size = opts.model.config()
         dataset = build_dataset(d.format, d.data, d.split, size.height, size.width, augment=d.augment,
                                 on_bad=d.on_bad, seed=seed)

@@ -18,6 +18,7 @@ from torch import nn
 
 from smis.functional import kl_per_class, reparameterize
 
+from . import features as feat
 from .diffaug import diff_augment, parse_policy
 from .options import ObjectiveOptions
 
@@ -248,8 +249,6 @@ def build_perceptual(kind: str, weights_path: str | None = None) -> tuple[Percep
         what = ("off (--vgg none)" if kind == "none"
                 else "off, replaced by doubling the feature-matching weight (--vgg double-fm)")
         return None, what
-    from . import features as feat
-
     if kind == "full":
         try:
             net = feat.VGG19Features.from_pretrained(weights_path)

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from .features import LPIPSAlex, NormalisedVGG19Relu31
+
 logger = logging.getLogger(__name__)
 
 FeatureNet = Callable[[torch.Tensor], Sequence[torch.Tensor]]
@@ -121,8 +123,6 @@ def substitute_net(device: str | torch.device = "cpu") -> torch.nn.Module:
     """The shipped normalised VGG19 (relu1_1..relu3_1) on ``device``, loaded once per device."""
     key = str(device)
     if key not in _SUBSTITUTE_NET:
-        from .features import NormalisedVGG19Relu31
-
         _SUBSTITUTE_NET[key] = NormalisedVGG19Relu31.from_pretrained().to(device)
     return _SUBSTITUTE_NET[key]
 
@@ -140,8 +140,6 @@ def perceptual_distance(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | N
 
 def distance_name(net: FeatureNet) -> str:
     """How a report should name the distance computed with ``net``."""
-    from .features import LPIPSAlex, NormalisedVGG19Relu31
-
     if isinstance(net, LPIPSAlex):
         return LPIPS_NAME
     if isinstance(net, NormalisedVGG19Relu31):
@@ -437,7 +435,7 @@ def _trace_sqrt_product(s1: torch.Tensor, s2: torch.Tensor, method: str, eps: fl
         vals = torch.linalg.eigvalsh(r @ s2 @ r)
         return float(vals.clamp_min(0).sqrt().sum())
     if method == "scipy":
-        import scipy.linalg
+        import scipy.linalg  # optional (requirements-train.txt): "auto" picks it only where installed
 
         a, b = s1.numpy(), s2.numpy()
         with warnings.catch_warnings():

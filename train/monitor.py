@@ -26,6 +26,7 @@ change inside the class), or both; on a training state (``--state S``) it adds D
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import sys
@@ -40,11 +41,14 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import Dataset
 
-from smis import GroupDNet, SMISConfig
+from smis import GroupDNet, MultiscaleDiscriminator, SMISConfig, hub
 from smis.codes import ClassCodes
 from smis.functional import kl_per_class, one_hot, to_uint8
 from smis.labels import ids_to_color
 
+from .checkpoint import TrainingStateError, load_state
+from .data import build_dataset
+from .history import OVERFIT_GAP
 from .options import TrainOptions
 
 logger = logging.getLogger(__name__)
@@ -100,8 +104,6 @@ def fixed_samples(dataset: Dataset, count: int) -> list[dict[str, Any]]:
 
 def val_samples(opts: TrainOptions, config: SMISConfig) -> list[dict[str, Any]]:
     """Up to ``--val-count`` val images for :func:`val_probe` (none if the dataset has no val split)."""
-    from .data import build_dataset
-
     d = opts.data
     try:
         val = build_dataset(d.format, d.data, "val", config.height, config.width, augment=False,
@@ -283,11 +285,6 @@ def discriminator_table(probe: dict[str, float]) -> str:
     return "\n".join(lines) + "\n\n" + reading
 
 
-#: A train - val logit gap above this reads as D memorising the training photos: a quarter of the
-#: hinge loss's margin (D is pushed to +1 on real photos and -1 on generated ones).
-OVERFIT_GAP = 0.25
-
-
 # ---------------------------------------------------------------------------------------------
 # Command line: the probe on a model folder
 # ---------------------------------------------------------------------------------------------
@@ -319,10 +316,6 @@ def probe_table(probe: dict[str, float], class_names: list[str]) -> str:
 
 def load_training_state(path: str) -> tuple[GroupDNet, nn.Module]:
     """The EMA G + E and D of a training state (``training-state-*.pt``), in eval mode."""
-    from smis import MultiscaleDiscriminator, hub
-
-    from .checkpoint import load_state
-
     state = load_state(path)
     if not state.get("config") or state.get("D") is None:
         raise ValueError(f"{path} has no config or no discriminator weights")
@@ -334,8 +327,6 @@ def load_training_state(path: str) -> tuple[GroupDNet, nn.Module]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m train.monitor",
                                 description="The training loop's val probe on a model folder: per class, "
                                             "what the code carries and where it shows; on a training state "
@@ -353,9 +344,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="with --state: training photos D scores, against every photo of the split (default: 200)")
     p.add_argument("--json", help="also write the numbers to this file")
     args = p.parse_args(argv)
-    from .checkpoint import TrainingStateError
-    from .data import build_dataset
-
     disc = None
     try:
         if args.state:

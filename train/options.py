@@ -1,11 +1,10 @@
 """Typed, frozen training options in five groups, and the command line generated from them.
 
 Every field of :class:`DataOptions`, :class:`ModelOptions`, :class:`ScheduleOptions`,
-:class:`ObjectiveOptions` and :class:`RunOptions` is one flag, ``--field-name``: its default is the
-field's, its help the ``#:`` comment above it, its parsing follows the type (``Literal`` ->
-choices, ``bool`` -> ``true``/``false``, ``dict[str, int]`` -> ``KEY=INT,...``). A field's
-``metadata`` says the rest: ``SWITCH`` (a bare ``--flag`` sets it), ``NEGATED`` (``--no-flag``
-clears it), ``POSITIVE`` / ``NON_NEGATIVE`` (checked by :meth:`TrainOptions.validate`).
+:class:`ObjectiveOptions` and :class:`RunOptions` is one flag, ``--field-name``, made by the rules
+of :mod:`train.cli` (default, help, parsing from the field; ``SWITCH`` / ``NEGATED`` metadata); the
+group is the argument group. ``POSITIVE`` / ``NON_NEGATIVE`` metadata are checked by
+:meth:`TrainOptions.validate`.
 
 The CLI refuses bad arguments before anything heavy starts (a dataset folder that is not there, a
 batch that does not split over the processes, fp16 without CUDA, ...), and the run writes the
@@ -16,22 +15,24 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import json
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin, get_type_hints
+from typing import Any, Literal, get_args, get_origin
+
+import torch
 
 from smis.config import PRESETS, DiscriminatorConfig, SMISConfig, get_config
+
+from .checkpoint import check_new_run
+from .cli import NEGATED, SWITCH, add_dataclass_arguments, field_hints, flag, options_to_cli
+from .diffaug import parse_policy
 
 VggKind = Literal["full", "partial", "none", "double-fm"]
 AmpKind = Literal["none", "bf16", "fp16"]
 
-SWITCH = {"cli": "switch"}
-NEGATED = {"cli": "negated"}
 POSITIVE = {"check": "positive"}
 NON_NEGATIVE = {"check": "non-negative"}
 
@@ -308,15 +309,15 @@ class TrainOptions:
         if not self.data.data:
             raise ValueError("--data is required: the dataset root folder")
         for group, f, hint in _fields():
-            v, flag = getattr(getattr(self, group), f.name), _flag(f.name)
+            v, name = getattr(getattr(self, group), f.name), flag(f.name)
             check = f.metadata.get("check")
             if check == "positive" and v is not None and not v > 0:
-                raise ValueError(f"{flag} must be positive, got {v}")
+                raise ValueError(f"{name} must be positive, got {v}")
             if check == "non-negative" and not (v >= 0 and math.isfinite(v)):
-                raise ValueError(f"{flag} must be >= 0, got {v}")
+                raise ValueError(f"{name} must be >= 0, got {v}")
             choices = get_args(hint) if get_origin(hint) is Literal else f.metadata.get("choices")
             if choices and v not in choices:
-                raise ValueError(f"{flag} must be one of {', '.join(choices)}, got {v!r}")
+                raise ValueError(f"{name} must be one of {', '.join(choices)}, got {v!r}")
         if s.steps is None and not (s.epochs > 0 and math.isfinite(s.epochs)):
             raise ValueError(f"--epochs must be positive, got {s.epochs}")
         if not 0.0 <= s.decay_fraction <= 1.0:
@@ -327,8 +328,6 @@ class TrainOptions:
             raise ValueError(f"--ema-decay must be in [0, 1), got {s.ema_decay}")
         if o.vgg_weights is not None and o.vgg in ("full", "partial") and not Path(o.vgg_weights).is_file():
             raise ValueError(f"--vgg-weights {o.vgg_weights}: no such file")
-        from .diffaug import parse_policy
-
         try:
             parse_policy(o.diffaug)
         except ValueError as err:
@@ -358,11 +357,10 @@ def check_launch(opts: TrainOptions, world: int, cuda: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Command line: generated from the fields
+# Command line: generated from the fields (train/cli.py's rules)
 # ---------------------------------------------------------------------------------------------
 
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+PROG = "python -m train"
 
 
 def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
@@ -370,162 +368,33 @@ def _fields() -> list[tuple[str, dataclasses.Field, Any]]:
     return [(group, f, hint) for group, cls in GROUPS.items() for f, hint in field_hints(cls)]
 
 
-def field_hints(cls: type) -> list[tuple[dataclasses.Field, Any]]:
-    """(field, type hint with ``None`` removed) for every field of the dataclass ``cls``."""
-    hints = get_type_hints(cls)
-    out = []
-    for f in dataclasses.fields(cls):
-        args = [a for a in get_args(hints[f.name]) if a is not type(None)]
-        optional = type(None) in get_args(hints[f.name])
-        out.append((f, args[0] if optional and len(args) == 1 else hints[f.name]))
-    return out
-
-
-def field_sections(cls: type) -> dict[str, str]:
-    """The ``# -- title ---`` comment above each field of ``cls`` (its argument group), if any."""
-    sections: dict[str, str] = {}
-    current = None
-    for line in inspect.getsource(cls).splitlines():
-        text = line.strip()
-        if m := re.match(r"#\s*--\s*(.+?)\s*-*$", text):
-            current = m.group(1)
-        elif (m := re.match(r"(\w+)\s*:", text)) and current and not text.startswith("#"):
-            sections.setdefault(m.group(1), current)
-    return sections
-
-
-def _field_help(cls: type) -> dict[str, str]:
-    """The ``#:`` comment lines above each field of ``cls``, joined (rst markup dropped)."""
-    helps: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        text = line.strip()
-        if text.startswith("#:"):
-            pending.append(text[2:].strip())
-        elif (m := re.match(r"(\w+)\s*:", text)) and pending:
-            helps[m.group(1)] = " ".join(pending).replace("``", "").replace("%", "%%")
-            pending = []
-    return helps
-
-
-def _widths(text: str) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, sep, value = part.partition("=")
-        if not sep or not value.strip().isdigit():
-            raise argparse.ArgumentTypeError(f"expected KEY=INT[,KEY=INT...], got {part!r}")
-        out[key.strip()] = int(value)
-    return out
-
-
-def _bool(text: str) -> bool:
-    t = text.strip().lower()
-    if t in ("1", "true", "yes", "on"):
-        return True
-    if t in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
-
-
-def build_parser() -> argparse.ArgumentParser:
+def build_arg_parser() -> argparse.ArgumentParser:
     """One flag per option field, in argument groups data / model / schedule / objective / run."""
     p = argparse.ArgumentParser(
-        prog="python -m train",
+        prog=PROG,
         description="Train GroupDNet (single process, torchrun on one or many GPUs/nodes, or CPU/gloo).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     defaults = TrainOptions()
-    groups = {g: p.add_argument_group(g) for g in GROUPS}
-    helps = {g: _field_help(cls) for g, cls in GROUPS.items()}
-    for group, f, hint in _fields():
-        add_field_argument(groups[group], f, hint, getattr(getattr(defaults, group), f.name),
-                           helps[group].get(f.name))
+    for group, cls in GROUPS.items():
+        add_dataclass_arguments(p, cls, getattr(defaults, group), title=group)
     return p
 
 
-def add_field_argument(group: Any, f: dataclasses.Field, hint: Any, default: Any, help: str | None) -> None:
-    """The flag of one option field (the rules are in the module docstring); ``tuple[float, float]``
-    fields take that many values (``metadata["metavar"]`` names them)."""
-    meta = f.metadata
-    kw: dict[str, Any] = {"dest": f.name, "default": default, "help": help}
-    if meta.get("cli") == "switch":
-        group.add_argument(_flag(f.name), action="store_true", **kw)
-    elif meta.get("cli") == "negated":
-        group.add_argument(_flag("no_" + f.name), action="store_false", **kw)
-    else:
-        if get_origin(hint) is Literal:
-            kw["choices"] = get_args(hint)
-        elif get_origin(hint) is tuple:
-            kw["nargs"], kw["type"] = len(get_args(hint)), get_args(hint)[0]
-            kw["default"] = list(default) if default is not None else None
-        else:
-            kw["type"] = _bool if hint is bool else _widths if get_origin(hint) is dict else hint
-        kw.update({k: v for k, v in meta.items() if k in ("choices", "required", "metavar")})
-        group.add_argument(_flag(f.name), **kw)
-    if "also" in meta:
-        alias, extra = meta["also"]
-        group.add_argument(alias, dest=f.name, **extra)
-
-
-def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any | None = None) -> None:
-    """One flag per field of the dataclass ``cls`` (another program's options, e.g. ``train.parser``),
-    with the same rules as ``python -m train``; fields under a ``# -- title ---`` comment form that
-    argument group."""
-    defaults = cls() if defaults is None else defaults
-    helps, sections = _field_help(cls), field_sections(cls)
-    groups: dict[str, Any] = {}
-    for f, hint in field_hints(cls):
-        title = sections.get(f.name)
-        if title is None:
-            target = parser
-        else:
-            target = groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-        add_field_argument(target, f, hint, getattr(defaults, f.name), helps.get(f.name))
-
-
-def options_to_cli(options: dict[str, Any], cls: type | None = None, prog: str = "python -m train",
-                   always: tuple[str, ...] = ("data", "preset")) -> str:
-    """The command line that gives these flat options (non-default ones, plus ``always``).
-
-    Inverse of :func:`parse_args` for the model card and logs: ``parse_args`` of the result's
-    arguments gives the same :class:`TrainOptions`. ``cls``: another program's flat options
-    dataclass (e.g. ``train.parser.ParserTrainOptions``, flags from :func:`add_dataclass_arguments`).
-    """
-    if cls is None:
-        defaults, fields = TrainOptions().to_dict(), [f for _, f, _ in _fields()]
-    else:
-        defaults, fields = dataclasses.asdict(cls()), [f for f, _ in field_hints(cls)]
-    args = [prog]
-    for f in fields:
-        if f.name not in options:
-            continue
-        value, kind = options[f.name], f.metadata.get("cli")
-        default = defaults[f.name]
-        if f.name not in always and (value == default or (isinstance(default, tuple) and list(default) == value)):
-            continue
-        if kind == "switch":
-            args.append(_flag(f.name))
-        elif kind == "negated":
-            args.append(_flag("no_" + f.name))
-        elif isinstance(value, dict):
-            args.append(f"{_flag(f.name)} " + ",".join(f"{k}={v}" for k, v in value.items()))
-        elif isinstance(value, bool):
-            args.append(f"{_flag(f.name)} {str(value).lower()}")
-        elif isinstance(value, (list, tuple)):
-            args.append(f"{_flag(f.name)} " + " ".join(str(v) for v in value))
-        elif value is not None:
-            args.append(f"{_flag(f.name)} {value}")
-    return " ".join(args)
+def train_command(options: dict[str, Any]) -> str:
+    """The ``python -m train`` command line that gives these flat options (non-default ones, plus
+    ``--data`` and ``--preset``): :func:`parse_args` of its arguments gives the same :class:`TrainOptions`."""
+    return options_to_cli(options, tuple(GROUPS.values()), PROG)
 
 
 def parse_args(argv: list[str] | None = None) -> TrainOptions:
     """Parse and validate; exits with a CLI error (status 2) on bad arguments."""
-    parser = build_parser()
-    ns = parser.parse_args(argv)
+    cli = build_arg_parser()
+    ns = cli.parse_args(argv)
     try:
         opts = TrainOptions.from_dict(vars(ns))
         check_environment(opts)
     except ValueError as err:
-        parser.error(str(err))
+        cli.error(str(err))
     return opts
 
 
@@ -534,18 +403,8 @@ def check_environment(opts: TrainOptions) -> None:
     if not Path(opts.data.data).is_dir():
         raise ValueError(f"--data {opts.data.data}: no such folder")
     check_launch(opts, int(os.environ.get("WORLD_SIZE", "1")),
-                 opts.run.device.startswith("cuda") or (opts.run.device == "auto" and _cuda_available()))
-    if opts.run.device.startswith("cuda") and not _cuda_available():
+                 opts.run.device.startswith("cuda") or (opts.run.device == "auto" and torch.cuda.is_available()))
+    if opts.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda but no CUDA device is visible; use --device cpu")
-    if opts.run.resume is None and opts.run_dir.is_dir():
-        from .checkpoint import list_checkpoints
-
-        if list_checkpoints(opts.run_dir):
-            raise ValueError(f"{opts.run_dir} already holds checkpoints: pass --resume auto to continue "
-                             "that run, or choose another --outdir")
-
-
-def _cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
+    if opts.run.resume is None:
+        check_new_run(opts.run_dir)

@@ -21,7 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import huggingface_hub
+import torch
+from huggingface_hub.errors import HfHubHTTPError
+from safetensors.torch import save_file
+
+from smis import GroupDNet
+from smis.hub import CheckpointError
+
 from . import history
+from .checkpoint import DISCRIMINATOR_NAME, latest_snapshot, list_checkpoints, load_state
 
 logger = logging.getLogger(__name__)
 
@@ -151,8 +160,6 @@ def _step_of(path: Path) -> int:
 def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = None,
              metrics: str | os.PathLike | None = None) -> RunInfo:
     """Everything the model card needs from a run folder (newest EMA snapshot unless given)."""
-    from .checkpoint import latest_snapshot
-
     run = Path(run_dir)
     if not run.is_dir():
         raise PublishError(f"{run} is not a folder; pass a training run folder (the --outdir of python -m train)")
@@ -169,15 +176,9 @@ def read_run(run_dir: str | os.PathLike, snapshot: str | os.PathLike | None = No
     step = _step_of(snap) or int(status.get("step", 0))
     # The losses and the sample grid of the snapshot's time, not of a chunk trained after it.
     last: dict[str, Any] = {}
-    mfile = run / "metrics.jsonl"
-    if mfile.is_file():
-        for line in mfile.read_text().splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:  # a line cut by a kill
-                continue
-            if not step or int(rec.get("step", 0)) <= step:
-                last = rec
+    for rec in history.read_jsonl(run / "metrics.jsonl"):
+        if not step or int(rec.get("step", 0)) <= step:
+            last = rec
     grids = sorted((run / "samples").glob("samples-*.png")) if (run / "samples").is_dir() else []
     grids = [g for g in grids if not step or _step_of(g) <= step] or grids
     mpath = Path(metrics) if metrics else next(
@@ -355,10 +356,6 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
                  metrics: str | os.PathLike | None = None, dataset_id: str | None = None,
                  notes: str | os.PathLike | None = None) -> Path:
     """Write the Hub-ready folder for a run; returns it."""
-    import torch
-
-    from smis import GroupDNet
-
     info = read_run(run_dir, snapshot, metrics)
     model = GroupDNet.from_pretrained(info.snapshot)
     key = dataset or (info.options.get("format") if info.options.get("format") in DATASETS else None) \
@@ -409,10 +406,6 @@ def build_folder(run_dir: str | os.PathLike, out: str | os.PathLike, *, snapshot
 
 def _write_discriminator(info: RunInfo, out: Path, dtype: Any) -> None:
     """D of the training state saved with the snapshot, for fine-tuning with ``--init-from``."""
-    from safetensors.torch import save_file
-
-    from .checkpoint import DISCRIMINATOR_NAME, list_checkpoints, load_state
-
     match = [p for step, p in list_checkpoints(info.run_dir) if step == info.step]
     if not match:
         logger.warning("no training state of step %d in %s: the folder gets no %s (fine-tuning from it starts "
@@ -429,15 +422,12 @@ def _write_discriminator(info: RunInfo, out: Path, dtype: Any) -> None:
 def upload(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
            commit_message: str | None = None, token: str | None = None, api: Any = None) -> str:
     """Create the repo (and branch) if needed and upload the folder; returns the commit URL."""
-    from huggingface_hub import HfApi, get_token
-    from huggingface_hub.errors import HfHubHTTPError
-
-    token = token or get_token()
+    token = token or huggingface_hub.get_token()
     if not token:
         raise PublishError(
             "no Hugging Face token: log in with `hf auth login` (or `huggingface-cli login`), set HF_TOKEN, or "
             "pass --token; a write token is needed. Use --dry-run to write the folder without uploading.")
-    api = api or HfApi(token=token)
+    api = api or huggingface_hub.HfApi(token=token)
     try:
         repo = api.create_repo(repo_id, private=private, repo_type="model", exist_ok=True)
         if revision and revision != "main":
@@ -452,7 +442,7 @@ def upload(folder: str | os.PathLike, repo_id: str, *, private: bool = False, re
     return url
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_arg_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m train.publish", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("run", help="training run folder (python -m train --outdir)")
@@ -477,16 +467,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    parser = build_parser()
-    a = parser.parse_args(argv)
+    cli = build_arg_parser()
+    a = cli.parse_args(argv)
     if not a.dry_run and not a.repo_id:
-        parser.error("--repo-id is required to upload (or pass --dry-run)")
+        cli.error("--repo-id is required to upload (or pass --dry-run)")
     if a.repo_id and a.repo_id.count("/") != 1:
-        parser.error(f"--repo-id must look like 'owner/name', got {a.repo_id!r}")
+        cli.error(f"--repo-id must look like 'owner/name', got {a.repo_id!r}")
     if not a.max_shard_mb > 0:
-        parser.error("--max-shard-mb must be positive")
-    from smis.hub import CheckpointError
-
+        cli.error("--max-shard-mb must be positive")
     try:
         folder = build_folder(a.run, a.out or Path(a.run) / "publish", snapshot=a.snapshot, fp16=a.fp16,
                               max_shard_mb=a.max_shard_mb, repo_id=a.repo_id, dataset=a.dataset,

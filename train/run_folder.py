@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image, PngImagePlugin
 
 from . import checkpoint as ckpt
+from .history import append_jsonl
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class RunFolder:
             return
         (self.path / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
         if tensorboard:
-            try:
+            try:  # optional (requirements-train.txt): imported only when asked for
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.path / "tensorboard"))
@@ -81,9 +82,8 @@ class RunFolder:
     def log_val(self, step: int, epoch: float, probe: dict[str, float]) -> None:
         if not self.enabled:
             return
-        with open(self.path / VAL_METRICS, "a", encoding="utf-8") as f:
-            f.write(json.dumps({"step": step, "epoch": round(epoch, 4),
-                                **{k: round(v, 6) for k, v in probe.items()}}) + "\n")
+        append_jsonl(self.path / VAL_METRICS, {"step": step, "epoch": round(epoch, 4),
+                                               **{k: round(v, 6) for k, v in probe.items()}})
         logger.info("step %d val: reconstruction L1 %.4f, KL %.2f nats/image, re-roll change inside "
                     "the class %.4f (weakest class %.4f) vs outside %.4f", step, probe["val/rec_l1"],
                     probe["val/kl_nats_per_image"], probe.get("val/reroll_in_mean", float("nan")),

@@ -149,28 +149,28 @@ def _dump_json(obj: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--format", default=AUTO, choices=(AUTO, *FORMATS),
+    cli = argparse.ArgumentParser(prog="python -m train.prepare", description=__doc__.split("\n\n")[0])
+    cli.add_argument("--format", default=AUTO, choices=(AUTO, *FORMATS),
                         help="layout of --src (default: auto, found from the folder)")
-    parser.add_argument("--src", required=True, help="dataset root")
-    parser.add_argument("--out", required=True, help="output folder (generic layout)")
-    parser.add_argument("--height", type=int, required=True)
-    parser.add_argument("--width", type=int, required=True)
-    parser.add_argument("--splits", default="train,val", help="comma-separated splits to pack (default train,val)")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality of the photos (default 95)")
-    parser.add_argument("--stems", default=None, help="comma-separated stems to keep (an example set)")
-    parser.add_argument("--manifest", action="store_true", help="also write examples.json")
-    parser.add_argument("--no-split-files", action="store_true",
+    cli.add_argument("--src", required=True, help="dataset root")
+    cli.add_argument("--out", required=True, help="output folder (generic layout)")
+    cli.add_argument("--height", type=int, required=True)
+    cli.add_argument("--width", type=int, required=True)
+    cli.add_argument("--splits", default="train,val", help="comma-separated splits to pack (default train,val)")
+    cli.add_argument("--quality", type=int, default=95, help="JPEG quality of the photos (default 95)")
+    cli.add_argument("--stems", default=None, help="comma-separated stems to keep (an example set)")
+    cli.add_argument("--manifest", action="store_true", help="also write examples.json")
+    cli.add_argument("--no-split-files", action="store_true",
                         help="write no train.txt/val.txt (every split of the packed folder is then all of it)")
-    parser.add_argument("--on-bad", choices=("skip", "error"), default="skip")
-    parser.add_argument("--camvid-void", default="nearest", help="CamVid void label: 'nearest' or a class id")
-    parser.add_argument("--workers", type=int, default=0, help="worker processes (default: in-process)")
-    parser.add_argument("--overwrite", action="store_true", help="replace packed files already in --out")
-    args = parser.parse_args(argv)
+    cli.add_argument("--on-bad", choices=("skip", "error"), default="skip")
+    cli.add_argument("--camvid-void", default="nearest", help="CamVid void label: 'nearest' or a class id")
+    cli.add_argument("--workers", type=int, default=0, help="worker processes (default: in-process)")
+    cli.add_argument("--overwrite", action="store_true", help="replace packed files already in --out")
+    args = cli.parse_args(argv)
     if args.height < 1 or args.width < 1:
-        parser.error("--height and --width must be positive")
+        cli.error("--height and --width must be positive")
     if not 1 <= args.quality <= 100:
-        parser.error("--quality must be in 1..100")
+        cli.error("--quality must be in 1..100")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     void = int(args.camvid_void) if args.camvid_void.isdigit() else args.camvid_void
     stems = tuple(s.strip() for s in args.stems.split(",") if s.strip()) if args.stems else None

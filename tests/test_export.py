@@ -34,10 +34,10 @@ from export.onnx import (
     torch_reference,
 )
 from smis import GroupDNet, SMISPipeline, get_config
+from smis.backends.onnx import OnnxBackend, make_session
 from smis.config import PRESETS
 from smis.hub import BUNDLED_MODEL_DIR, CheckpointError
 from smis.layers import CGNorm
-from smis.backends.onnx import OnnxBackend, make_session
 from smis.onnx_format import config_from_metadata, latent_layout
 
 #: Max abs error of the fp32 graphs against PyTorch (the issue's bound).

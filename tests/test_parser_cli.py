@@ -1,4 +1,4 @@
-"""``python -m train.parser``'s flags are generated from ParserTrainOptions by train/cli.py's rules."""
+"""``python -m train.human_parser``'s flags are generated from ParserTrainOptions by train/cli.py's rules."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from train import parser as tp
 from train.cli import NEGATED, SWITCH, add_dataclass_arguments
+from train.human_parser.__main__ import build_arg_parser, main, options_from_args
+from train.human_parser.loop import train
+from train.human_parser.options import ParserTrainOptions
 
 #: Every flag the hand-written CLI had (a flag may gain an alias, never lose its name).
 FLAGS = """--evaluate --export-onnx --data --format --train-split --val-split --on-bad --workers --max-items
@@ -21,27 +23,27 @@ FLAGS = """--evaluate --export-onnx --data --format --train-split --val-split --
 
 
 def test_every_flag_is_kept_and_documented():
-    p = tp.build_parser()
+    p = build_arg_parser()
     strings = {s for a in p._actions for s in a.option_strings}
     assert set(FLAGS) <= strings
     helps = {a.dest: a.help for a in p._actions}
-    assert all(helps[name] for name in tp.ParserTrainOptions.__dataclass_fields__), "a field lacks its #: comment"
+    assert all(helps[name] for name in ParserTrainOptions.__dataclass_fields__), "a field lacks its #: comment"
     titles = [g.title for g in p._action_groups]
     assert {"data", "model", "augmentation", "run folder"} <= set(titles)
 
 
 def test_cli_gives_the_options():
-    ns = vars(tp.build_parser().parse_args(
+    ns = vars(build_arg_parser().parse_args(
         ["--data", "d", "--scale", "0.5", "1.5", "--flip", "false", "--no-onnx", "--compile", "--channels-last",
          "true", "--preset", "tiny", "--max-items", "3", "--no-progress", "--loss", "ohem", "--amp", "bf16"]))
-    opts = tp.options_from_args(ns)
-    assert opts == tp.ParserTrainOptions(data="d", scale=(0.5, 1.5), flip=False, onnx=False, compile=True,
+    opts = options_from_args(ns)
+    assert opts == ParserTrainOptions(data="d", scale=(0.5, 1.5), flip=False, onnx=False, compile=True,
                                          channels_last=True, preset="tiny", max_items=3, progress=False,
                                          loss="ohem", amp="bf16")
-    assert tp.build_parser().parse_args([]).scale == [0.75, 1.25]
+    assert build_arg_parser().parse_args([]).scale == [0.75, 1.25]
     for bad in (["--preset", "huge"], ["--flip", "maybe"], ["--amp", "fp16"], ["--scale", "1"]):
         with pytest.raises(SystemExit):
-            tp.build_parser().parse_args(bad)
+            build_arg_parser().parse_args(bad)
     with pytest.raises(AttributeError):  # frozen, like python -m train's options
         opts.steps = 3
 
@@ -75,7 +77,7 @@ def test_add_dataclass_arguments_for_any_program():
     assert {a.dest: a.help for a in p._actions}["pair"] == "A pair."
 
 
-# -- the CLI and the published folder, recorded before train/parser.py became a package ----------
+# -- the CLI and the published folder, recorded before train/parser.py became train/human_parser/ -
 #: flag -> (dest, default, nargs, choices, type, action) of every option, help text left out.
 CLI = {
     "--evaluate": ("evaluate", None, None, None, None, "_StoreAction"),
@@ -125,7 +127,7 @@ CLI = {
 def test_the_cli_is_exactly_the_recorded_one():
     """Names, destinations, defaults, value counts, choices and types of every flag (help aside)."""
     got = {}
-    for a in tp.build_parser()._actions:
+    for a in build_arg_parser()._actions:
         if a.dest == "help":
             continue
         assert len(a.option_strings) == 1, a.option_strings
@@ -158,12 +160,12 @@ def test_a_published_parser_folder_keeps_its_format(tmp_path):
     gen = torch.Generator().manual_seed(0)
     data = [{"image": torch.rand(3, 64, 64, generator=gen) * 2 - 1,
              "label": torch.randint(0, 10, (64, 64), generator=gen)} for _ in range(4)]
-    opts = tp.ParserTrainOptions(data=str(examples), val_split="all", preset="tiny", height=64, width=64,
+    opts = ParserTrainOptions(data=str(examples), val_split="all", preset="tiny", height=64, width=64,
                                  batch_size=2, steps=6, warmup=0, log_every=2, val_every=3, ckpt_every=4,
                                  outdir=str(tmp_path / "run"), progress=False, workers=0)
-    tp.train(opts, data, data)
+    train(opts, data, data)
     run, out = tmp_path / "run", tmp_path / "shipped"
-    assert tp.main(["--publish", str(run), str(out)]) == 0
+    assert main(["--publish", str(run), str(out)]) == 0
 
     def files(folder: Path) -> list[str]:
         return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
@@ -171,7 +173,7 @@ def test_a_published_parser_folder_keeps_its_format(tmp_path):
     assert files(run) == RUN_FILES
     assert files(out) == PUBLISHED_FILES
     assert sorted(json.loads((run / "parser_options.json").read_text())) == sorted(
-        tp.ParserTrainOptions.__dataclass_fields__)
+        ParserTrainOptions.__dataclass_fields__)
     assert sorted({tuple(sorted(r)) for r in map(json.loads, (run / "log.jsonl").read_text().splitlines())}) == [
         tuple(k) for k in LOG_KEYS]
     state = torch.load(run / "checkpoints" / "training-state-00000006.pt", weights_only=True)

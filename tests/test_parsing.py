@@ -1,4 +1,4 @@
-"""The human parser (smis.parsing) and its training loop (train.parser): tiny configs, fixed seeds."""
+"""The human parser (smis.parsing) and its training loop (train.human_parser): tiny configs, fixed seeds."""
 
 from __future__ import annotations
 
@@ -23,7 +23,13 @@ from smis.parsing import (
 )
 from train import checkpoint as ckpt
 from train import metrics as M
-from train import parser as tp
+from train.history import read_jsonl
+from train.human_parser.__main__ import build_arg_parser, main, options_from_args
+from train.human_parser.data import augment_batch
+from train.human_parser.evaluate import segmentation_scores
+from train.human_parser.loop import parser_loss, train
+from train.human_parser.options import LOG_NAME, ParserTrainOptions
+from train.human_parser.publish import CURVE_NAME, PERSON_MARGINS, calibrate_person_check
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp"
 
@@ -86,7 +92,7 @@ def test_gradient_reaches_every_parameter():
     torch.manual_seed(0)
     out = net(torch.randn(2, 3, 64, 64))
     assert out.shape == (2, 10, 64, 64)
-    tp.parser_loss(out, torch.randint(0, 10, (2, 64, 64)), "weighted", torch.ones(10)).backward()
+    parser_loss(out, torch.randint(0, 10, (2, 64, 64)), "weighted", torch.ones(10)).backward()
     missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not missing
 
@@ -226,9 +232,9 @@ def test_augment_batch():
     gen = torch.Generator().manual_seed(0)
     imgs = torch.randint(0, 256, (4, 3, 64, 32), dtype=torch.uint8, generator=gen)
     labs = torch.randint(0, 10, (4, 64, 32), dtype=torch.uint8, generator=gen)
-    x, y = tp.augment_batch(imgs, labs, torch.Generator().manual_seed(1), scale=(1.0, 1.0), jitter=0.0, flip=False)
+    x, y = augment_batch(imgs, labs, torch.Generator().manual_seed(1), scale=(1.0, 1.0), jitter=0.0, flip=False)
     assert torch.allclose(x, imgs.float() / 127.5 - 1, atol=1e-5) and torch.equal(y, labs.long())
-    x, y = tp.augment_batch(imgs, labs, torch.Generator().manual_seed(1), scale=(0.5, 0.6))
+    x, y = augment_batch(imgs, labs, torch.Generator().manual_seed(1), scale=(0.5, 0.6))
     assert x.shape == (4, 3, 64, 32) and y.shape == (4, 64, 32) and x.abs().max() <= 1
     assert (y == parsing.IGNORE_INDEX).any() and set(y.unique().tolist()) <= set(range(10)) | {parsing.IGNORE_INDEX}
     outside = (y == parsing.IGNORE_INDEX)[:, None].expand_as(x)
@@ -239,7 +245,7 @@ def test_augment_batch():
 def test_scores_on_a_known_confusion():
     target = torch.tensor([0, 0, 0, 1, 1, 2])
     pred = torch.tensor([0, 0, 1, 1, 1, 0])
-    s = tp.segmentation_scores(M.confusion_matrix(pred, target, 4), ["a", "b", "c", "d"])
+    s = segmentation_scores(M.confusion_matrix(pred, target, 4), ["a", "b", "c", "d"])
     assert s["pixel_accuracy"] == pytest.approx(4 / 6)
     assert {k: v["iou"] for k, v in s["per_class"].items()} == {"a": pytest.approx(2 / 4), "b": pytest.approx(2 / 3),
                                                                 "c": 0.0, "d": None}
@@ -248,18 +254,18 @@ def test_scores_on_a_known_confusion():
     assert s["majority_baseline"] == pytest.approx(0.5)
 
 
-def _opts(tmp_path, **kw) -> tp.ParserTrainOptions:
+def _opts(tmp_path, **kw) -> ParserTrainOptions:
     base = dict(preset="tiny", height=96, width=64, batch_size=3, steps=30, lr=5e-2, warmup=0, weight_decay=0.0,
                 scale=(1.0, 1.0), jitter=0.0, flip=False, outdir=str(tmp_path / "run"), val_every=0,
                 ckpt_every=0, log_every=10, progress=False, onnx=False, workers=0)
     base.update(kw)
-    return tp.ParserTrainOptions(**base)
+    return ParserTrainOptions(**base)
 
 
 def test_tiny_parser_overfits_two_examples(tmp_path):
     ds = example_sets(2, 64, 64)
     torch.manual_seed(0)
-    out = tp.train(_opts(tmp_path, height=64, width=64, batch_size=2), ds, ds)
+    out = train(_opts(tmp_path, height=64, width=64, batch_size=2), ds, ds)
     val = out["last_val"]
     # All-background guessing scores ~0.70 on these crops; 30 steps must clearly beat it (~0.9 seen).
     assert val["pixel_accuracy"] >= val["majority_baseline"] + 0.1, val
@@ -278,15 +284,15 @@ def test_train_resume_is_exact_and_budget_stops(tmp_path):
              "label": torch.randint(0, 10, (64, 64), generator=gen)} for _ in range(5)]
     kw = dict(height=64, width=64, batch_size=2, steps=4, scale=(0.75, 1.25), jitter=0.3, flip=True, lr=1e-2,
               warmup=2, log_every=1)
-    straight = tp.train(_opts(tmp_path / "a", **kw), data, data)
+    straight = train(_opts(tmp_path / "a", **kw), data, data)
     assert straight["complete"]
-    chunk = tp.train(_opts(tmp_path / "b", stop_at=2, **kw), data, data)
+    chunk = train(_opts(tmp_path / "b", stop_at=2, **kw), data, data)
     assert chunk == {**chunk, "step": 2, "complete": False, "stopped_early": True}
     with pytest.raises(ValueError, match="--resume auto"):
-        tp.train(_opts(tmp_path / "b", **kw), data, data)
-    budget = tp.train(_opts(tmp_path / "b", resume="auto", max_minutes=0.0, **kw), data, data)
+        train(_opts(tmp_path / "b", **kw), data, data)
+    budget = train(_opts(tmp_path / "b", resume="auto", max_minutes=0.0, **kw), data, data)
     assert budget["step"] == 2 and budget["stopped_early"]
-    resumed = tp.train(_opts(tmp_path / "b", resume="auto", **kw), data, data)
+    resumed = train(_opts(tmp_path / "b", resume="auto", **kw), data, data)
     assert resumed["complete"] and resumed["step"] == 4
     a = ParserNet.from_pretrained(tmp_path / "a" / "run" / "final").state_dict()
     b = ParserNet.from_pretrained(tmp_path / "b" / "run" / "final").state_dict()
@@ -299,14 +305,14 @@ def test_train_resume_is_exact_and_budget_stops(tmp_path):
 
 def test_cli_refuses_bad_arguments_and_evaluates(tmp_path, capsys):
     with pytest.raises(SystemExit) as err:
-        tp.main(["--data", str(tmp_path / "absent"), "--no-progress"])
+        main(["--data", str(tmp_path / "absent"), "--no-progress"])
     assert err.value.code == 2 and "no such dataset folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        tp.main(["--data", str(tmp_path), "--scale", "1.2", "0.8"])
+        main(["--data", str(tmp_path), "--scale", "1.2", "0.8"])
     assert "--scale" in capsys.readouterr().err
     example_sets(2, 64, 64)
     tiny_net().save_pretrained(tmp_path / "p")
-    assert tp.main(["--evaluate", str(tmp_path / "p"), "--data", str(EXAMPLES), "--val-split", "all",
+    assert main(["--evaluate", str(tmp_path / "p"), "--data", str(EXAMPLES), "--val-split", "all",
                     "--max-items", "2", "--workers", "0", "--no-progress"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert 0 <= scores["mean_iou"] <= 1 and set(scores["per_class"]) == set(ParserConfig().class_names)
@@ -315,9 +321,9 @@ def test_cli_refuses_bad_arguments_and_evaluates(tmp_path, capsys):
 def test_person_check_calibration_passes_every_calibration_photo():
     net = tiny_net(seed=1)
     photos = [np.random.default_rng(i).integers(0, 256, (90, 60, 3), dtype=np.uint8) for i in range(4)]
-    thresholds, lowest = tp.calibrate_person_check(HumanParser(net, "cpu"), photos)
-    assert set(thresholds) == set(tp.PERSON_MARGINS)
-    for name, (key, frac) in tp.PERSON_MARGINS.items():
+    thresholds, lowest = calibrate_person_check(HumanParser(net, "cpu"), photos)
+    assert set(thresholds) == set(PERSON_MARGINS)
+    for name, (key, frac) in PERSON_MARGINS.items():
         assert thresholds[name] == pytest.approx(frac * lowest[key], abs=1e-4) and thresholds[name] <= lowest[key]
     net.config = net.config.replace(**thresholds)
     calibrated = HumanParser(net, "cpu")
@@ -331,25 +337,25 @@ def test_publish_ships_a_parser_folder_with_card_curve_and_command(tmp_path, cap
     data = [{"image": torch.rand(3, 64, 64, generator=gen) * 2 - 1,
              "label": torch.randint(0, 10, (64, 64), generator=gen)} for _ in range(4)]
     opts = _opts(tmp_path, height=64, width=64, batch_size=2, steps=6, log_every=2, val_every=3, data="somewhere")
-    tp.train(opts, data, data)
+    train(opts, data, data)
     with pytest.raises(SystemExit):
-        tp.main(["--publish", str(tmp_path), str(tmp_path / "nothing")])  # not a run folder
+        main(["--publish", str(tmp_path), str(tmp_path / "nothing")])  # not a run folder
     assert "has no best/ parser" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
     out = tmp_path / "shipped"
-    assert tp.main(["--publish", str(opts.run_dir), str(out)]) == 0
+    assert main(["--publish", str(opts.run_dir), str(out)]) == 0
     parser = HumanParser.from_pretrained(out, device="cpu", backend="torch")
     assert parser.net.config.height == 64
     card = (out / "README.md").read_text()
     metrics = json.loads((out / "metrics.json").read_text())
     assert f"mIoU **{metrics['val']['mean_iou']:.4f}**" in card and "| accessories |" in card
     assert "Weak classes" in card or "Every class reaches" in card
-    assert f"![training loss and validation scores]({tp.CURVE_NAME})" in card
-    assert (out / tp.CURVE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert f"![training loss and validation scores]({CURVE_NAME})" in card
+    assert (out / CURVE_NAME).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The command in the card gives back the run's options exactly.
     command = card.split("```bash\n")[1].split("\n```")[0]
-    assert command.startswith("python -m train.parser --data somewhere")
-    assert tp.options_from_args(vars(tp.build_parser().parse_args(command.split()[3:]))) == opts
-    assert len(tp.read_log(out)) == len(tp.read_log(opts.run_dir)) > 0
+    assert command.startswith("python -m train.human_parser --data somewhere")
+    assert options_from_args(vars(build_arg_parser().parse_args(command.split()[3:]))) == opts
+    assert len(read_jsonl(out / LOG_NAME)) == len(read_jsonl(opts.run_dir / LOG_NAME)) > 0
     if parsing.network._has_onnxruntime():
         assert (out / "model.onnx").is_file()
 

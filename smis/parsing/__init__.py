@@ -11,7 +11,7 @@ Two uses in this project:
 The network (:class:`ParserNet`) is a MobileNetV2-style encoder (inverted residuals with
 depthwise 3x3 convolutions and BatchNorm, strides 2..32) with a global-context branch and an
 FPN-style decoder back to stride 4; 1.41 M parameters for the ``ccp`` preset. It is trained
-from scratch by ``python -m train.parser`` (no pretrained backbone is available here).
+from scratch by ``python -m train.human_parser`` (no pretrained backbone is available here).
 
 A parser folder holds ``config.json`` (a :class:`ParserConfig`) and ``model.safetensors``;
 loading is strict. Modules: :mod:`.config` (``ParserConfig``, presets, where a folder is found),

@@ -14,7 +14,7 @@ from .. import hub
 from ..hub import CheckpointError
 from ..labels import CCP10_CLASSES, CCP10_PALETTE
 
-#: The shipped CCP parser (trained by ``python -m train.parser``), inside the package.
+#: The shipped CCP parser (trained by ``python -m train.human_parser``), inside the package.
 BUNDLED_PARSER_DIR = Path(__file__).resolve().parents[1] / "assets" / "ccp-parser"
 #: Environment variable that overrides the default parser folder (or Hub repo id).
 PARSER_ENV = "SMIS_PARSER"
@@ -95,7 +95,7 @@ class ParserConfig:
         if fmt != CONFIG_FORMAT:
             raise ValueError(
                 f"config.json is not a human-parser config (format {fmt!r}, expected {CONFIG_FORMAT!r}); "
-                "pass a folder written by HumanParser.save_pretrained / python -m train.parser")
+                "pass a folder written by HumanParser.save_pretrained / python -m train.human_parser")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -154,7 +154,7 @@ def resolve_parser_dir(name_or_path: str | os.PathLike | None = None, revision: 
         if not env and not (BUNDLED_PARSER_DIR / hub.CONFIG_NAME).is_file():
             raise CheckpointError(
                 f"the shipped human parser is not there ({BUNDLED_PARSER_DIR} has no {hub.CONFIG_NAME}): it has "
-                "not been trained yet. Train one with `python -m train.parser` (see docs/PARSER.md) and pass "
+                "not been trained yet. Train one with `python -m train.human_parser` (see docs/PARSER.md) and pass "
                 f"its folder, or set {PARSER_ENV} to a parser folder or Hub repo id.")
         name_or_path = env or BUNDLED_PARSER_DIR
     path = Path(name_or_path).expanduser()

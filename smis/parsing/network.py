@@ -130,7 +130,7 @@ class ParserNet(nn.Module):
         if not (folder / hub.WEIGHTS_NAME).is_file():
             raise CheckpointError(
                 f"{folder} has a parser config.json but no {hub.WEIGHTS_NAME}; copy the weights next to it "
-                "or train them with `python -m train.parser`")
+                "or train them with `python -m train.human_parser`")
         net = cls(config)
         hub.load_into(net, hub.load_state(folder), str(folder))
         return net.eval()
@@ -166,7 +166,7 @@ class OnnxParserNet:
         path = folder / ONNX_NAME
         if not path.is_file():
             raise CheckpointError(
-                f"{folder} has no {ONNX_NAME}; export it with `python -m train.parser --export-onnx {folder}` "
+                f"{folder} has no {ONNX_NAME}; export it with `python -m train.human_parser --export-onnx {folder}` "
                 "or use backend='torch'")
         import onnxruntime as ort  # optional: the torch parser works without it
 

@@ -1,0 +1,59 @@
+"""Segmentation scores of the human parser on an in-memory split, and ``--evaluate`` of a saved
+parser folder. The scores are :mod:`train.metrics`' (the same functions ``python -m train.evaluate``
+uses), plus the mean class accuracy and the all-majority-class baseline."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from smis.parsing import IGNORE_INDEX, ParserNet
+
+from .. import dist
+from .. import metrics as M
+from .data import InMemorySplit, load_split, open_split
+from .options import ParserTrainOptions
+
+
+def segmentation_scores(cm: torch.Tensor, class_names: Sequence[str]) -> dict[str, Any]:
+    """:func:`train.metrics.segmentation_scores` (pixel accuracy, mIoU, per-class IoU / accuracy)
+    plus the mean class accuracy and the all-majority-class baseline a parser must beat."""
+    scores = M.segmentation_scores(cm, class_names)
+    accs = [v["accuracy"] for v in scores["per_class"].values() if v["accuracy"] is not None]
+    truth = cm.double().sum(1)
+    scores["mean_accuracy"] = float(np.mean(accs)) if accs else float("nan")
+    scores["majority_baseline"] = float(truth.max() / truth.sum().clamp(min=1))
+    return scores
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, split: InMemorySplit, class_names: Sequence[str], device: torch.device,
+             batch_size: int = 16, amp: str = "none") -> dict[str, Any]:
+    """Segmentation scores of ``net`` on an in-memory split (at the split's size, no letterbox)."""
+    was_training = net.training
+    net.eval()
+    c = len(class_names)
+    cm = torch.zeros(c, c, dtype=torch.int64)
+    for i in range(0, len(split), batch_size):
+        x = split.images[i:i + batch_size].to(device).float() / 127.5 - 1
+        y = split.labels[i:i + batch_size].to(device).long()
+        with torch.autocast(device.type, torch.bfloat16, enabled=amp == "bf16"):
+            pred = net(x).argmax(1)
+        cm += M.confusion_matrix(pred, y, c, ignore_index=IGNORE_INDEX)
+    net.train(was_training)
+    return segmentation_scores(cm, class_names)
+
+
+
+def run_evaluate(folder: str, opts: ParserTrainOptions) -> dict[str, Any]:
+    """Scores of a saved parser on ``opts.data`` / ``opts.val_split`` (at the parser's size)."""
+    net = ParserNet.from_pretrained(folder)
+    cfg = net.config
+    ds = open_split(opts, opts.val_split or "val", cfg, opts.max_items)
+    device = dist.resolve_device(opts.device)
+    split = load_split(ds, cfg.num_classes, opts.workers, opts.progress, "val")
+    return evaluate(net.to(device), split, cfg.class_names, device, amp=opts.amp)

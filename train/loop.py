@@ -381,6 +381,41 @@ def _wrapped(nets: Networks, device: torch.device, compile: bool) -> tuple[nn.Mo
     return tuple(torch.compile(m) for m in out) if compile else out
 
 
+def _inputs(batch: dict[str, Any], net: GroupDNet, device: torch.device,
+            memory_format: torch.memory_format) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A loader batch on the device as the networks take it: (photo, label tensor = one-hot and
+    instance edges where the config has them, one-hot map)."""
+    config = net.config
+    real = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+    labels = batch["label"].to(device, non_blocking=True)
+    inst = batch.get("instance")
+    inst = inst.to(device, non_blocking=True) if inst is not None and config.instance_edges else None
+    label = net.label_tensor(labels, inst).contiguous(memory_format=memory_format)
+    onehot = one_hot(labels, config.num_classes).contiguous(memory_format=memory_format)
+    return real, label, onehot
+
+
+def _gan_step(objective: GroupDNetObjective, nets: Networks, wrapped: tuple[nn.Module, ...], real: torch.Tensor,
+              onehot: torch.Tensor, label: torch.Tensor, s: ScheduleOptions, noise: float,
+              factor: float) -> dict[str, torch.Tensor]:
+    """One generator + encoder step, then one discriminator step (SPADE's order), at ``factor`` times
+    the learning rates; returns the loss terms of both."""
+    g_train, e_train, d_train, d_plain = wrapped
+    net, disc = nets.net, nets.disc
+    # G + E. D runs without DDP and without parameter gradients.
+    disc.requires_grad_(False)
+    loss_g, fake, terms = objective.g_step(g_train, e_train, d_plain, real, onehot, label, noise=noise)
+    _optimiser_step(loss_g, nets.opt_g, nets.scaler_g, nets.opt_g.param_groups[0]["params"], s.lr_g * factor,
+                    s.grad_clip)
+    # D on [fake; real] in one batch.
+    disc.requires_grad_(True)
+    fake_d = objective.d_fake(net.generator, net.encoder, real, onehot, label, fake, noise=noise)
+    loss_d, d_terms = objective.d_step(d_train, real, label, fake_d)
+    _optimiser_step(loss_d, nets.opt_d, nets.scaler_d, list(disc.parameters()), s.lr_d * factor, s.grad_clip)
+    terms.update(d_terms)
+    return terms
+
+
 class _Meter:
     """The losses summed over a log interval; averaged over its steps and the processes when read."""
 
@@ -454,7 +489,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
         start_step, resumed_from, initialised_from = restore(opts, nets, config, total_steps, device, objective)
 
         # -- 5. Distributed wrappers, compile -------------------------------------------------
-        g_train, e_train, d_train, d_plain = _wrapped(nets, device, r.compile)
+        wrapped = _wrapped(nets, device, r.compile)
 
         # -- 6. Run folder: options, logs, fixed samples -------------------------------------
         grids = SampleGrids(dataset, opts, config, perceptual, enabled=main)
@@ -510,44 +545,25 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                 if data_iter is None:
                     sampler.set_position(epoch, in_epoch * local_batch)
                     data_iter = iter(loader)
-                batch = next(data_iter)
-                real = batch["image"].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                labels = batch["label"].to(device, non_blocking=True)
-                inst = batch.get("instance")
-                inst = inst.to(device, non_blocking=True) if inst is not None and config.instance_edges else None
-                label = net.label_tensor(labels, inst).contiguous(memory_format=memory_format)
-                onehot = one_hot(labels, config.num_classes).contiguous(memory_format=memory_format)
+                real, label, onehot = _inputs(next(data_iter), net, device, memory_format)
                 factor = s.lr_factor(step, total_steps)
 
-                # 7a. Generator + encoder step. D runs without DDP and without parameter gradients.
-                disc.requires_grad_(False)
-                loss_g, fake, terms = objective.g_step(g_train, e_train, d_plain, real, onehot, label,
-                                                         noise=o.noise_scale(step))
-                _optimiser_step(loss_g, nets.opt_g, nets.scaler_g, nets.opt_g.param_groups[0]["params"],
-                                s.lr_g * factor, s.grad_clip)
+                # 7a. Generator + encoder step, then discriminator step.
+                terms = _gan_step(objective, nets, wrapped, real, onehot, label, s, o.noise_scale(step), factor)
 
-                # 7b. Discriminator step on [fake; real] in one batch.
-                disc.requires_grad_(True)
-                fake_d = objective.d_fake(net.generator, net.encoder, real, onehot, label, fake,
-                                          noise=o.noise_scale(step))
-                loss_d, d_terms = objective.d_step(d_train, real, label, fake_d)
-                _optimiser_step(loss_d, nets.opt_d, nets.scaler_d, list(disc.parameters()), s.lr_d * factor,
-                                s.grad_clip)
-
-                # 7c. EMA of G + E (rank 0 keeps it), bookkeeping.
+                # 7b. EMA of G + E (rank 0 keeps it), bookkeeping.
                 step += 1
                 in_epoch += 1
                 if in_epoch == steps_per_epoch:
                     epoch, in_epoch, data_iter = epoch + 1, 0, None
                 if ema is not None:
                     _ema_update(ema, net, min(s.ema_decay, (1 + step) / (10 + step)))
-                terms.update(d_terms)
                 vals = torch.stack([terms[k] for k in LOSS_NAMES]).detach()
                 meter.add(vals)
                 if step_callback is not None:
                     step_callback(step)
 
-                # 7d. One small all-reduce: non-finite losses, stop signals, time budget (rank 0's clock).
+                # 7c. One small all-reduce: non-finite losses, stop signals, time budget (rank 0's clock).
                 dt = time.monotonic() - t_step
                 step_time = dt if step_time == 0 else 0.9 * step_time + 0.1 * dt
                 elapsed = time.monotonic() - t0
@@ -566,7 +582,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                                  ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_NAMES, vals.tolist())), last)
                     break
 
-                # 7e. Logging.
+                # 7d. Logging.
                 stopping = term or budget or step >= total_steps
                 if step % r.log_every == 0 or stopping:
                     avg, n, secs = meter.read()
@@ -583,7 +599,7 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
                         logger.info("step %d/%d  G %.4f  D %.4f  l1 %.4f  %.3f s/step", step, total_steps,
                                     avg["G/total"], avg["D/total"], avg["G/l1"], rec["sec_per_step"])
 
-                # 7f. Samples, checkpoints, stop.
+                # 7e. Samples, checkpoints, stop.
                 if grids and r.sample_every and step % r.sample_every == 0:
                     show(step)
                 if stopping or ckpt_due or (r.ckpt_every and step % r.ckpt_every == 0):

@@ -1,4 +1,6 @@
-"""A model's training history across runs and machines, and its plot.
+"""A model's training history across runs and machines, and its plot; the JSON-lines logs
+(``read_jsonl`` / ``append_jsonl`` / ``write_jsonl``) and the figure helpers (``pyplot`` /
+``save_figure``) both trainers use (``python -m train`` and ``python -m train.human_parser``).
 
 A long CPU run is trained in chunks, and a chunk may start on a fresh machine from a shipped model
 (``--init-from``). So that the curves of the model card cover the whole life of the weights, every

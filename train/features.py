@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,6 @@ def load_state_file(path: str | os.PathLike, hint: str) -> dict[str, torch.Tenso
         raise FeatureWeightsUnavailable(f"weights file {p} does not exist; {hint}")
     try:
         if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             state = load_file(str(p))
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
@@ -287,8 +286,6 @@ def convert_normalised_vgg19(src: str | os.PathLike, dst: str | os.PathLike) -> 
     Run once to make ``train/assets/vgg19_normalised_relu3_1.safetensors``; kept for provenance.
     The source's sha256 goes into the file's metadata.
     """
-    from safetensors.torch import save_file
-
     src = Path(src)
     digest = hashlib.sha256(src.read_bytes()).hexdigest()
     state = torch.load(src, map_location="cpu", weights_only=True)

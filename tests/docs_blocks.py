@@ -36,7 +36,8 @@ def doc_files() -> list[Path]:
 
 
 def rel(path: Path) -> str:
-    return path.relative_to(REPO).as_posix()
+    """The path from the repository root (a file elsewhere: its name)."""
+    return path.relative_to(REPO).as_posix() if path.is_relative_to(REPO) else path.name
 
 
 def normalize(command: str) -> str:

@@ -40,9 +40,11 @@ import pytest
 import torch
 from docs_blocks import (
     REPO,
+    Block,
     Command,
     all_blocks,
     all_commands,
+    blocks,
     commands,
     doc_files,
     inline_code,
@@ -163,41 +165,87 @@ RUN_COMMANDS = {normalize(r.command): r for runs in RUN.values() for r in runs}
 # Every command is run or marked
 # ---------------------------------------------------------------------------------------------
 
-def test_every_documented_command_is_run_or_marked():
+def coverage_problems(doc_blocks: list[Block], run: set[str]) -> list[str]:
+    """What keeps ``doc_blocks`` from being tests: commands neither in ``run`` nor marked, markers
+    that match nothing, python blocks outside README.md without a marker, commands in blocks that are
+    not labelled as shell."""
     problems = []
-    found = set()
-    for cmd in all_commands():
-        run = cmd.text in RUN_COMMANDS
-        found.add(cmd.text)
-        if run and cmd.reason is not None:
-            problems.append(f"{cmd.where}: marked as not run, but tests/test_docs.py runs it: {cmd.text}")
-        elif not run and cmd.reason is None:
-            problems.append(f"{cmd.where}: neither run by tests/test_docs.py (RUN) nor marked with "
-                            f"<!-- not run: REASON --> before its block: {cmd.text}")
-        elif cmd.reason is not None and not cmd.reason.strip():
-            problems.append(f"{cmd.where}: a not-run marker needs a reason: {cmd.text}")
-    for block in all_blocks():
+    for block in doc_blocks:
         marker = block.marker
-        if block.lang == "shell" and marker is not None:
-            texts = [c.text for c in commands(block)]
-            for text in marker.texts:
-                if not any(text in t for t in texts):
-                    problems.append(f"{block.where}: the marker names `{text}`, which no command of the block "
-                                    "contains")
-            if marker.block_reason is None and not marker.texts:
-                problems.append(f"{block.where}: unreadable marker {marker.text!r} (`<!-- not run: REASON -->`)")
+        if block.lang == "shell":
+            for cmd in commands(block):
+                if cmd.text in run and cmd.reason is not None:
+                    problems.append(f"{cmd.where}: marked as not run, but tests/test_docs.py runs it: {cmd.text}")
+                elif cmd.text not in run and cmd.reason is None:
+                    problems.append(f"{cmd.where}: neither run by tests/test_docs.py (RUN) nor marked with "
+                                    f"<!-- not run: REASON --> before its block: {cmd.text}")
+                elif cmd.reason is not None and not cmd.reason.strip():
+                    problems.append(f"{cmd.where}: a not-run marker needs a reason: {cmd.text}")
+            if marker is not None:
+                texts = [c.text for c in commands(block)]
+                for text in marker.texts:
+                    if not any(text in t for t in texts):
+                        problems.append(f"{block.where}: the marker names `{text}`, which no command of the "
+                                        "block contains")
+                if marker.block_reason is None and not marker.texts:
+                    problems.append(f"{block.where}: unreadable marker {marker.text!r} "
+                                    "(`<!-- not run: REASON -->`)")
         elif block.lang == "python" and block.doc != "README.md" and marker is None:
             problems.append(f"{block.where}: a python block outside README.md must be run by a test or marked "
                             "<!-- not run: REASON -->")
-        elif block.lang not in ("shell", "python"):
+        elif block.lang != "python":
             for number, line in block.lines:
                 if line.lstrip().startswith(("python ", "python3 ", "pip ", "torchrun ", "$ ")):
                     problems.append(f"{block.doc}:{number}: a command in a ```{block.lang} block: label the "
                                     f"block ```bash so it is run or marked")
-    for text in RUN_COMMANDS:
-        if text not in found:
-            problems.append(f"RUN names a command no doc has (any more): {text}")
+    return problems
+
+
+def test_every_documented_command_is_run_or_marked():
+    problems = coverage_problems(all_blocks(), set(RUN_COMMANDS))
+    found = {c.text for c in all_commands()}
+    problems += [f"RUN names a command no doc has (any more): {text}" for text in RUN_COMMANDS if text not in found]
     assert not problems, "\n".join(problems)
+
+
+def test_an_unmarked_command_that_is_not_run_fails(tmp_path):
+    doc = tmp_path / "DOC.md"
+    doc.write_text("""Run it:
+
+```bash
+python -m export flops        # run by the test
+python -m export onnx --model mine \\
+    --fp16
+```
+
+<!-- not run `tensorrt`: needs TensorRT -->
+
+    python -m export tensorrt --onnx x.onnx
+    python -m export inspect x.onnx
+
+<!-- not run: needs a GPU -->
+```sh
+python -m train --device cuda
+```
+
+```
+pip install something
+```
+
+<!-- not run `nothing like it`: a stale marker -->
+```bash
+python -m export flops
+```
+""")
+    problems = coverage_problems(blocks(doc), {"python -m export flops"})
+    assert problems == [
+        "DOC.md:5: neither run by tests/test_docs.py (RUN) nor marked with <!-- not run: REASON --> before its "
+        "block: python -m export onnx --model mine --fp16",
+        "DOC.md:12: neither run by tests/test_docs.py (RUN) nor marked with <!-- not run: REASON --> before its "
+        "block: python -m export inspect x.onnx",
+        "DOC.md:20: a command in a ``` block: label the block ```bash so it is run or marked",
+        "DOC.md:24: the marker names `nothing like it`, which no command of the block contains",
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,7 +149,8 @@ RUN: dict[str, list[Run]] = {
             stand_in=("runs/demo/checkpoints/training-state-00000001.pt",
                       "runs/demo/checkpoints/training-state-00005000.pt")),
         Run("python -m train.publish runs/demo --dry-run", check=_files("runs/demo/publish/config.json")),
-        Run("python -m train.human_parser --evaluate runs/parser/best --data .gpu/ccp384 --val-split val"),
+        Run("python -m train.human_parser --evaluate runs/parser/best --data .gpu/ccp384 --val-split val",
+            append="--workers 0"),
         Run("python -m train.human_parser --export-onnx runs/parser/best", check=_files("runs/parser/best/model.onnx")),
     ],
     "torchrun": [

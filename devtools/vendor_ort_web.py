@@ -1,0 +1,164 @@
+"""Refresh the vendored onnxruntime-web files the page uses (in-browser inference) from npm.
+
+    python -m devtools.vendor_ort_web                    # the pinned version, ORT_WEB_VERSION
+    python -m devtools.vendor_ort_web --version 1.32.0   # another one (then update ORT_WEB_VERSION)
+
+Runs ``npm pack onnxruntime-web@VERSION`` (the npm registry through npm itself), checks the
+tarball against the integrity npm reports, and copies only what the page loads into
+``demo/static/vendor/onnxruntime-web/``: the WASM-only ES module build (``ort.wasm.min.mjs``, no
+WebGL / WebGPU / JSEP code) and the plain SIMD WebAssembly runtime with its loader
+(``ort-wasm-simd-threaded.mjs`` / ``.wasm``: it runs on one thread, or on several where the page is
+cross-origin isolated). Beside them it writes ``VERSION``, ``SHA256SUMS`` (``sha256sum -c`` checks
+them; so does ``tests/test_browser_inference.py``), ``LICENSE`` (MIT; the npm package ships the
+licence in its files' headers only) and a ``README.md`` naming the source. Nothing is fetched at
+run time: the page loads these files from the app's own route.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from base64 import b64encode
+from pathlib import Path
+
+#: The version the page is built and tested against.
+ORT_WEB_VERSION = "1.31.1"
+PACKAGE = "onnxruntime-web"
+#: What the page loads, from the package's dist/ folder.
+FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+VENDOR_DIR = Path(__file__).resolve().parents[1] / "demo" / "static" / "vendor" / "onnxruntime-web"
+
+MIT = """MIT License
+
+Copyright (c) Microsoft Corporation
+
+Permission is hereby granted, free of charge, to any person obtaining a copy
+of this software and associated documentation files (the "Software"), to deal
+in the Software without restriction, including without limitation the rights
+to use, copy, modify, merge, publish, distribute, sublicense, and/or sell
+copies of the Software, and to permit persons to whom the Software is
+furnished to do so, subject to the following conditions:
+
+The above copyright notice and this permission notice shall be included in all
+copies or substantial portions of the Software.
+
+THE SOFTWARE IS PROVIDED "AS IS", WITHOUT WARRANTY OF ANY KIND, EXPRESS OR
+IMPLIED, INCLUDING BUT NOT LIMITED TO THE WARRANTIES OF MERCHANTABILITY,
+FITNESS FOR A PARTICULAR PURPOSE AND NONINFRINGEMENT. IN NO EVENT SHALL THE
+AUTHORS OR COPYRIGHT HOLDERS BE LIABLE FOR ANY CLAIM, DAMAGES OR OTHER
+LIABILITY, WHETHER IN AN ACTION OF CONTRACT, TORT OR OTHERWISE, ARISING FROM,
+OUT OF OR IN CONNECTION WITH THE SOFTWARE OR THE USE OR OTHER DEALINGS IN THE
+SOFTWARE.
+"""
+
+README = """# onnxruntime-web {version} (vendored)
+
+The files the demo page needs to run GroupDNet in the visitor's browser (`demo/static/js/`),
+copied unchanged from the npm package [`{package}@{version}`](https://www.npmjs.com/package/{package}/v/{version})
+(tarball integrity `{integrity}`), folder `dist/`:
+
+| file | bytes | what it is |
+|---|---|---|
+{rows}
+
+The page imports `ort.wasm.min.mjs` (the WASM-only build: no WebGL, WebGPU or JSEP code) and
+points `ort.env.wasm.wasmPaths` at this folder's route, so nothing is fetched from a CDN.
+The `.wasm` is SIMD WebAssembly that runs on one thread, or on several where the page is
+cross-origin isolated (`crossOriginIsolated`).
+
+Licence: MIT, Copyright (c) Microsoft Corporation (`LICENSE`; the package states it in each file's
+header). The compiled runtime includes third-party code listed in ONNX Runtime's
+`ThirdPartyNotices.txt` at the tag `v{version}` of https://github.com/microsoft/onnxruntime.
+
+Refresh (or change the version): `python -m devtools.vendor_ort_web [--version X]`, which runs
+`npm pack`, checks the tarball's integrity, rewrites this folder and `SHA256SUMS`.
+"""
+
+DESCRIPTIONS = {
+    "ort.wasm.min.mjs": "the JavaScript API, WASM execution provider only (ES module)",
+    "ort-wasm-simd-threaded.mjs": "the loader of the WebAssembly runtime (ES module)",
+    "ort-wasm-simd-threaded.wasm": "the ONNX Runtime CPU kernels, WebAssembly with SIMD",
+}
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def npm_pack(version: str, dest: Path) -> tuple[Path, str]:
+    """``npm pack PACKAGE@version`` into ``dest``: (the tarball, its sha512 integrity string)."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise SystemExit("error: npm is not installed (Node.js 18+ brings it); it fetches the package")
+    out = subprocess.run([npm, "pack", f"{PACKAGE}@{version}", "--json", "--pack-destination", str(dest)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"error: npm pack {PACKAGE}@{version} failed:\n{out.stderr.strip()[-2000:]}")
+    info = json.loads(out.stdout)[0]
+    tarball = dest / info["filename"]
+    integrity = info["integrity"]
+    algo, _, digest = integrity.partition("-")
+    h = hashlib.new(algo)
+    h.update(tarball.read_bytes())
+    if b64encode(h.digest()).decode() != digest:
+        raise SystemExit(f"error: {tarball.name} does not match the integrity npm reported ({integrity})")
+    return tarball, integrity
+
+
+def vendor(version: str = ORT_WEB_VERSION, target: Path = VENDOR_DIR) -> dict[str, int]:
+    """Replace ``target`` with the files of ``onnxruntime-web@version``; returns their sizes in bytes."""
+    with tempfile.TemporaryDirectory(prefix="ort-web-") as tmp:
+        tarball, integrity = npm_pack(version, Path(tmp))
+        with tarfile.open(tarball) as tar:
+            meta = json.load(tar.extractfile("package/package.json"))
+            if meta.get("version") != version or meta.get("license") != "MIT":
+                raise SystemExit(f"error: expected {PACKAGE} {version} under MIT, got {meta.get('version')} "
+                                 f"under {meta.get('license')}")
+            if target.exists():
+                shutil.rmtree(target)
+            target.mkdir(parents=True)
+            for name in FILES:
+                member = tar.getmember(f"package/dist/{name}")
+                if not member.isfile():
+                    raise SystemExit(f"error: dist/{name} is not a plain file in the tarball")
+                with tar.extractfile(member) as src, open(target / name, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+    sizes = {name: (target / name).stat().st_size for name in FILES}
+    (target / "VERSION").write_text(version + "\n")
+    (target / "LICENSE").write_text(MIT)
+    (target / "SHA256SUMS").write_text("".join(f"{sha256(target / n)}  {n}\n" for n in FILES))
+    rows = "\n".join(f"| `{n}` | {sizes[n]:,} | {DESCRIPTIONS[n]} |" for n in FILES)
+    (target / "README.md").write_text(README.format(version=version, package=PACKAGE, integrity=integrity,
+                                                    rows=rows))
+    return sizes
+
+
+def build_arg_parser() -> argparse.ArgumentParser:
+    cli = argparse.ArgumentParser(prog="python -m devtools.vendor_ort_web",
+                                  description=f"Refresh the vendored {PACKAGE} files from npm (npm pack).")
+    cli.add_argument("--version", default=ORT_WEB_VERSION, help=f"package version (default {ORT_WEB_VERSION})")
+    cli.add_argument("--out", type=Path, default=VENDOR_DIR, help="target folder (replaced)")
+    return cli
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_arg_parser().parse_args(argv)
+    sizes = vendor(args.version, args.out)
+    for name, size in sizes.items():
+        print(f"{size / 2**20:8.2f} MiB  {args.out / name}")
+    if args.version != ORT_WEB_VERSION:
+        print(f"note: ORT_WEB_VERSION in {__file__} still says {ORT_WEB_VERSION}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,7 @@ Options (command line, or the environment variable in brackets):
     --device   [SMIS_DEVICE]   cpu, cuda, ... (default: auto)
     --parser   [SMIS_PARSER]   human-parser folder or Hub repo id for "Start from a photo"
                                (default: the bundled smis/assets/ccp-parser; "none" turns it off)
+    --browser  [SMIS_BROWSER]  auto | off: the page runs generate and re-roll itself where it can (default auto)
     --host     [GRADIO_SERVER_NAME]  default 0.0.0.0 on a Space, else 127.0.0.1
     --port     [GRADIO_SERVER_PORT]  default 7860
 """
@@ -21,7 +22,7 @@ import os
 import sys
 
 from demo import CSS
-from demo.launch import create_app
+from demo.launch import app_kwargs, create_app
 from export.onnx import export_model
 from smis.hub import MODEL_ENV
 from smis.parsing import PARSER_ENV
@@ -40,6 +41,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--parser", default=env.get(PARSER_ENV) or None,
                    help=f"human-parser folder or Hub repo id (env {PARSER_ENV}; default: the bundled one if "
                         "present; 'none': no mask prediction)")
+    p.add_argument("--browser", default=env.get("SMIS_BROWSER", "auto"), choices=["auto", "off"],
+                   help="in-browser inference (env SMIS_BROWSER): auto lets the page run generate and re-roll "
+                        "with onnxruntime-web where it can (the model's ONNX graphs), off keeps it on the server")
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1"),
                    help="address to serve on (env GRADIO_SERVER_NAME; 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", 7860)),
@@ -72,11 +76,12 @@ def main(argv: list[str] | None = None) -> None:
     try:
         demo = create_app(args.model, args.backend, args.device, parser=args.parser, examples=args.examples,
                           cache_examples=not args.no_cache_examples, max_upload_bytes=_parse_size(args.max_file_size),
-                          max_queue=args.max_queue, concurrency=args.concurrency, exporter=export_model)
+                          max_queue=args.max_queue, concurrency=args.concurrency, exporter=export_model,
+                          browser=args.browser)
     except ValueError as err:  # CheckpointError and friends: say what to do, no traceback
         sys.exit(f"error: {err}")
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,
-                css=CSS, ssr_mode=False, show_error=True)
+                css=CSS, ssr_mode=False, show_error=True, app_kwargs=app_kwargs(demo))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from smis.backends.onnx import Exporter
 from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV, measured_class_control
 from smis.parsing import BUNDLED_PARSER_DIR, HumanParser
 
+from .browser import BrowserModel, find_browser_model
+from .browser import app_kwargs as browser_app_kwargs
 from .references import load_references
 from .ui import build_demo
 
@@ -94,10 +96,12 @@ def model_class_control(pipe: SMISPipeline) -> dict[str, float]:
 def create_app(model: str | None = None, backend: str = "auto", device: str | None = None,
                parser: str | None = None, examples: str | None = None, cache_examples: bool = True,
                max_upload_bytes: int | None = None, max_queue: int = 32, concurrency: int | None = None,
-               exporter: Exporter | None = None) -> gr.Blocks:
+               exporter: Exporter | None = None, browser: str = "auto") -> gr.Blocks:
     """The whole demo, loaded once and queued: ``max_queue`` requests wait at most, ``concurrency``
-    run at once (default: 1 on CPU, 4 on GPU). Raises ``ValueError`` for a model or parser that
-    cannot be loaded."""
+    run at once (default: 1 on CPU, 4 on GPU). ``browser``: ``auto`` lets the page run generate and
+    re-roll itself where it can (the model's fp32 ONNX graphs, served by the routes of
+    :func:`app_kwargs`), ``off`` keeps everything on the server. Raises ``ValueError`` for a model or
+    parser that cannot be loaded."""
     pipe, banner = load_pipeline(model, backend, device, exporter)
     human_parser, parser_note = load_parser(parser, device)
     try:
@@ -105,8 +109,19 @@ def create_app(model: str | None = None, backend: str = "auto", device: str | No
     except ValueError as err:
         logger.error("examples not loaded: %s", err)
         refs = []
+    browser_model = find_browser_model(pipe, browser)
+    logger.info("in-browser inference: %s", ", ".join(p.name for p in browser_model.graphs.values())
+                if browser_model.available else f"off ({browser_model.reason})")
     demo = build_demo(pipe, references=refs, banner=banner, cache_examples=cache_examples,
                       max_upload_bytes=max_upload_bytes, parser=human_parser, parser_note=parser_note,
-                      class_control={} if banner else model_class_control(pipe))
+                      class_control={} if banner else model_class_control(pipe), browser=browser_model)
+    demo.browser_model = browser_model  # for app_kwargs and tests
     on_gpu = not str(pipe.backend.device).lower().startswith("cpu")
     return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency or (4 if on_gpu else 1))
+
+
+def app_kwargs(demo: gr.Blocks) -> dict:
+    """``demo.launch(app_kwargs=...)`` for a demo of :func:`create_app`: the routes the page's in-browser
+    inference loads its script, runtime and graphs from (``/smis/...``, :mod:`demo.browser`)."""
+    model: BrowserModel | None = getattr(demo, "browser_model", None)
+    return browser_app_kwargs(model) if model is not None else {}

@@ -24,6 +24,7 @@ import gradio as gr
 from smis import SMISPipeline
 from smis.hub import WEAK_CODE_RATIO
 
+from .browser import BrowserJobs, BrowserModel
 from .canvas import Canvas
 from .handlers import MAX_SEED, MORPH_MAX_FRAMES, MORPH_MIN_FRAMES, DemoHandlers
 from .references import Reference, load_references
@@ -190,6 +191,19 @@ class MorphTab(NamedTuple):
     gallery: gr.Gallery
 
 
+class BrowserSwitch(NamedTuple):
+    """"Run in your browser": the switch, and the hidden parts of a browser job (``demo/browser.py``): the
+    job, the page's rendered answer, and one button per job the page clicks instead of the server's."""
+
+    run: gr.Checkbox
+    job: gr.Textbox
+    rendered: gr.Textbox
+    generate: gr.Button
+    reroll: gr.Button
+    reroll_unlocked: gr.Button
+    mask_edit: gr.Button
+
+
 class Shared(NamedTuple):
     """What the events share: the status line, the canvas history, the outputs of a new result and of
     a mask edit, and the options of the two queue groups (network events, file reads)."""
@@ -211,7 +225,8 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
                banner: str | None = None, cache_examples: bool = True,
                workdir: str | Path | None = None, max_upload_bytes: int | None = None,
                parser: Any = None, parser_note: str | None = None,
-               class_control: Mapping[str, float] | None = None) -> gr.Blocks:
+               class_control: Mapping[str, float] | None = None,
+               browser: BrowserModel | None = None) -> gr.Blocks:
     """The whole demo on one loaded pipeline.
 
     ``references``: reference photos + masks (default: the shipped examples, if any);
@@ -221,7 +236,8 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
     ``parser``: a loaded :class:`smis.parsing.HumanParser` for "Start from a photo" (``None``: the
     section says masks cannot be predicted, and ``parser_note`` why); ``class_control``: the model's
     measured per-class re-roll strength (:func:`smis.hub.measured_class_control`), for the About
-    tab and a note on re-rolls of a weak class.
+    tab and a note on re-rolls of a weak class; ``browser``: the graphs the page may run itself
+    (:func:`demo.browser.find_browser_model`; ``None`` or none found: everything runs on the server).
     """
     refs = load_references(class_names=pipeline.config.class_names) if references is None else list(references)
     kw = {} if max_upload_bytes is None else {"max_upload_bytes": max_upload_bytes}
@@ -237,6 +253,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
             gr.HTML(banner_html(banner))
         status = gr.Markdown(h.status(), elem_id="status", padding=True)
         history = gr.State([])
+        switch = _browser_switch(browser)
         photo = _photo_panel(h)
         with gr.Row(equal_height=False):
             canvas = _canvas_panel(h)
@@ -258,12 +275,33 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         _wire_variants(h, gen, reroll, morph, shared)
         _wire_mix(h, gen, reroll, mix, shared)
         _wire_morph(h, gen, reroll, mix, morph, shared)
+        _wire_browser(demo, h, switch, canvas, gen, reroll, shared, browser)
 
     demo.handlers = h  # for tests and scripts
     return demo
 
 
 # -- the page's parts ---------------------------------------------------------------------------------
+
+def _browser_switch(browser: BrowserModel | None) -> BrowserSwitch:
+    """The switch and its note (the page script keeps the note up to date), and the hidden job parts."""
+    on = browser is not None and browser.available
+    if on:
+        note, state = "Checking whether your browser can run the model…", "loading"
+    else:
+        why = browser.reason if browser is not None else "this page was built without it"
+        note, state = f"⚠️ Not running in your browser: {why}. Everything runs on the server.", "off"
+    with gr.Row(elem_id="browser-row", equal_height=True):
+        run = gr.Checkbox(value=on, label="Run in your browser", interactive=on, elem_id="browser-run",
+                          scale=0, min_width=220)
+        gr.HTML(f'<span id="browser-note-text" data-state="{state}">{html.escape(note)}</span>',
+                elem_id="browser-note")
+        job = gr.Textbox(visible="hidden", elem_id="browser-job")
+        rendered = gr.Textbox(visible="hidden", elem_id="browser-rendered")
+        buttons = [gr.Button(visible="hidden", elem_id=f"browser-{name}")
+                   for name in ("generate", "reroll", "reroll-unlocked", "mask-edit")]
+    return BrowserSwitch(run, job, rendered, *buttons)
+
 
 def _photo_panel(h: DemoHandlers) -> PhotoPanel:
     with gr.Accordion("Start from a photo", open=True, elem_id="start-from-photo"):
@@ -519,6 +557,48 @@ def _wire_morph(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mix: M
     morph.scrub.change(h.scrub, [morph.gallery, morph.scrub], morph.frame, api_name="scrub", **QUICK)
     morph.keep.click(h.keep_frame, [morph.gallery, morph.scrub, reroll.strip, reroll.reroll_class, reroll.locked],
                      s.result_outputs, api_name="keep_frame", **s.files)
+
+
+#: Loads the page's in-browser inference (demo/static/js/page.js) from the app's own routes.
+BROWSER_JS = """() => {
+  const root = ((window.gradio_config && window.gradio_config.root) || location.href.split(/[?#]/)[0])
+    .replace(/\\/?$/, '/');
+  import(new URL('smis/static/js/page.js', root).href)
+    .then((m) => m.start(new URL('smis/model.json', root).href))
+    .catch((err) => {
+      const note = document.querySelector('#browser-note-text');
+      if (note) { note.textContent = `⚠️ Not running in your browser: its script did not load (${err}). `
+                  + 'Everything runs on the server.'; note.dataset.state = 'off'; }
+    });
+}"""
+
+
+def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: CanvasPanel, gen: GeneratePanel,
+                  reroll: RerollPanel, s: Shared, browser: BrowserModel | None) -> None:
+    """A browser job: the server's job (no model) -> the page renders it -> the server saves the PNG.
+
+    The page clicks these hidden buttons instead of the visible ones while it runs the model itself;
+    none of it is in the API (``gradio_client`` keeps the server events)."""
+    if browser is None or not browser.available:
+        return
+    demo.load(None, js=BROWSER_JS)
+    jobs = BrowserJobs(h)
+    render = {"js": "(job) => window.smisBrowser ? window.smisBrowser.render(job) : ''", **PRIVATE}
+    finish = [b.rendered, reroll.strip, reroll.reroll_class, reroll.locked]
+
+    def rendered_and_saved(dependency):
+        return dependency.success(None, b.job, b.rendered, **render).success(
+            jobs.finish, finish, s.result_outputs, **PRIVATE)
+
+    rendered_and_saved(b.generate.click(jobs.generate, [canvas.editor, gen.seed, gen.randomize],
+                                        [gen.seed_used, canvas.label_map, b.job], **PRIVATE)).success(
+        None, [gen.seed, gen.randomize, gen.seed_used], gen.seed, js="(typed, random, used) => random ? used : typed",
+        **PRIVATE)
+    rendered_and_saved(b.reroll.click(jobs.reroll, [gen.file, reroll.reroll_class, reroll.locked], b.job,
+                                      **PRIVATE))
+    rendered_and_saved(b.reroll_unlocked.click(jobs.reroll_unlocked, [gen.file, reroll.locked], b.job, **PRIVATE))
+    rendered_and_saved(b.mask_edit.click(jobs.mask_edit, [canvas.editor, gen.file], [canvas.label_map, b.job],
+                                         **PRIVATE))
 
 
 def about_markdown(h: DemoHandlers) -> str:

@@ -70,9 +70,11 @@ def running_app(model_dir, tmp: Path, *extra: str):
     env.pop("SMIS_PARSER", None)
     log = open(tmp / "app.log", "w")  # closed in the finally below
     backend = [] if "--backend" in extra else ["--backend", "torch"]  # the tests read PyTorch's status line
+    # the server path (tests/test_browser_inference.py drives the page's own inference)
+    browser = [] if "--browser" in extra else ["--browser", "off"]
     proc = subprocess.Popen(
         [sys.executable, "app.py", "--model", str(model_dir), "--examples", str(tmp / "examples"),
-         "--host", "127.0.0.1", "--port", str(port), "--max-file-size", "2mb", *backend, *extra],
+         "--host", "127.0.0.1", "--port", str(port), "--max-file-size", "2mb", *backend, *browser, *extra],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.time() + 120

@@ -1,0 +1,165 @@
+// In-browser inference on the demo page: the "Run in your browser" switch, its note, and the clicks.
+//
+// With the switch on and the model loaded, a click on Generate / Re-roll / Re-roll all unlocked /
+// Same codes, new mask is taken before Gradio sees it and given to the matching hidden button
+// (#browser-generate ...): the server makes the job without running the model (demo/browser.py),
+// render() runs it here, and the server saves the PNG. Whenever this browser cannot (no WebAssembly
+// SIMD, a runtime or graph that does not load, an error while running), the note says why and the
+// click goes to the server's own event: nothing is lost.
+
+import { ModelRuntime, missingFeature } from './runtime.js';
+import { jobCodes, jobLabels, rgbToPngBase64 } from './tensors.js';
+
+/** Server button -> the hidden button of its browser job. */
+const BROWSER_BUTTONS = {
+  generate: 'browser-generate',
+  reroll: 'browser-reroll',
+  'reroll-unlocked': 'browser-reroll-unlocked',
+  'apply-mask-edit': 'browser-mask-edit',
+};
+
+class BrowserInference {
+  constructor(infoUrl) {
+    this.infoUrl = infoUrl;
+    this.state = 'loading';  // loading | ready | off
+    this.reason = '';
+    this.runtime = null;
+    this.version = '';
+    this.renders = 0;
+  }
+
+  async start() {
+    this.show();
+    document.addEventListener('click', (event) => this.intercept(event), true);
+    document.addEventListener('change', (event) => {
+      if (event.target.closest && event.target.closest('#browser-run')) this.show();
+    }, true);
+    const missing = missingFeature();
+    if (missing) return this.off(missing);
+    let info;
+    try {
+      const response = await fetch(this.infoUrl);
+      if (!response.ok) throw new Error(`HTTP ${response.status}`);
+      info = await response.json();
+    } catch (err) {
+      return this.off(`the page could not ask the server for the model (${err.message || err})`);
+    }
+    if (!info.available) return this.off(info.reason);
+    this.version = info.runtime.version;
+    this.show();
+    try {
+      this.runtime = await ModelRuntime.load(info, this.infoUrl);
+    } catch (err) {
+      return this.off(`the runtime or the model did not load here (${String(err.message || err).slice(0, 200)})`);
+    }
+    this.state = 'ready';
+    this.show();
+  }
+
+  wanted() {
+    const box = document.querySelector('#browser-run input');
+    return box ? box.checked : true;
+  }
+
+  active() {
+    return this.state === 'ready' && this.wanted();
+  }
+
+  off(reason) {
+    this.state = 'off';
+    this.reason = reason;
+    const box = document.querySelector('#browser-run input');
+    if (box && box.checked) box.click();  // Gradio's own value follows
+    this.show();
+  }
+
+  show() {
+    const note = document.querySelector('#browser-note-text');
+    if (!note) return;
+    const runtime = `onnxruntime-web ${this.version}, WebAssembly`;
+    let state = this.state, text;
+    if (this.state === 'off') {
+      text = `⚠️ Not running in your browser: ${this.reason}. Everything runs on the server.`;
+    } else if (this.state === 'loading') {
+      text = `⏳ Loading the model into your browser${this.version ? ` (${runtime})` : ''}… until then the server runs it.`;
+    } else if (this.wanted()) {
+      const threads = this.runtime.threads;
+      text = `✅ Generate and re-roll run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
+        + 'the server reads your canvas, makes the codes and keeps the PNG. Mixing, morphing and photos run on the server.';
+    } else {
+      state = 'server';
+      text = 'Everything runs on the server (tick the box to run generate and re-roll in your browser).';
+    }
+    note.textContent = text;
+    note.dataset.state = state;
+  }
+
+  intercept(event) {
+    const button = event.target.closest && event.target.closest('button');
+    const job = button && BROWSER_BUTTONS[button.id];
+    if (!job || !this.active()) return;
+    const target = document.getElementById(job);
+    if (!target) return;
+    event.preventDefault();
+    event.stopImmediatePropagation();
+    target.click();
+  }
+
+  /** Gradio calls this between the job and its saving: the job (JSON text) -> the same with the
+   * rendered PNG (base64) and the time, or "" after handing the click to the server. */
+  async render(jobText) {
+    if (!jobText) return '';
+    const job = JSON.parse(jobText);
+    try {
+      if (this.state !== 'ready') throw new Error(this.reason || 'the model is not loaded');
+      const model = this.runtime.model;
+      const labels = jobLabels(job, model);
+      const codes = jobCodes(job, model);
+      const t0 = performance.now();
+      const rgb = await this.runtime.run(labels, codes);
+      const ms = performance.now() - t0;
+      const image = await rgbToPngBase64(rgb, model.height, model.width);
+      this.renders += 1;
+      return JSON.stringify({ ...job, image, ms, threads: this.runtime.threads });
+    } catch (err) {
+      this.off(`running the model failed here (${String(err.message || err).slice(0, 200)})`);
+      const server = document.getElementById(job.server_button);
+      if (server) setTimeout(() => server.click(), 0);
+      return '';
+    }
+  }
+
+  /** ms per call of ``repeats`` generates (a new mask each: the maps graph) and re-rolls (the same
+   * mask, new codes: the render graph) of one job, after one warm-up of each. */
+  async bench(jobText, repeats = 10) {
+    const job = JSON.parse(jobText);
+    const model = this.runtime.model;
+    const labels = jobLabels(job, model);
+    const codes = jobCodes(job, model);
+    const other = codes.map((v) => -v);
+    const times = { generate: [], reroll: [] };
+    for (let i = 0; i <= repeats; i++) {
+      this.runtime.forgetMask();
+      let t0 = performance.now();
+      await this.runtime.run(labels, codes);
+      const generate = performance.now() - t0;
+      t0 = performance.now();
+      await this.runtime.run(labels, i % 2 ? codes : other);
+      const reroll = performance.now() - t0;
+      if (i > 0) {
+        times.generate.push(generate);
+        times.reroll.push(reroll);
+      }
+    }
+    return { ...times, threads: this.runtime.threads, version: this.version, cachesMasks: this.runtime.cachesMasks };
+  }
+}
+
+/** Start once per page; ``infoUrl`` is the app's /smis/model.json. */
+export function start(infoUrl) {
+  if (!globalThis.smisBrowser) {
+    globalThis.smisBrowser = new BrowserInference(infoUrl);
+    globalThis.smisBrowser.start();
+  }
+  return globalThis.smisBrowser;
+}

@@ -1,0 +1,391 @@
+"""In-browser inference (demo/browser.py, demo/static/js): the vendored runtime, the routes that serve it and
+the model's graphs (and nothing else), and the page running generate / re-roll with onnxruntime-web.
+
+The app runs in this process (``demo.launch.create_app`` + ``launch``) with the tiny demo model on the ONNX
+backend, so the tests can count the server's own model calls: with the browser on they must stay at zero.
+The Chromium tests are skipped without Debian's /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import json
+import os
+import re
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_demo_app import CHROMIUM, CHROMIUM_FLAGS, SHOES, free_port, open_page
+from test_demo_handlers import make_examples
+
+from demo import browser as B
+from devtools.vendor_ort_web import FILES, ORT_WEB_VERSION
+from smis import ClassCodes, SMISResult, get_config
+
+#: Largest difference (uint8 levels) allowed between the browser's and the server's image for the same mask
+#: and codes: the same graphs on onnxruntime-web WASM and ONNX Runtime CPU (measured: 0 on the tiny model).
+PIXEL_TOLERANCE = 2
+no_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
+                                 reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
+
+
+# -- the vendored runtime ---------------------------------------------------------------------------------
+
+def test_vendored_runtime_is_pinned_licensed_and_intact():
+    folder = B.ORT_WEB_DIR
+    assert (folder / "VERSION").read_text().strip() == ORT_WEB_VERSION == B.ort_web_version()
+    assert (folder / "LICENSE").read_text().startswith("MIT License")
+    assert f"onnxruntime-web@{ORT_WEB_VERSION}" in (folder / "README.md").read_text()
+    sums = dict(line.split()[::-1] for line in (folder / "SHA256SUMS").read_text().splitlines())
+    assert sorted(sums) == sorted(FILES)
+    for name, digest in sums.items():
+        assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
+    assert (folder / "ort-wasm-simd-threaded.wasm").stat().st_size < 15 * 2**20
+    # only what the page loads: no other build of the runtime
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, "LICENSE", "README.md", "SHA256SUMS",
+                                                               "VERSION"])
+    # no CDN at run time: the page's modules load only relative or app-given URLs
+    for js in (B.STATIC_DIR / "js").glob("*.js"):
+        assert not re.search(r"https?://", js.read_text()), js.name
+
+
+# -- the model the page may run -----------------------------------------------------------------------------
+
+def test_browser_model_from_the_backend_or_why_not(tiny_model_dir, tmp_path, monkeypatch):
+    from export.onnx import export_model
+    from smis import SMISPipeline
+
+    monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
+    torch_pipe = SMISPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    off = B.find_browser_model(torch_pipe)  # PyTorch and no graphs exported yet: off, and it says how
+    assert not off.available and f"python -m export onnx --model {tiny_model_dir}" in off.reason
+    assert "--browser off" in B.find_browser_model(torch_pipe, "off").reason
+
+    onnx_pipe = SMISPipeline.from_pretrained(tiny_model_dir, backend="onnx", device="cpu", exporter=export_model)
+    on = B.find_browser_model(onnx_pipe)
+    assert on.available and sorted(on.graphs) == ["generator_maps", "generator_render"]
+    assert all(p.parent == onnx_pipe.backend.generator_path.parent for p in on.graphs.values())
+    info = on.describe()
+    assert info["model"]["palette"] == [list(c) for c in onnx_pipe.config.palette]
+    assert info["model"]["grid"] == list(onnx_pipe.config.latent_grid())
+    assert info["runtime"]["version"] == ORT_WEB_VERSION
+    # the graphs now in the cache serve PyTorch's page too (checked against the config)
+    assert sorted(B.find_browser_model(torch_pipe).graphs) == ["generator_maps", "generator_render"]
+
+
+def test_page_without_browser_inference_says_why(tiny_model_dir):
+    from demo import build_demo
+    from smis import SMISPipeline
+
+    pipe = SMISPipeline.from_pretrained(tiny_model_dir, device="cpu")
+    model = B.BrowserModel(pipe.config, reason="it is turned off on this server (--browser off)")
+    config = build_demo(pipe, references=[], cache_examples=False, browser=model).get_config_file()
+    props = {c["props"].get("elem_id"): c["props"] for c in config["components"]}
+    assert "turned off on this server" in props["browser-note"]["value"]
+    assert props["browser-run"]["value"] is False and props["browser-run"]["interactive"] is False
+    assert not any("smisBrowser" in str(d.get("js")) for d in config["dependencies"])
+
+
+# -- the jobs, with a stand-in for the page ----------------------------------------------------------------
+
+def render_like_the_page(pipe, job_text: str) -> str:
+    """What page.js does with a job, in Python: decode it, run the graph, answer with the PNG (base64)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    job = json.loads(job_text)
+    labels = np.frombuffer(base64.b64decode(job["labels"]), np.uint8).reshape(job["height"], job["width"])
+    codes = ClassCodes.from_dict(job["codes"])
+    rgb = pipe.backend.generate_uint8(labels[None].astype(np.int64), codes.latent()[None])[0]
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return json.dumps({**job, "image": base64.b64encode(buf.getvalue()).decode(), "ms": 12.5, "threads": 1})
+
+
+def test_jobs_run_no_model_and_their_results_match_the_server_path(tiny_model_dir, tmp_path, monkeypatch):
+    from test_demo_handlers import LOWER, UPPER, blocky_labels
+
+    from demo.handlers import DemoHandlers
+    from export.onnx import export_model
+    from smis import SMISPipeline
+
+    monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
+    pipe = SMISPipeline.from_pretrained(tiny_model_dir, backend="onnx", device="cpu", exporter=export_model)
+    h = DemoHandlers(pipe, [], tmp_path / "work")
+    jobs = B.BrowserJobs(h)
+    counter = Counter(pipe.backend)
+    labels = blocky_labels(pipe.config)
+    editor = h.canvas.to_editor(labels)
+
+    seed, _, job = jobs.generate(editor, 7, False)
+    assert seed == 7 and counter.calls == 0
+    assert json.loads(job)["server_button"] == "generate"
+    image, path, strip, *_, status = jobs.finish(render_like_the_page(pipe, job), [], None, [])
+    first = SMISResult.load(path)
+    served = SMISResult.load(h.generate(editor, 7, False, [])[3])  # the server path, same seed
+    assert first.codes == served.codes and np.array_equal(first.labels, served.labels) and first.seed == 7
+    assert np.array_equal(np.asarray(first.image), np.asarray(served.image))
+    assert "generate in your browser (WASM, 1 thread): 0.01 s" in status and strip[-1][1] == "#1 generate · seed 7"
+
+    calls = counter.calls
+    job = jobs.reroll(path, "upper clothes", [])
+    _, path2, strip, *_ = jobs.finish(render_like_the_page(pipe, job), strip, None, [])
+    second = SMISResult.load(path2)
+    changed = [c for c in range(10) if not np.array_equal(first.codes.values[c], second.codes.values[c])]
+    assert changed == [UPPER] and strip[-1][1].startswith("#2 re-roll upper clothes · seed ")
+
+    job = jobs.reroll_unlocked(path2, ["upper clothes", "background"])
+    third = SMISResult.load(jobs.finish(render_like_the_page(pipe, job), strip, None, [])[1])
+    changed = [c for c in range(10) if not np.array_equal(second.codes.values[c], third.codes.values[c])]
+    assert changed == sorted(set(np.unique(labels)) - {0, UPPER})
+
+    edited = np.where(labels == LOWER, SHOES, labels)
+    label_map, job = jobs.mask_edit(h.canvas.to_editor(edited), path)
+    fourth = SMISResult.load(jobs.finish(render_like_the_page(pipe, job), strip, None, [])[1])
+    assert fourth.codes == first.codes and np.array_equal(fourth.labels, edited)
+    assert counter.calls == calls  # no model call on the server for any job
+
+    # refusals: a locked class, a damaged or foreign answer; an empty answer changes nothing
+    with pytest.raises(Exception, match="is locked"):
+        jobs.reroll(path, "upper clothes", ["upper clothes"])
+    good = json.loads(render_like_the_page(pipe, jobs.generate(editor, 1, False)[2]))
+    for bad, message in ((dict(good, image="not base64!"), "damaged"),
+                         (dict(good, labels=good["labels"][:40]), "not a 128x64 map"),
+                         (dict(good, op="format_disk"), "unknown step"),
+                         (dict(good, image="iVBORw0KGgo="), "not an image file")):
+        with pytest.raises(Exception, match=message):
+            jobs.finish(json.dumps(bad), [], None, [])
+    assert all(not isinstance(v, str) for v in jobs.finish("", [], None, []))
+
+
+# -- the app, in this process -------------------------------------------------------------------------------
+
+class Counter:
+    """Wraps the server backend's model calls."""
+
+    def __init__(self, backend):
+        self.calls = 0
+        for name in ("generate", "encode"):
+            setattr(backend, name, self._counted(getattr(backend, name)))
+
+    def _counted(self, fn):
+        def wrapper(*args, **kwargs):
+            self.calls += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+
+@pytest.fixture(scope="module")
+def app(tiny_model_dir, tmp_path_factory):
+    """``create_app`` on the tiny model (ONNX backend, graphs exported into a temporary cache), launched."""
+    from demo import CSS
+    from demo.launch import app_kwargs, create_app
+    from export.onnx import export_model
+
+    tmp = tmp_path_factory.mktemp("browser-app")
+    make_examples(tmp / "examples")
+    saved = {k: os.environ.get(k) for k in ("SMIS_CACHE", "GRADIO_TEMP_DIR")}
+    os.environ.update(SMIS_CACHE=str(tmp / "cache"), GRADIO_TEMP_DIR=str(tmp / "gradio"))
+    demo = create_app(str(tiny_model_dir), backend="onnx", device="cpu", parser="none",
+                      examples=str(tmp / "examples"), cache_examples=False, exporter=export_model)
+    counter = Counter(demo.handlers.pipe.backend)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+                ssr_mode=False, app_kwargs=app_kwargs(demo))
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "demo": demo, "counter": counter, "tmp": tmp}
+    finally:
+        demo.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def raw_get(port: int, path: str) -> tuple[int, bytes, dict]:
+    """GET ``path`` exactly as written (no client-side normalisation of ``..`` or ``%2e``)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.putrequest("GET", path, skip_accept_encoding=True)
+        conn.endheaders()
+        r = conn.getresponse()
+        return r.status, r.read(), dict(r.getheaders())
+    finally:
+        conn.close()
+
+
+def test_routes_serve_the_runtime_and_graphs_and_nothing_else(app, tiny_model_dir):
+    port = app["port"]
+    status, body, _ = raw_get(port, "/smis/model.json")
+    info = json.loads(body)
+    assert status == 200 and info["available"]
+    status, body, headers = raw_get(port, "/smis/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm")
+    assert status == 200 and headers["content-type"] == "application/wasm" and body[:4] == b"\0asm"
+    status, _, headers = raw_get(port, "/smis/static/js/page.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    graph = app["demo"].browser_model.graphs["generator_maps"]
+    status, body, headers = raw_get(port, "/smis/" + info["graphs"]["generator_maps"])
+    assert status == 200 and body == graph.read_bytes() and headers["content-type"] == "application/octet-stream"
+
+    tag = app["demo"].browser_model.tag
+    sibling = graph.parent / "encoder.onnx"  # in the graphs' folder, but not a browser graph
+    assert sibling.is_file()
+    for path in ["/smis/static/../browser.py", "/smis/static/../../app.py", "/smis/static/%2e%2e/browser.py",
+                 "/smis/static/%2E%2E%2Fbrowser.py", "/smis/static/js/../../browser.py",
+                 "/smis/static//etc/passwd", "/smis/static/%2Fetc%2Fpasswd", "/smis/static/js/",
+                 f"/smis/static/{B.STATIC_DIR}/js/page.js", "/smis/static/..%5c..%5capp.py",
+                 f"/smis/model/{tag}/encoder.onnx", f"/smis/model/{tag}/config.json",
+                 f"/smis/model/{tag}/../{tag}/encoder.onnx", f"/smis/model/{tag}/%2e%2e%2fencoder.onnx",
+                 "/smis/model/0000000000000000/generator-maps.onnx", f"/smis/model/{tag}/{graph}",
+                 f"/smis/model/{tag}/..%2f..%2fmodel.safetensors", "/smis/model.json/../app.py"]:
+        status, body, _ = raw_get(port, path)
+        assert status in (403, 404), (path, status, body[:200])
+        assert b"import " not in body and b"\0asm" not in body and b"ONNX" not in body, path
+    # Gradio's own file route does not open the model folder or the graphs either
+    for target in (tiny_model_dir / "config.json", sibling, Path("/etc/passwd")):
+        status, _, _ = raw_get(port, f"/gradio_api/file={target}")
+        assert status in (403, 404), target
+
+
+def test_static_files_leave_links_out(tmp_path):
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    root, outside = tmp_path / "static", tmp_path / "secret"
+    (root / "js").mkdir(parents=True)
+    outside.mkdir()
+    (root / "js" / "page.js").write_text("export {};")
+    (outside / "key.txt").write_text("secret")
+    (root / "js" / "link.js").symlink_to(outside / "key.txt")
+    (root / "linked").symlink_to(outside, target_is_directory=True)
+    assert sorted(B.static_files(root)) == ["js/page.js"]
+    model = B.BrowserModel(get_config("demo", tiny=True))
+    with TestClient(Starlette(routes=B.routes(model, static_root=root))) as client:
+        assert client.get("/smis/static/js/page.js").text == "export {};"
+        for path in ("/smis/static/js/link.js", "/smis/static/linked/key.txt"):
+            assert client.get(path).status_code == 404
+
+
+# -- a real browser ---------------------------------------------------------------------------------------
+
+def wait_for_state(page, *states: str, timeout: int = 60_000) -> str:
+    """The page's in-browser inference state once it left 'loading' (ready, off or server)."""
+    page.wait_for_function("document.querySelector('#browser-note-text')?.dataset.state !== 'loading'",
+                           timeout=timeout)
+    state = page.locator("#browser-note-text").get_attribute("data-state")
+    assert state in states, page.locator("#browser-note-text").text_content()
+    return state
+
+
+def paint_shoes(page) -> None:
+    """A short 'shoes' stroke (few mouse steps: each one redraws the editor, slow on a busy software GL)."""
+    page.click("#canvas button[aria-label='Color']")
+    page.locator("#canvas button.color").nth(SHOES).click()
+    page.mouse.click(5, 5)  # the colour popup swallows strokes until it is closed
+    box = page.locator("#canvas canvas").first.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6
+    page.mouse.move(x - 40, y)
+    page.mouse.down()
+    page.mouse.move(x + 40, y + 6, steps=4)
+    page.mouse.up()
+
+
+def download(url: str) -> SMISResult:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return SMISResult.load(r.read())
+
+
+def max_pixel_difference(pipe, result: SMISResult) -> int:
+    """The browser's image against the server's (ONNX Runtime, same graphs) for its mask and codes."""
+    server = np.asarray(pipe.render(result.labels, [result.codes])[0], np.int16)
+    return int(np.abs(server - np.asarray(result.image, np.int16)).max())
+
+
+@pytest.mark.browser
+@no_chromium
+def test_browser_generates_and_rerolls_in_the_page(app):
+    """Paint a stroke, Generate, Re-roll that class: the page runs the model, the server runs none; the
+    PNGs carry the mask and the seed's codes, and the image equals the server's within the tolerance.
+    With the switch off the same click runs on the server as before."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    counter, pipe = app["counter"], app["demo"].handlers.pipe
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = open_page(browser, app["url"], settle_ms=500)
+            wait_for_state(page, "ready")
+            assert "run in your browser" in page.locator("#browser-note-text").text_content()
+            paint_shoes(page)
+            before = counter.calls
+            link = page.locator("#result-file a[href]").first
+            page.click("#generate")
+            sync_api.expect(link).to_have_attribute("download", re.compile("generate"), timeout=60_000)
+            generated = link.get_attribute("href")
+            page.locator("#reroll-class input").click()
+            page.get_by_role("option", name="shoes").click()
+            page.click("#reroll")
+            sync_api.expect(link).to_have_attribute("download", re.compile("re-roll-shoes"), timeout=60_000)
+            rerolled = link.get_attribute("href")
+            sync_api.expect(page.locator("#status")).to_contain_text("re-roll in your browser")
+            assert counter.calls == before, "the server ran the model while the browser was on"
+            assert page.evaluate("window.smisBrowser.renders") == 2
+            seed_box = int(page.locator("#seed input").input_value())
+
+            page.locator("#browser-run input").uncheck()  # the server path, as before
+            sync_api.expect(page.locator("#browser-note-text")).to_have_attribute("data-state", "server")
+            page.click("#generate")
+            sync_api.expect(link).not_to_have_attribute("href", rerolled, timeout=60_000)
+            sync_api.expect(page.locator("#status")).not_to_contain_text("in your browser")
+            assert counter.calls == before + 1
+            server_made = link.get_attribute("href")
+        finally:
+            browser.close()
+    first, second = download(generated), download(rerolled)
+    classes, counts = np.unique(first.labels, return_counts=True)
+    assert classes.tolist() == [0, SHOES] and 20 < counts[1] < 2000
+    assert first.seed == seed_box
+    assert first.codes == ClassCodes.sample(pipe.class_names, pipe.config.z_channels, pipe.config.latent_grid(),
+                                            first.seed)  # the same seed gives the same codes as the server's
+    changed = [c for c in range(10) if not np.array_equal(first.codes.values[c], second.codes.values[c])]
+    assert changed == [SHOES] and np.array_equal(first.labels, second.labels)
+    assert max_pixel_difference(pipe, first) <= PIXEL_TOLERANCE
+    assert max_pixel_difference(pipe, second) <= PIXEL_TOLERANCE
+    assert download(server_made).labels.tolist() == first.labels.tolist()
+
+
+@pytest.mark.browser
+@no_chromium
+def test_browser_falls_back_to_the_server_when_the_runtime_cannot_load(app):
+    """A missing (404) and a corrupt WebAssembly file: the page says why and Generate (here on the blank
+    canvas) runs on the server."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    counter = app["counter"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            for name, answer in (("missing", {"status": 404, "body": "gone"}),
+                                 ("corrupt", {"status": 200, "body": b"\0asm" + b"\x01" * 64,
+                                              "content_type": "application/wasm"})):
+                page = browser.new_page(viewport={"width": 1400, "height": 1000})
+                page.route("**/*.wasm", lambda route, _request, answer=answer: route.fulfill(**answer))
+                page.goto(app["url"])
+                page.locator("#canvas canvas").first.wait_for(timeout=60_000)
+                wait_for_state(page, "off")
+                note = page.locator("#browser-note-text").text_content()
+                assert "did not load" in note and "runs on the server" in note, (name, note)
+                assert not page.locator("#browser-run input").is_checked()
+                before = counter.calls
+                link = page.locator("#result-file a[href]").first
+                page.click("#generate")
+                sync_api.expect(link).to_have_attribute("download", re.compile("generate"), timeout=60_000)
+                assert counter.calls == before + 1, name
+                assert not download(link.get_attribute("href")).labels.any()  # the blank canvas
+                page.close()
+        finally:
+            browser.close()

@@ -128,31 +128,6 @@ class BrowserInference {
       return '';
     }
   }
-
-  /** ms per call of ``repeats`` generates (a new mask each: the maps graph) and re-rolls (the same
-   * mask, new codes: the render graph) of one job, after one warm-up of each. */
-  async bench(jobText, repeats = 10) {
-    const job = JSON.parse(jobText);
-    const model = this.runtime.model;
-    const labels = jobLabels(job, model);
-    const codes = jobCodes(job, model);
-    const other = codes.map((v) => -v);
-    const times = { generate: [], reroll: [] };
-    for (let i = 0; i <= repeats; i++) {
-      this.runtime.forgetMask();
-      let t0 = performance.now();
-      await this.runtime.run(labels, codes);
-      const generate = performance.now() - t0;
-      t0 = performance.now();
-      await this.runtime.run(labels, i % 2 ? codes : other);
-      const reroll = performance.now() - t0;
-      if (i > 0) {
-        times.generate.push(generate);
-        times.reroll.push(reroll);
-      }
-    }
-    return { ...times, threads: this.runtime.threads, version: this.version, cachesMasks: this.runtime.cachesMasks };
-  }
 }
 
 /** Start once per page; ``infoUrl`` is the app's /smis/model.json. */

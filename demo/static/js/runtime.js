@@ -108,3 +108,17 @@ export class ModelRuntime {
     this.maps = null;
   }
 }
+
+/** One timed round, in ms: a generate (a new mask: the maps graph, or the generator) and a re-roll (the
+ * same mask, other codes: the render graph); with the generated image (RGB bytes). For
+ * python -m devtools.browser_bench, which runs warm-up rounds first and alternates with the server. */
+export async function timeRound(runtime, labels, codes) {
+  runtime.forgetMask();
+  let t0 = performance.now();
+  const image = await runtime.run(labels, codes);
+  const generate = performance.now() - t0;
+  t0 = performance.now();
+  await runtime.run(labels, codes.map((v) => -v));
+  const reroll = performance.now() - t0;
+  return { generate, reroll, image };
+}

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from smis.labels import load_mask
-from smis.parsing import BUNDLED_PARSER_DIR, HumanParser, ParserNet
+from smis.labels import letterbox_box, load_mask, load_photo
+from smis.parsing import BUNDLED_PARSER_DIR, HumanParser, NotAPersonError, ParserNet
 from train import metrics as M
 
 EXAMPLES = BUNDLED_PARSER_DIR.parent / "examples" / "ccp"
@@ -62,3 +62,23 @@ def test_onnx_and_torch_give_the_same_masks(parsers):
         a = parsers["torch"].predict(photo, check=False).labels
         b = parsers["onnx"].predict(photo, check=False).labels
         assert (a == b).mean() >= 0.995
+
+
+@pytest.mark.parametrize("kind", ["onnx", "torch"])
+def test_a_person_cut_off_by_the_frame_is_refused(parsers, kind):
+    """Whole, two shipped photos pass the check; cut off at the bottom (no feet: a half-body photo) or at
+    the top (no head) they are refused with a message that says what to upload instead. The cut-off
+    measures on them sit far from the thresholds (0880 cut 30-50 %: bottom_cut 0.23-0.34 against 0.04)."""
+    parser = parsers[kind]
+    dress, trousers = (load_photo(EXAMPLES / "images" / f"{stem}.jpg") for stem in ("0880", "0857"))
+    for photo in (dress, trousers):
+        res = parser.predict(photo)  # no NotAPersonError
+        c, h, w = res.probabilities.shape  # what the cut-off rules read: the photo at the parser's size
+        assert c == 10 and (h, w) == letterbox_box(photo.shape[:2], parser.config.height, parser.config.width)[2:]
+        np.testing.assert_allclose(res.probabilities.sum(0), 1.0, atol=1e-4)
+    for cut in (0.3, 0.4, 0.5):
+        with pytest.raises(NotAPersonError, match="The feet are cut off by the bottom of the photo.*Upload a photo "
+                           "that shows the whole person, head to feet"):
+            parser.predict(dress[:round((1 - cut) * len(dress))])
+    with pytest.raises(NotAPersonError, match="The head is cut off by the top of the photo"):
+        parser.predict(trousers[round(0.3 * len(trousers)):])

@@ -143,9 +143,10 @@ RUN_FILES = ["best/README.md", "best/config.json", "best/metrics.json", "best/mo
              "log.jsonl", "parser_options.json"]
 PUBLISHED_FILES = ["README.md", "config.json", "log.jsonl", "metrics.json", "model.onnx", "model.safetensors",
                    "training_curve.png"]
-CONFIG_KEYS = ["_format", "class_names", "decoder", "depths", "dropout", "expansion", "feet_classes", "height",
-               "min_confidence", "min_feet", "min_foreground", "min_person_height", "palette", "stem", "width",
-               "widths"]
+CONFIG_KEYS = ["_format", "bottom_classes", "class_names", "decoder", "depths", "dropout", "edge_rows", "expansion",
+               "feet_classes", "head_classes", "height", "max_bottom_cut", "max_top_cut", "min_confidence", "min_feet",
+               "min_foreground", "min_heads_tall", "min_person_height", "palette", "stem", "top_classes",
+               "torso_classes", "width", "widths"]
 METRICS_KEYS = ["step", "val"]
 VAL_KEYS = ["absent_classes", "majority_baseline", "mean_accuracy", "mean_iou", "num_classes_in_mean", "per_class",
             "pixel_accuracy"]

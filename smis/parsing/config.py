@@ -26,6 +26,8 @@ IGNORE_INDEX = 255
 ONNX_NAME = "model.onnx"
 
 Color = tuple[int, int, int]
+#: The fields of :class:`ParserConfig` that name classes (ids 1..C-1) for the full-body check.
+CLASS_FIELDS = ("feet_classes", "bottom_classes", "top_classes", "head_classes", "torso_classes")
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,25 @@ class ParserConfig:
     feet_classes: tuple[int, ...] = (6, 7)
     #: ... and the fraction of the person's pixels they must cover (0 disables the feet check).
     min_feet: float = 0.005
+    # -- ... and whether the photo's frame cuts the person off (calibrated on CCP val, docs/PARSER.md) --
+    #: The cut-off checks look at this fraction of the photo's rows along its bottom and top edges.
+    edge_rows: float = 0.03
+    #: Classes that may touch the bottom edge of a full-body photo (CCP10: shoes) ...
+    bottom_classes: tuple[int, ...] = (7,)
+    #: ... above this mean probability of any other part of the person along that edge: "the feet are
+    #: cut off" (1 disables).
+    max_bottom_cut: float = 0.04
+    #: Classes that may touch the top edge (CCP10: hair, accessories such as hats) and the same limit
+    #: for the rest of the person along it: "the head is cut off" (1 disables).
+    top_classes: tuple[int, ...] = (1, 9)
+    max_top_cut: float = 0.02
+    #: The head: these classes above the shoulders (the first row where ``torso_classes`` make up
+    #: most of the person) ...
+    head_classes: tuple[int, ...] = (1, 2, 9)
+    torso_classes: tuple[int, ...] = (3, 4)
+    #: ... the person must be this many times as tall as the square root of the head's area (about 7
+    #: in a full-body photo, less when the legs are cut off; 0 disables).
+    min_heads_tall: float = 4.1
 
     def __post_init__(self) -> None:
         c = len(self.class_names)
@@ -75,8 +96,9 @@ class ParserConfig:
             raise ValueError("widths and depths must list 4 stages, each with at least one block")
         if min(self.widths) < 1 or self.stem < 1 or self.decoder < 1 or self.expansion < 1:
             raise ValueError("channel counts and the expansion ratio must be positive")
-        if any(not 0 < k < c for k in self.feet_classes):
-            raise ValueError(f"feet_classes must be ids in 1..{c - 1}, got {self.feet_classes}")
+        for name in CLASS_FIELDS:
+            if any(not 0 < k < c for k in getattr(self, name)):
+                raise ValueError(f"{name} must be ids in 1..{c - 1}, got {getattr(self, name)}")
 
     @property
     def num_classes(self) -> int:
@@ -100,7 +122,7 @@ class ParserConfig:
         unknown = sorted(set(d) - names)
         if unknown:
             raise ValueError(f"config.json has unknown parser fields {unknown}; is it from a newer version?")
-        tuples = ("class_names", "widths", "depths", "feet_classes")
+        tuples = ("class_names", "widths", "depths", *CLASS_FIELDS)
         for k in tuples:
             if k in d:
                 d[k] = tuple(d[k])

@@ -35,6 +35,10 @@ class ParseResult:
     confidence: np.ndarray
     class_names: tuple[str, ...]
     palette: tuple[Color, ...]
+    #: Class probabilities (C, h, w) float32 over the photo at the parser's resolution (before the
+    #: resize to the photo's size), as :meth:`HumanParser.predict` saw them; the cut-off checks read
+    #: them along the edges. ``None`` (a result built from labels alone): they read the labels.
+    probabilities: np.ndarray | None = None
 
     @property
     def foreground_fraction(self) -> float:
@@ -52,15 +56,60 @@ class ParseResult:
         return Image.fromarray(ids_to_color(self.labels, self.palette))
 
 
+#: The shoulder line (where the head ends, for ``heads``) is the first row whose person pixels are at
+#: least this share of ``ParserConfig.torso_classes``.
+SHOULDER_SHARE = 0.4
+
+
 def person_measures(result: ParseResult, config: ParserConfig) -> dict[str, float]:
     """What the full-body check looks at: ``foreground`` (fraction of non-background pixels),
-    ``confidence`` (mean over the person), ``height`` (fraction of the rows the person spans) and
-    ``feet`` (fraction of the person's pixels in ``config.feet_classes``)."""
+    ``confidence`` (mean over the person), ``height`` (fraction of the rows the person spans),
+    ``feet`` (fraction of the person's pixels in ``config.feet_classes``), ``bottom_cut`` and
+    ``top_cut`` (mean probability that a pixel along the photo's bottom / top edge is a part of the
+    person that should not touch it: see :func:`edge_cut`) and ``heads`` (the person's height over the
+    square root of the head's area: see :func:`heads_tall`)."""
     fg = result.labels != 0
     rows = np.flatnonzero(fg.mean(1) > 0.01)
     feet = np.isin(result.labels, config.feet_classes).sum() / max(int(fg.sum()), 1) if config.feet_classes else 1.0
     return {"foreground": float(fg.mean()), "confidence": result.mean_confidence,
-            "height": float((rows[-1] - rows[0] + 1) / fg.shape[0]) if rows.size else 0.0, "feet": float(feet)}
+            "height": float((rows[-1] - rows[0] + 1) / fg.shape[0]) if rows.size else 0.0, "feet": float(feet),
+            "bottom_cut": edge_cut(result, config.bottom_classes, config.edge_rows, bottom=True),
+            "top_cut": edge_cut(result, config.top_classes, config.edge_rows, bottom=False),
+            "heads": heads_tall(result.labels, rows, config)}
+
+
+def edge_cut(result: ParseResult, allowed: tuple[int, ...], rows: float, bottom: bool) -> float:
+    """Mean probability that a pixel of the photo's bottom (or top) ``rows`` fraction of rows is a part of
+    the person other than ``allowed``: 0 when only background (and, say, shoes) touches that edge, the
+    share of the edge the person runs into when the frame cuts them off. Read from
+    ``result.probabilities`` (soft: a cut the parser half-labels as background still counts) or, without
+    them, from the labels."""
+    src = result.probabilities if result.probabilities is not None else result.labels
+    h = src.shape[-2]
+    k = max(1, round(rows * h))
+    band = src[..., h - k:, :] if bottom else src[..., :k, :]
+    keep = [0, *allowed]
+    if result.probabilities is None:
+        return float((~np.isin(band, keep)).mean())
+    return max(0.0, float(1.0 - band[keep].sum(0).mean()))
+
+
+def heads_tall(labels: np.ndarray, rows: np.ndarray, config: ParserConfig) -> float:
+    """How many times the person (spanning ``rows``) is as tall as the square root of the head's area:
+    ``config.head_classes`` above the shoulder line (see :data:`SHOULDER_SHARE`). A full-body person
+    scores 5–9, one whose legs are cut off less; ``inf`` when there is no person or no torso to tell."""
+    if not rows.size or not config.head_classes or not config.torso_classes:
+        return float("inf")
+    person = np.maximum((labels != 0).sum(1), 1)
+    shoulders = np.flatnonzero(np.isin(labels, config.torso_classes).sum(1) >= SHOULDER_SHARE * person)
+    if not shoulders.size:
+        return float("inf")
+    head = int(np.isin(labels[:shoulders[0]], config.head_classes).sum())
+    return float((rows[-1] - rows[0] + 1) / np.sqrt(max(head, 1)))
+
+
+#: Said by the cut-off rules: what to upload instead.
+WHOLE_PERSON = "Upload a photo that shows the whole person, head to feet."
 
 
 def check_person(result: ParseResult, config: ParserConfig) -> str | None:
@@ -73,6 +122,11 @@ def check_person(result: ParseResult, config: ParserConfig) -> str | None:
         return (f"The parser is unsure about this photo (mean confidence {m['confidence']:.2f}, below "
                 f"{config.min_confidence:.2f}), so the mask would be unreliable. Upload a clear, well-lit "
                 "full-body photo of one person against a simple background.")
+    if m["bottom_cut"] > config.max_bottom_cut:
+        return ("The feet are cut off by the bottom of the photo: the person's legs or clothes run into its "
+                f"edge. {WHOLE_PERSON}")
+    if m["top_cut"] > config.max_top_cut:
+        return f"The head is cut off by the top of the photo. {WHOLE_PERSON}"
     if m["height"] < config.min_person_height:
         return (f"The person covers only {100 * m['height']:.0f}% of the photo's height; crop the photo to the "
                 "person, head to feet, or upload a full-body photo.")
@@ -80,6 +134,9 @@ def check_person(result: ParseResult, config: ParserConfig) -> str | None:
         names = " / ".join(result.class_names[k] for k in config.feet_classes)
         return (f"This does not look like a full-body photo: no {names} found. Upload a photo that shows "
                 "the person from head to feet.")
+    if m["heads"] < config.min_heads_tall:
+        return ("The feet look cut off by the bottom of the photo: the person is only "
+                f"{m['heads']:.1f} head sizes tall in it (a full-body photo: about 7). {WHOLE_PERSON}")
     return None
 
 
@@ -171,9 +228,10 @@ class HumanParser:
         x, box = photo_input(arr, self.config.height, self.config.width)
         x = x.to(self.device)
         probs = self._run(x).softmax(1)
-        labels, conf = _argmax_resized(probs[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]], (h, w))
+        probs = probs[..., box[0]:box[0] + box[2], box[1]:box[1] + box[3]]
+        labels, conf = _argmax_resized(probs, (h, w))
         result = ParseResult(labels.cpu().numpy(), conf.cpu().numpy(), self.config.class_names,
-                             self.config.palette)
+                             self.config.palette, probs[0].float().cpu().numpy())
         if check:
             problem = check_person(result, self.config)
             if problem:

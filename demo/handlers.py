@@ -32,7 +32,7 @@ from PIL import Image
 
 from smis import ClassCodes, SMISPipeline, SMISResult
 from smis.hub import WEAK_CODE_RATIO
-from smis.labels import letterbox_labels, load_photo
+from smis.labels import Box, letterbox_box, letterbox_labels, load_photo
 from smis.parsing import NotAPersonError
 
 from .canvas import BACKGROUND, LabelCanvas, compact, flood_fill
@@ -402,16 +402,24 @@ class DemoHandlers:
         return (f"⚠️ **No mask prediction:** {self.no_parser_reason()}. Upload a photo, draw its mask on the canvas "
                 "(the photo is shown beside it) and press *Re-synthesise with the canvas mask*.")
 
-    def _parse(self, rgb: np.ndarray) -> tuple[np.ndarray, str | None]:
-        """The parser's labels for a photo, and why it is not one full-body person (``None``: it is)."""
+    def _parse(self, rgb: np.ndarray, box: Box) -> tuple[np.ndarray, str | None]:
+        """The parser's labels for a letterboxed photo, and why it is not one full-body person (``None``:
+        it is). Only the photo's ``box`` is parsed and checked (its edges are the photo's, so a person cut
+        off by the frame is refused); the letterbox bands are background, never a guess."""
+        top, left, nh, nw = box
         try:
-            return self.parser.predict(rgb).labels, None
+            labels, problem = self.parser.predict(rgb[top:top + nh, left:left + nw]).labels, None
         except NotAPersonError as err:
-            return err.result.labels, str(err)
+            labels, problem = err.result.labels, str(err)
+        out = np.zeros(rgb.shape[:2], labels.dtype)
+        out[top:top + nh, left:left + nw] = labels
+        return out, problem
 
-    def _photo(self, photo: Any) -> np.ndarray:
-        """An uploaded photo -> RGB at the model's size (letterboxed; EXIF, alpha, grey handled)."""
-        return self.pipe.prepare_photo(open_image(photo, "photo", PHOTO, self.max_upload_bytes))
+    def _photo(self, photo: Any) -> tuple[np.ndarray, Box]:
+        """An uploaded photo -> RGB at the model's size (letterboxed; EXIF, alpha, grey handled) and the
+        photo's box in it."""
+        rgb = load_photo(open_image(photo, "photo", PHOTO, self.max_upload_bytes))
+        return self.pipe.prepare_photo(rgb), letterbox_box(rgb.shape[:2], self.config.height, self.config.width)
 
     def side_by_side(self, rgb: np.ndarray, labels: np.ndarray | None, result: SMISResult | None) -> Image.Image:
         """photo | mask | re-synthesis at the model's size, upscaled like the result view (blank panels: grey)."""
@@ -438,7 +446,7 @@ class DemoHandlers:
         that is not one full-body person: the parse goes on the canvas (to fix by hand), a warning
         says why, and the current result is left as it was; so it is without a parser.
         """
-        rgb = self._photo(photo)
+        rgb, box = self._photo(photo)
         unchanged = (gr.update(),) * 5
         if self.parser is None:
             gr.Warning(f"No mask predicted: {self.no_parser_reason()}. Draw the photo's mask on the canvas and "
@@ -446,7 +454,7 @@ class DemoHandlers:
             return (gr.update(), history, gr.update(), self.side_by_side(rgb, None, None), *unchanged,
                     self.status("photo (no parser)"))
         t0 = time.perf_counter()
-        labels, problem = self._parse(rgb)
+        labels, problem = self._parse(rgb, box)
         dt_parse = time.perf_counter() - t0
         canvas_out = self._edit(self._canvas_or_none(editor), history, labels)
         if problem:
@@ -469,7 +477,7 @@ class DemoHandlers:
         if file_path(photo) is None:
             raise UserError("Upload a photo under 'Start from a photo' first.")
         labels = self.canvas.to_labels(editor)
-        rgb = self._photo(photo)
+        rgb, _ = self._photo(photo)
         result, dt = self._resynthesise(rgb, labels)
         name = Path(file_path(photo) or "photo").stem
         outs = self._outputs(result, strip, f"photo {name} · canvas mask", "encode + generate", dt, chosen, locked)
@@ -496,8 +504,9 @@ class DemoHandlers:
         if file_path(mask) is None:
             if self.parser is None:
                 raise UserError(f"Upload your photo's mask too: {self.no_parser_reason()}.")
+            box = letterbox_box(rgb.shape[:2], self.config.height, self.config.width)
             rgb = self.pipe.prepare_photo(rgb)
-            labels, problem = self._parse(rgb)
+            labels, problem = self._parse(rgb, box)
             if problem:
                 if strict:
                     raise UserError(f"{problem} (Or upload its mask too to use this photo anyway.)")

@@ -26,6 +26,7 @@ from demo.handlers import DemoHandlers
 from demo.references import load_references
 from smis import SMISPipeline, SMISResult
 from smis.hub import BUNDLED_MODEL_DIR
+from smis.labels import letterbox_box, load_photo
 from smis.parsing import BUNDLED_PARSER_DIR, HumanParser, NotAPersonError, ParseResult, ParserNet, get_parser_config
 
 EXAMPLE_PHOTO = Path(__file__).resolve().parents[1] / "smis" / "assets" / "examples" / "ccp" / "images" / "0854.jpg"
@@ -37,11 +38,12 @@ class FakeParser:
     def __init__(self, config, labels: np.ndarray, problem: str | None = None):
         self.class_names = tuple(config.class_names)
         self.palette = tuple(config.palette)
-        self.labels, self.problem, self.calls = labels, problem, 0
+        self.labels, self.problem, self.calls, self.shapes = labels, problem, 0, []
 
     def predict(self, photo, check: bool = True) -> ParseResult:
         self.calls += 1
         h, w = np.asarray(photo).shape[:2]
+        self.shapes.append((h, w))
         rows = np.arange(h) * self.labels.shape[0] // h
         cols = np.arange(w) * self.labels.shape[1] // w
         labels = self.labels[rows[:, None], cols[None, :]]
@@ -72,7 +74,16 @@ def handlers(pipe, examples_dir, tmp_path, parser=None, note=None) -> DemoHandle
     return DemoHandlers(pipe, load_references(examples_dir), tmp_path / "work", parser=parser, parser_note=note)
 
 
-def photo_file(folder, name="person.jpg", size=(300, 500), mode="RGB", orientation=None) -> str:
+def boxed_parse(parser, rgb: np.ndarray, box) -> np.ndarray:
+    """What the demo puts on the canvas: the parse of the photo's box, the letterbox bands background."""
+    top, left, nh, nw = box
+    out = np.zeros(rgb.shape[:2], np.int64)
+    out[top:top + nh, left:left + nw] = parser.predict(rgb[top:top + nh, left:left + nw]).labels
+    return out
+
+
+def photo_file(folder, name="person.jpg", size=(300, 600), mode="RGB", orientation=None) -> str:
+    """A noise photo; the default size has the tiny model's aspect (1:2), so it fills the frame."""
     rng = np.random.default_rng(0)
     arr = (rng.random((size[1], size[0], 3)) * 255).astype(np.uint8)
     img = Image.fromarray(arr).convert(mode)
@@ -164,7 +175,7 @@ def test_photo_alone_in_the_mixture_gets_a_predicted_mask(pipe, labels, examples
     sources[UPPER] = "user"
     mixed = SMISResult.load(h.mix(first, photo, None, [], None, [], *sources)[1])
     rgb = pipe.prepare_photo(photo)
-    want = pipe.encode(rgb, fake.predict(rgb).labels)
+    want = pipe.encode(rgb, boxed_parse(fake, rgb, letterbox_box((200, 200), pipe.config.height, pipe.config.width)))
     assert np.array_equal(mixed.codes.values[UPPER], want.values[UPPER])
     # photo + mask still works (the mask at the photo's size, letterboxed with it)
     mask = tmp_path / "ref-mask.png"
@@ -207,6 +218,56 @@ def test_bad_photo_uploads_are_refused(pipe, labels, examples_dir, tmp_path):
         h.start_from_photo(str(bad), h.canvas.to_editor(labels), [], [])
     with pytest.raises(Exception, match="Upload a photo"):
         h.resynthesise_photo(None, h.canvas.to_editor(labels), [])
+
+
+def test_the_letterbox_bands_are_background_never_parsed(pipe, labels, examples_dir, tmp_path):
+    """Only the photo's box reaches the parser; the bands of a wide (or tall) photo stay background,
+    whatever the parser would have guessed there (a stand-in that sees a dress everywhere)."""
+    dress = np.full_like(labels, 4)
+    for size in ((600, 200), (100, 600)):  # wide: bands above and below; tall: left and right
+        fake = FakeParser(pipe.config, dress)
+        h = handlers(pipe, examples_dir, tmp_path, fake)
+        editor, *_ = h.start_from_photo(photo_file(tmp_path, size=size), h.canvas.to_editor(labels), [], [])
+        top, left, nh, nw = letterbox_box(size[::-1], pipe.config.height, pipe.config.width)
+        assert (nh, nw) != (pipe.config.height, pipe.config.width) and fake.shapes == [(nh, nw)]
+        canvas = h.canvas.to_labels(editor)
+        inside = np.zeros(canvas.shape, bool)
+        inside[top:top + nh, left:left + nw] = True
+        assert (canvas[inside] == 4).all() and (canvas[~inside] == 0).all()
+
+
+@pytest.fixture(scope="module")
+def shipped_parser():
+    return HumanParser.from_pretrained(BUNDLED_PARSER_DIR, device="cpu")
+
+
+def _crop_file(folder, name: str, rows: slice, pad: int = 0) -> str:
+    """The shipped CCP photo 0880 (full body), cut to ``rows``, padded left and right with grey."""
+    photo = load_photo(EXAMPLE_PHOTO.with_name("0880.jpg"))[rows]
+    photo = np.pad(photo, ((0, 0), (pad, pad), (0, 0)), constant_values=128)
+    Image.fromarray(photo).save(folder / name, quality=95)
+    return str(folder / name)
+
+
+def test_a_person_cut_off_by_the_frame_is_refused_and_bands_stay_background(pipe, examples_dir, tmp_path,
+                                                                            shipped_parser):
+    """The shipped parser: a full-body photo goes through; the same photo without its lower 40% (no feet)
+    is refused with a message that says what to upload; a wide photo's bands hold only background."""
+    h = handlers(pipe, examples_dir, tmp_path, shipped_parser)
+    blank = h.canvas.to_editor(h.canvas.blank_labels())
+    out = h.start_from_photo(_crop_file(tmp_path, "full.jpg", slice(None)), blank, [], [])
+    assert "parse + encode + generate" in out[-1]
+    with pytest.warns(UserWarning, match="The feet are cut off by the bottom of the photo.*whole person, head to "
+                      "feet.*fix it with the brushes"):
+        out = h.start_from_photo(_crop_file(tmp_path, "no-feet.jpg", slice(0, 230)), blank, [], ["x.png"])
+    assert all(r == {"__type__": "update"} for r in out[4:9])  # the current result is left as it was
+    with warnings.catch_warnings():  # the person is small in a wide photo: refused or not, no phantoms
+        warnings.simplefilter("ignore", UserWarning)
+        editor, *_ = h.start_from_photo(_crop_file(tmp_path, "wide.jpg", slice(None), pad=256), blank, [], [])
+    top, left, nh, nw = letterbox_box((384, 768), pipe.config.height, pipe.config.width)
+    canvas = h.canvas.to_labels(editor)
+    assert top > 0 and (canvas[:top] == 0).all() and (canvas[top + nh:] == 0).all()
+    assert (canvas[top:top + nh] != 0).any()
 
 
 def test_a_parser_for_other_classes_is_not_used(pipe, labels, examples_dir, tmp_path):
@@ -255,7 +316,8 @@ def untrained_parser_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("parser")
     torch.manual_seed(0)
     cfg = get_parser_config("tiny", height=128, width=64, min_foreground=0.0, min_confidence=0.0,
-                            min_person_height=0.0, min_feet=0.0)
+                            min_person_height=0.0, min_feet=0.0, max_bottom_cut=1.0, max_top_cut=1.0,
+                            min_heads_tall=0.0)
     net = ParserNet(cfg)
     with torch.no_grad():  # break ties between the near-uniform class scores of an untrained head
         net.classifier.bias.copy_(torch.linspace(0.0, 0.02, cfg.num_classes))
@@ -300,11 +362,12 @@ def test_browser_start_from_photo_reroll_download(setup, tiny_model_dir, untrain
             first = SMISResult.load(r.read())
         with urllib.request.urlopen(second_url) as r:
             second = SMISResult.load(r.read())
-    # the parse in the result is the parser's on the letterboxed photo, and the codes are the photo's
+    # the parse in the result is the parser's on the photo's box in the letterboxed photo (bands:
+    # background), and the codes are the photo's
     pipe = SMISPipeline.from_pretrained(model_dir, device="cpu")
     parser = HumanParser.from_pretrained(parser_dir, device="cpu", backend="torch")
     rgb = pipe.prepare_photo(str(EXAMPLE_PHOTO))
-    expected = parser.predict(rgb).labels
+    expected = boxed_parse(parser, rgb, letterbox_box(load_photo(EXAMPLE_PHOTO).shape[:2], *rgb.shape[:2]))
     assert (first.labels == expected).mean() > 0.99
     if setup == "bundled":  # a real parse: it agrees with the photo's hand-drawn mask
         truth = pipe.prepare_mask(EXAMPLE_PHOTO.parents[1] / "labels" / "0854.png")

@@ -57,7 +57,7 @@ PREFIX = "/smis"
 BROWSER_GRAPHS = ("generator_maps", "generator_render", "generator")
 #: The server button each browser job stands in for (the page falls back to it).
 SERVER_BUTTONS = {"generate": "generate", "reroll": "reroll", "reroll_unlocked": "reroll-unlocked",
-                  "mask_edit": "apply-mask-edit"}
+                  "mask_edit": "apply-mask-edit", "live": ""}
 MEDIA_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
                ".onnx": "application/octet-stream", ".json": "application/json", ".md": "text/markdown",
                ".css": "text/css"}
@@ -289,6 +289,21 @@ class BrowserJobs:
         labels = self.h.canvas.to_labels(editor)
         return self.h.canvas.colorize(labels), self._job("mask_edit", labels, result.codes, result.seed)
 
+    @event
+    def live(self, editor: Any, result_file: Any, seed: Any, randomize: bool) -> tuple:
+        """Live painting, after a stroke: the canvas with the current result's codes (before the first
+        result: the seed's). Returns (label map, job)."""
+        labels = self.h.canvas.to_labels(editor)
+        try:
+            current = self.h.files.load(result_file) if result_file else None
+        except UserError:  # expired or foreign: start again from the seed
+            current = None
+        if current is not None:
+            codes, seed = current.codes, current.seed
+        else:
+            codes, seed = self.h.pipe.sample_codes(self.h.parse_seed(seed, randomize))
+        return self.h.canvas.colorize(labels), self._job("live", labels, codes, seed)
+
     # -- the page's image back -------------------------------------------------------------------
     def read_rendered(self, rendered: str) -> tuple[SMISResult, dict]:
         """The page's answer -> the result it describes (checked: the model's size, classes and codes)."""
@@ -332,6 +347,10 @@ class BrowserJobs:
         seed = result.seed
         where = f"in your browser (WASM, {info['threads'] or 1} thread{'s' if (info['threads'] or 1) > 1 else ''})"
         note = ""
+        if op == "live":  # the current result (and download), not a new variant of the strip
+            path = self.h.files.save(result, "smis-live")
+            return self.h._outputs(result, strip, "live", f"live edit {where}", info["ms"] / 1000.0, chosen,
+                                   locked, path=path)
         if op == "generate":
             caption, label = f"generate · seed {seed}", "generate"
         elif op == "reroll":

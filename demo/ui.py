@@ -196,12 +196,16 @@ class BrowserSwitch(NamedTuple):
     job, the page's rendered answer, and one button per job the page clicks instead of the server's."""
 
     run: gr.Checkbox
+    live: gr.Checkbox
     job: gr.Textbox
     rendered: gr.Textbox
+    live_job: gr.Textbox
+    live_rendered: gr.Textbox
     generate: gr.Button
     reroll: gr.Button
     reroll_unlocked: gr.Button
     mask_edit: gr.Button
+    live_run: gr.Button
 
 
 class Shared(NamedTuple):
@@ -294,13 +298,17 @@ def _browser_switch(browser: BrowserModel | None) -> BrowserSwitch:
     with gr.Row(elem_id="browser-row", equal_height=True):
         run = gr.Checkbox(value=on, label="Run in your browser", interactive=on, elem_id="browser-run",
                           scale=0, min_width=220)
+        live = gr.Checkbox(value=False, label="Live: the result follows the brush", interactive=on,
+                           visible=on, elem_id="browser-live", scale=0, min_width=260)
         gr.HTML(f'<span id="browser-note-text" data-state="{state}">{html.escape(note)}</span>',
                 elem_id="browser-note")
         job = gr.Textbox(visible="hidden", elem_id="browser-job")
         rendered = gr.Textbox(visible="hidden", elem_id="browser-rendered")
+        live_job = gr.Textbox(visible="hidden", elem_id="browser-live-job")  # live jobs never mix with clicks' jobs
+        live_rendered = gr.Textbox(visible="hidden", elem_id="browser-live-rendered")
         buttons = [gr.Button(visible="hidden", elem_id=f"browser-{name}")
-                   for name in ("generate", "reroll", "reroll-unlocked", "mask-edit")]
-    return BrowserSwitch(run, job, rendered, *buttons)
+                   for name in ("generate", "reroll", "reroll-unlocked", "mask-edit", "live-run")]
+    return BrowserSwitch(run, live, job, rendered, live_job, live_rendered, *buttons)
 
 
 def _photo_panel(h: DemoHandlers) -> PhotoPanel:
@@ -584,11 +592,11 @@ def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: Ca
     demo.load(None, js=BROWSER_JS)
     jobs = BrowserJobs(h)
     render = {"js": "(job) => window.smisBrowser ? window.smisBrowser.render(job) : ''", **PRIVATE}
-    finish = [b.rendered, reroll.strip, reroll.reroll_class, reroll.locked]
+    finish = [reroll.strip, reroll.reroll_class, reroll.locked]
 
-    def rendered_and_saved(dependency):
-        return dependency.success(None, b.job, b.rendered, **render).success(
-            jobs.finish, finish, s.result_outputs, **PRIVATE)
+    def rendered_and_saved(dependency, job=b.job, rendered=b.rendered):
+        return dependency.success(None, job, rendered, **render).success(
+            jobs.finish, [rendered, *finish], s.result_outputs, **PRIVATE)
 
     rendered_and_saved(b.generate.click(jobs.generate, [canvas.editor, gen.seed, gen.randomize],
                                         [gen.seed_used, canvas.label_map, b.job], **PRIVATE)).success(
@@ -599,6 +607,12 @@ def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: Ca
     rendered_and_saved(b.reroll_unlocked.click(jobs.reroll_unlocked, [gen.file, reroll.locked], b.job, **PRIVATE))
     rendered_and_saved(b.mask_edit.click(jobs.mask_edit, [canvas.editor, gen.file], [canvas.label_map, b.job],
                                          **PRIVATE))
+    # live painting: the page clicks after a stroke, one job at a time (the newest stroke waits, none queue up)
+    live_done = {"js": "() => { window.smisBrowser?.liveDone(); return []; }", **PRIVATE}
+    live = b.live_run.click(jobs.live, [canvas.editor, gen.file, gen.seed, gen.randomize],
+                            [canvas.label_map, b.live_job], **PRIVATE)
+    live.failure(None, None, None, **live_done)
+    rendered_and_saved(live, b.live_job, b.live_rendered).then(None, None, None, **live_done)
 
 
 def about_markdown(h: DemoHandlers) -> str:

@@ -148,6 +148,16 @@ def test_jobs_run_no_model_and_their_results_match_the_server_path(tiny_model_di
     label_map, job = jobs.mask_edit(h.canvas.to_editor(edited), path)
     fourth = SMISResult.load(jobs.finish(render_like_the_page(pipe, job), strip, None, [])[1])
     assert fourth.codes == first.codes and np.array_equal(fourth.labels, edited)
+    # live painting: the canvas with the current result's codes (before any result: the seed's), the current
+    # result but not a new variant of the strip
+    _, job = jobs.live(h.canvas.to_editor(edited), path2, 0, False)
+    live = jobs.finish(render_like_the_page(pipe, job), strip, None, [])
+    painted = SMISResult.load(live[1])
+    assert painted.codes == second.codes and np.array_equal(painted.labels, edited)
+    assert Path(live[1]).name == "smis-live.png" and "live edit in your browser" in live[5]
+    assert not isinstance(live[2], list)  # the strip is left as it was
+    _, job = jobs.live(editor, None, 5, False)
+    assert ClassCodes.from_dict(json.loads(job)["codes"]) == pipe.sample_codes(5)[0]
     assert counter.calls == calls  # no model call on the server for any job
 
     # refusals: a locked class, a damaged or foreign answer; an empty answer changes nothing
@@ -284,12 +294,19 @@ def wait_for_state(page, *states: str, timeout: int = 60_000) -> str:
 
 
 def paint_shoes(page) -> None:
-    """A short 'shoes' stroke (few mouse steps: each one redraws the editor, slow on a busy software GL)."""
     page.click("#canvas button[aria-label='Color']")
     page.locator("#canvas button.color").nth(SHOES).click()
     page.mouse.click(5, 5)  # the colour popup swallows strokes until it is closed
-    box = page.locator("#canvas canvas").first.bounding_box()
-    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * 0.6
+    stroke(page, 0.6)
+
+
+def stroke(page, height: float) -> None:
+    """A short stroke at ``height`` (0..1) of the canvas (few mouse steps: each one redraws the editor, slow on
+    a busy software GL)."""
+    surface = page.locator("#canvas canvas").first
+    surface.scroll_into_view_if_needed()  # the mouse works in the viewport's coordinates
+    box = surface.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] * height
     page.mouse.move(x - 40, y)
     page.mouse.down()
     page.mouse.move(x + 40, y + 6, steps=4)
@@ -310,9 +327,9 @@ def max_pixel_difference(pipe, result: SMISResult) -> int:
 @pytest.mark.browser
 @no_chromium
 def test_browser_generates_and_rerolls_in_the_page(app):
-    """Paint a stroke, Generate, Re-roll that class: the page runs the model, the server runs none; the
-    PNGs carry the mask and the seed's codes, and the image equals the server's within the tolerance.
-    With the switch off the same click runs on the server as before."""
+    """Paint a stroke, Generate, Re-roll that class, paint live: the page runs the model, the server runs
+    none; the PNGs carry the mask and the seed's codes, and the image equals the server's within the
+    tolerance. With the switch off the same click runs on the server as before."""
     sync_api = pytest.importorskip("playwright.sync_api")
     counter, pipe = app["counter"], app["demo"].handlers.pipe
     with sync_api.sync_playwright() as p:
@@ -337,10 +354,26 @@ def test_browser_generates_and_rerolls_in_the_page(app):
             assert page.evaluate("window.smisBrowser.renders") == 2
             seed_box = int(page.locator("#seed input").input_value())
 
+            # live painting: after a stroke the result is the canvas with the current codes (not a new variant)
+            page.locator("#browser-live input").check()
+            stroke(page, 0.3)
+            sync_api.expect(link).to_have_attribute("download", re.compile("live"), timeout=60_000)
+            live = link.get_attribute("href")
+            # a burst of strokes: one job runs, one waits for the newest canvas, nothing queues up
+            done = page.evaluate("window.smisBrowser.lives")
+            page.evaluate("for (let i = 0; i < 5; i++) window.smisBrowser.strokeEnded()")
+            page.wait_for_function(f"window.smisBrowser.lives >= {done + 2} && !window.smisBrowser.liveBusy",
+                                   timeout=60_000)
+            page.wait_for_timeout(500)
+            assert page.evaluate("window.smisBrowser.lives") == done + 2
+            page.locator("#browser-live input").uncheck()
+            sync_api.expect(page.locator("#strip .caption-label")).to_have_count(2)
+            assert counter.calls == before, "the server ran the model for live painting"
+
             page.locator("#browser-run input").uncheck()  # the server path, as before
             sync_api.expect(page.locator("#browser-note-text")).to_have_attribute("data-state", "server")
             page.click("#generate")
-            sync_api.expect(link).not_to_have_attribute("href", rerolled, timeout=60_000)
+            sync_api.expect(link).to_have_attribute("download", re.compile("generate"), timeout=60_000)
             sync_api.expect(page.locator("#status")).not_to_contain_text("in your browser")
             assert counter.calls == before + 1
             server_made = link.get_attribute("href")
@@ -356,7 +389,10 @@ def test_browser_generates_and_rerolls_in_the_page(app):
     assert changed == [SHOES] and np.array_equal(first.labels, second.labels)
     assert max_pixel_difference(pipe, first) <= PIXEL_TOLERANCE
     assert max_pixel_difference(pipe, second) <= PIXEL_TOLERANCE
-    assert download(server_made).labels.tolist() == first.labels.tolist()
+    painted = download(live)
+    assert painted.codes == second.codes and (painted.labels == SHOES).sum() > (first.labels == SHOES).sum()
+    assert max_pixel_difference(pipe, painted) <= PIXEL_TOLERANCE
+    assert np.array_equal(download(server_made).labels, painted.labels)
 
 
 @pytest.mark.browser

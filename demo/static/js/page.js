@@ -6,6 +6,11 @@
 // render() runs it here, and the server saves the PNG. Whenever this browser cannot (no WebAssembly
 // SIMD, a runtime or graph that does not load, an error while running), the note says why and the
 // click goes to the server's own event: nothing is lost.
+//
+// Live painting ("Live: the result follows the brush"): after each stroke on the canvas the page
+// clicks #browser-live-run (the canvas with the current result's codes, rendered here). One live job
+// runs at a time; strokes made meanwhile leave one pending job that reads the canvas when it starts,
+// so the newest stroke wins and nothing queues up.
 
 import { ModelRuntime, missingFeature } from './runtime.js';
 import { jobCodes, jobLabels, rgbToPngBase64 } from './tensors.js';
@@ -18,6 +23,10 @@ const BROWSER_BUTTONS = {
   'apply-mask-edit': 'browser-mask-edit',
 };
 
+/** What changes the canvas: the drawing surface and the editor's undo / redo / clear. */
+const CANVAS_EDITS = "#canvas canvas, #canvas button[aria-label='Undo'], #canvas button[aria-label='Redo'], "
+  + "#canvas button[aria-label='Clear canvas']";
+
 class BrowserInference {
   constructor(infoUrl) {
     this.infoUrl = infoUrl;
@@ -26,6 +35,10 @@ class BrowserInference {
     this.runtime = null;
     this.version = '';
     this.renders = 0;
+    this.drawing = false;  // a pointer went down on the canvas and is not up yet
+    this.liveBusy = false;
+    this.livePending = false;
+    this.liveTimer = null;
   }
 
   async start() {
@@ -33,6 +46,15 @@ class BrowserInference {
     document.addEventListener('click', (event) => this.intercept(event), true);
     document.addEventListener('change', (event) => {
       if (event.target.closest && event.target.closest('#browser-run')) this.show();
+    }, true);
+    document.addEventListener('pointerdown', (event) => {
+      this.drawing = Boolean(event.target.closest && event.target.closest(CANVAS_EDITS));
+    }, true);
+    document.addEventListener('pointerup', () => {
+      if (this.drawing) {
+        this.drawing = false;
+        this.strokeEnded();
+      }
     }, true);
     const missing = missingFeature();
     if (missing) return this.off(missing);
@@ -65,6 +87,36 @@ class BrowserInference {
     return this.state === 'ready' && this.wanted();
   }
 
+  liveWanted() {
+    const box = document.querySelector('#browser-live input');
+    return Boolean(box && box.checked);
+  }
+
+  /** After a stroke (or any edit on the canvas): one live job now, or one pending after the running one. */
+  strokeEnded() {
+    if (!this.active() || !this.liveWanted()) return;
+    if (this.liveBusy) {
+      this.livePending = true;
+      return;
+    }
+    this.liveBusy = true;
+    // the editor commits its stroke just after pointerup; a job that never reports back is given up on
+    setTimeout(() => document.getElementById('browser-live-run')?.click(), 150);
+    clearTimeout(this.liveTimer);
+    this.liveTimer = setTimeout(() => this.liveDone(), 30000);
+  }
+
+  /** The live job's chain ended (saved, refused or failed): start the pending one, if a stroke came. */
+  liveDone() {
+    clearTimeout(this.liveTimer);
+    this.liveBusy = false;
+    this.lives = (this.lives || 0) + 1;
+    if (this.livePending) {
+      this.livePending = false;
+      this.strokeEnded();
+    }
+  }
+
   off(reason) {
     this.state = 'off';
     this.reason = reason;
@@ -84,7 +136,7 @@ class BrowserInference {
       text = `⏳ Loading the model into your browser${this.version ? ` (${runtime})` : ''}… until then the server runs it.`;
     } else if (this.wanted()) {
       const threads = this.runtime.threads;
-      text = `✅ Generate and re-roll run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
+      text = `✅ Generate, re-roll and live painting run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
         + 'the server reads your canvas, makes the codes and keeps the PNG. Mixing, morphing and photos run on the server.';
     } else {
       state = 'server';

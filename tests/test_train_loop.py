@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import signal
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from test_train_support import BlobDataset, tiny_options, write_generic
 
 from smis import GroupDNet
 from train import checkpoint as ckpt
+from train import loop as loop_mod
 from train.loop import train
 from train.monitor import render_sample_grid
 
@@ -122,13 +124,96 @@ def test_non_finite_loss_stops_without_saving_the_bad_state(tmp_path, caplog):
     assert json.loads((tmp_path / "status.json").read_text())["status"] == "diverged"
 
 
-def test_time_budget_checkpoints_and_pauses_then_resume_finishes(tmp_path):
+def test_time_budget_checkpoints_and_pauses_then_resume_finishes(tmp_path, monkeypatch):
+    # A budget that cannot hold one step and a save: no step is started, the folder says so.
     opts = tiny_options(outdir=str(tmp_path), steps=3, ckpt_every=0, max_minutes=1e-4)
     paused = train(opts, dataset=BlobDataset(4))
-    assert paused.status == "paused" and paused.step == 1
-    assert ckpt.list_checkpoints(tmp_path)[-1][0] == 1
-    done = train(tiny_options(outdir=str(tmp_path), steps=3, ckpt_every=0, resume="auto"), dataset=BlobDataset(4))
-    assert done.status == "finished" and done.step == 3
+    assert paused.status == "paused" and paused.step == 0 and paused.checkpoint is None
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "paused"
+    # A budget with room for about one more step after the first (its time measured by that step):
+    # the run stops before a step would overrun it, saved.
+    budgets = []
+    real_budget = loop_mod._Budget
+
+    def keep(*a, **k):
+        budgets.append(real_budget(*a, **k))
+        return budgets[-1]
+
+    def spend(step: int) -> None:  # after step 1: all of the 60 s used but 1.6 steps and a save
+        if step == 1:
+            b = budgets[-1]
+            b.t0 = time.monotonic() - (60.0 - 1.5 * b.save_s - 1.6 * b.step_s)
+
+    monkeypatch.setattr(loop_mod, "_Budget", keep)
+    opts = tiny_options(outdir=str(tmp_path), steps=6, ckpt_every=0, max_minutes=1.0, resume="auto")
+    result = train(opts, dataset=BlobDataset(4), step_callback=spend)
+    assert result.status == "paused" and 2 <= result.step <= 3
+    assert ckpt.list_checkpoints(tmp_path)[-1][0] == result.step
+    assert budgets[-1].elapsed() < 60.0
+    done = train(tiny_options(outdir=str(tmp_path), steps=6, ckpt_every=0, resume="auto"), dataset=BlobDataset(4))
+    assert done.status == "finished" and done.step == 6
+
+
+def test_budget_arithmetic():
+    b = loop_mod._Budget(time.monotonic() - 50, max_minutes=1, step_s=4.0)
+    assert not b.fits(0.0)  # 50 s used + a 4 s step + 1.5 x the 5 s save estimate > 60 s
+    b.save_s = 1.0
+    assert b.fits(0.0) and not b.fits(10.0)  # a 10 s val probe would not fit before the next step
+    b.step_done(2.0)
+    assert b.step_s == pytest.approx(3.8)
+    assert loop_mod._Budget(time.monotonic(), None).fits(1e9)
+
+
+def test_sigterm_at_any_point_leaves_a_folder_that_resumes(tmp_path, monkeypatch):
+    from train import losses, monitor
+
+    # During the first step: the step ends, is saved, and status.json says so.
+    real_step = losses.GroupDNetObjective.g_step
+    calls = []
+
+    def g_step(self, *a, **k):
+        if not calls:
+            os.kill(os.getpid(), signal.SIGTERM)
+        calls.append(1)
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(losses.GroupDNetObjective, "g_step", g_step)
+    out = tmp_path / "a"
+    first = train(tiny_options(outdir=str(out), steps=3, resume="auto"), dataset=BlobDataset(4))
+    status = json.loads((out / "status.json").read_text())
+    assert first.status == "interrupted" and first.step == 1 and status["signal"] == "SIGTERM"
+    assert status["checkpoint"] == str(ckpt.list_checkpoints(out)[-1][1]) and status["saved_step"] == 1
+    again = train(tiny_options(outdir=str(out), steps=3, resume="auto"), dataset=BlobDataset(4))
+    assert again.status == "finished" and again.step == 3 and len(calls) == 3
+
+    # During the step-0 val probe: no step is started, nothing half-written, and the run starts afresh.
+    real_call = monitor.SampleGrids.__call__
+
+    def probe(self, *a, **k):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_call(self, *a, **k)
+
+    monkeypatch.setattr(monitor.SampleGrids, "__call__", probe)
+    out = tmp_path / "b"
+    stopped = train(tiny_options(outdir=str(out), steps=2, sample_every=5, resume="auto"), dataset=BlobDataset(4))
+    assert stopped.status == "interrupted" and stopped.step == 0 and stopped.checkpoint is None
+    assert json.loads((out / "status.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(monitor.SampleGrids, "__call__", real_call)
+    assert train(tiny_options(outdir=str(out), steps=2, sample_every=5, resume="auto"),
+                 dataset=BlobDataset(4)).status == "finished"
+
+
+def test_a_refused_run_leaves_its_folder_as_it_was(straight, tmp_path):
+    source = ckpt.state_path(straight.run_dir, 2)
+    out = tmp_path / "new"
+    with pytest.raises(ValueError, match="outside this run's 0..3 steps"):
+        train(tiny_options(outdir=str(out), init_from=str(source), init_step="9"), dataset=BlobDataset(8))
+    assert not out.exists()  # not even log.txt or history/
+    # An existing run folder: a refused chunk does not touch a file.
+    before = {p: p.stat().st_mtime_ns for p in straight.run_dir.rglob("*")}
+    with pytest.raises(ValueError, match="another model config"):
+        train(tiny_options(outdir=str(straight.run_dir), widths={"nf": 20}, resume="auto"), dataset=BlobDataset(8))
+    assert {p: p.stat().st_mtime_ns for p in straight.run_dir.rglob("*")} == before
 
 
 def test_bf16_autocast_double_fm_and_diffaug_run_on_cpu(tmp_path):
@@ -407,14 +492,29 @@ def test_probe_cli_on_a_training_state_adds_the_discriminator(tmp_path, capsys):
         main(["--state", str(state), "--model", str(tmp_path), "--data", str(data)])
 
 
-def test_the_loop_logs_the_val_probe_with_the_discriminators_view(tmp_path):
+def test_the_loop_logs_the_val_probe_with_the_discriminators_view(tmp_path, monkeypatch, caplog):
+    """... and times it apart from the steps (a probe slowed by 2 s leaves s/step alone)."""
+    from train import monitor
+
+    real_call = monitor.SampleGrids.__call__
+
+    def slow_probe(self, *a, **k):
+        time.sleep(2.0)
+        return real_call(self, *a, **k)
+
+    monkeypatch.setattr(monitor.SampleGrids, "__call__", slow_probe)
     data = write_generic(tmp_path / "data", n=6)
     (data / "train.txt").write_text("0000\n0001\n0002\n0003\n")
     (data / "val.txt").write_text("0004\n0005\n")
-    result = train(tiny_options(data=str(data), outdir=str(tmp_path / "run"), steps=2, sample_every=2,
-                                sample_count=2, val_count=2))
+    with caplog.at_level(logging.INFO, logger="train.loop"):
+        result = train(tiny_options(data=str(data), outdir=str(tmp_path / "run"), steps=2, sample_every=2,
+                                    sample_count=2, val_count=2))
     assert result.status == "finished"
     rows = [json.loads(line) for line in (tmp_path / "run" / "val_metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [0, 2]
+    assert [r["step"] for r in rows] == [0, 2] and all(r["probe_s"] >= 2.0 for r in rows)
+    steps = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in steps] == [1, 2]  # one step per line: s/step is that step's own time
+    assert steps[-1]["time_s"] - sum(r["sec_per_step"] for r in steps) >= 2.0  # the step-0 probe is outside
+    assert "sample grid and val probe took" in (tmp_path / "run" / "log.txt").read_text()  # lines from the start
     for key in ("val/rec_l1", "val/d_logit/train", "val/d_logit/val", "val/d_logit/generated", "val/d_overfit"):
         assert all(isinstance(r[key], float) for r in rows), key

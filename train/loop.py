@@ -13,6 +13,7 @@ checkpoints and snapshots: :mod:`train.checkpoint`.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -38,13 +39,14 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import smis
 from smis import GroupDNet, MultiscaleDiscriminator, SMISConfig
 from smis.functional import one_hot
+from smis.precision import choose_amp
 
 from . import checkpoint as ckpt
 from . import dist, history
 from .data import build_dataset
 from .losses import GroupDNetObjective, build_perceptual
 from .monitor import SampleGrids
-from .options import ObjectiveOptions, ScheduleOptions, TrainOptions, check_launch
+from .options import ObjectiveOptions, ScheduleOptions, TrainOptions, check_launch, resolved_workers
 from .run_folder import RunFolder
 
 logger = logging.getLogger(__name__)
@@ -242,11 +244,12 @@ def _inherit_history(source: str | Path, run_dir: Path) -> None:
         logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch, run_dir / history.HISTORY_DIR)
 
 
-def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps: int,
-            device: torch.device, objective: GroupDNetObjective | None = None) -> tuple[int, Path | None, str | None]:
+def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps: int, device: torch.device,
+            objective: GroupDNetObjective | None = None) -> tuple[int, Path | None, str | None, str | None]:
     """``--resume`` (a training state: weights, optimisers, position, RNG streams, the objective's own
     state), else ``--init-from`` (weights only), else the seeded fresh start. Returns (start step,
-    resumed from, initialised from)."""
+    resumed from, initialised from, the source whose history the run folder should inherit). Writes
+    nothing: every refusal comes before the run folder changes."""
     rank, world, run_dir = dist.rank(), dist.world_size(), opts.run_dir
     resume, seed = opts.run.resume, opts.run.seed
     path, state = None, None
@@ -283,33 +286,32 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
         logger.info("resumed from %s at step %d (epoch %d, batch %d)", path, start_step,
                     state.get("epoch", -1), state.get("batch_in_epoch", -1))
         if resume == "auto" or Path(run_dir).resolve() in Path(path).resolve().parents:
-            return start_step, Path(path), None
+            return start_step, Path(path), None, None
         # A branch: another run's state resumed into this folder (an A/B arm). The run grew from it,
         # so it says so and carries that run's history up to this step, as --init-from does.
-        if rank == 0 and not (Path(run_dir) / history.HISTORY_DIR).exists():
-            _inherit_history(path, Path(run_dir))
+        inherit = path if not (Path(run_dir) / history.HISTORY_DIR).exists() else None
         return start_step, Path(path), (f"training state {path} (step {start_step}): resumed into a new run "
-                                        "folder (G, E, D, EMA, optimisers and RNG carried on)")
-    initialised_from = None
-    if opts.run.init_from:
-        # Every rank loads the same file: identical weights without a broadcast.
-        initialised_from = ckpt.load_init(opts.run.init_from, nets.net, nets.disc, nets.ema)
-        logger.info("initialised from %s", initialised_from)
-        if rank == 0:
-            _inherit_history(opts.run.init_from, Path(run_dir))
-    start_step = 0
+                                        "folder (G, E, D, EMA, optimisers and RNG carried on)"), inherit
+    initialised_from, start_step = None, 0
     if opts.run.init_step is not None:
         start_step = (history.init_source_step(opts.run.init_from) if opts.run.init_step == "auto"
                       else int(opts.run.init_step))
         if not 0 <= start_step < total_steps:
-            raise ValueError(f"--init-step {start_step} is outside this run's 0..{total_steps - 1} steps; "
-                             "use the --epochs / --steps the source was trained with")
+            ended = (" (the source's schedule has ended: fine-tune it with --init-step 0 and a new --epochs / "
+                     "--steps)" if opts.run.init_step == "auto" and start_step >= total_steps else "")
+            raise ValueError(f"--init-step {start_step} is outside this run's 0..{total_steps - 1} steps{ended}; "
+                             "use the --epochs / --steps the source was trained with to continue its schedule")
+    if opts.run.init_from:
+        # Every rank loads the same file: identical weights without a broadcast.
+        initialised_from = ckpt.load_init(opts.run.init_from, nets.net, nets.disc, nets.ema)
+        logger.info("initialised from %s", initialised_from)
+    if opts.run.init_step is not None:
         logger.info("continuing the LR schedule and data order at step %d of %d (--init-step)", start_step,
                     total_steps)
     torch.manual_seed(seed + rank + 1000 * start_step)
     np.random.seed((seed + rank + 1000 * start_step) % 2**32)
     random.seed(seed + rank + 1000 * start_step)
-    return start_step, None, initialised_from
+    return start_step, None, initialised_from, opts.run.init_from or None
 
 
 def save_checkpoint(opts: TrainOptions, nets: Networks, step: int, steps_per_epoch: int, header: dict[str, Any],
@@ -352,7 +354,7 @@ def _perceptual_loss(o: ObjectiveOptions, main: bool, device: torch.device,
 def _data(opts: TrainOptions, dataset: Dataset | None, local_batch: int,
           cuda: bool) -> tuple[Dataset, SMISConfig, ResumableSampler, DataLoader]:
     """The training set (``--data`` unless given), the model config with its classes, the sampler and loader."""
-    d, seed = opts.data, opts.run.seed
+    d, seed, workers = opts.data, opts.run.seed, resolved_workers(opts.data)
     if dataset is None:
         size = opts.model.config()
         dataset = build_dataset(d.format, d.data, d.split, size.height, size.width, augment=d.augment,
@@ -363,10 +365,10 @@ def _data(opts: TrainOptions, dataset: Dataset | None, local_batch: int,
         raise ValueError(f"the dataset has {len(dataset)} samples, fewer than one batch of "
                          f"{opts.schedule.batch_size}; lower --batch-size or add data")
     loader = DataLoader(
-        _EpochIndexed(dataset), batch_size=local_batch, sampler=sampler, num_workers=d.workers,
-        pin_memory=cuda, drop_last=True, persistent_workers=d.workers > 0,
+        _EpochIndexed(dataset), batch_size=local_batch, sampler=sampler, num_workers=workers,
+        pin_memory=cuda, drop_last=True, persistent_workers=workers > 0,
         generator=torch.Generator().manual_seed(seed),  # keeps the global RNG untouched
-        worker_init_fn=_ignore_stop_signals if d.workers > 0 else None)
+        worker_init_fn=_ignore_stop_signals if workers > 0 else None)
     return dataset, config, sampler, loader
 
 
@@ -375,7 +377,11 @@ def _wrapped(nets: Networks, device: torch.device, compile: bool) -> tuple[nn.Mo
     its gradients are not wanted there); all through ``torch.compile`` with ``--compile``."""
     g, e, d = nets.net.generator, nets.net.encoder, nets.disc
     if dist.world_size() > 1:
-        kw: dict[str, Any] = dict(broadcast_buffers=False, device_ids=[device] if device.type == "cuda" else None)
+        # CG-Norm's batch statistics stay per process between steps (the reference code's choice); the
+        # newer keyword says so without the deprecation warning (every rank starts from the same weights).
+        quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
+        kw: dict[str, Any] = dict(**({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}),
+                                  device_ids=[device] if device.type == "cuda" else None)
         g, e, d = (DDP(m, **kw) for m in (g, e, d))
     out = (g, e, d, nets.disc)
     return tuple(torch.compile(m) for m in out) if compile else out
@@ -417,24 +423,66 @@ def _gan_step(objective: GroupDNetObjective, nets: Networks, wrapped: tuple[nn.M
 
 
 class _Meter:
-    """The losses summed over a log interval; averaged over its steps and the processes when read."""
+    """The losses and step times of a log interval; averaged over its steps and the processes when read.
+    Only the steps' own time counts: sample grids, the val probe and checkpoints are timed apart."""
 
     def __init__(self, device: torch.device):
         self.sums = torch.zeros(len(LOSS_NAMES), device=device)
-        self.steps, self.since = 0, time.monotonic()
+        self.steps, self.seconds = 0, 0.0
 
-    def add(self, values: torch.Tensor) -> None:
+    def add(self, values: torch.Tensor, seconds: float) -> None:
         self.sums += values
         self.steps += 1
+        self.seconds += seconds
 
     def read(self) -> tuple[dict[str, float], int, float]:
-        """(mean per loss, steps, seconds) since the last read; every rank must call it."""
+        """(mean per loss, steps, seconds of those steps) since the last read; every rank must call it."""
         dist.all_reduce_(self.sums, "mean")
-        now = time.monotonic()
-        out = dict(zip(LOSS_NAMES, (self.sums / self.steps).tolist())), self.steps, now - self.since
+        out = dict(zip(LOSS_NAMES, (self.sums / self.steps).tolist())), self.steps, self.seconds
         self.sums.zero_()
-        self.steps, self.since = 0, now
+        self.steps, self.seconds = 0, 0.0
         return out
+
+
+class _Budget:
+    """``--max-minutes``: do the next piece of work, a step and a save still fit? From measured costs
+    (a running mean of the step time, the last save, the last val probe); rank 0's clock decides."""
+
+    def __init__(self, t0: float, max_minutes: float | None, step_s: float = 0.0):
+        self.t0, self.limit = t0, (max_minutes * 60 if max_minutes else math.inf)
+        self.step_s, self.save_s, self.probe_s = step_s, 5.0, 0.0
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.t0
+
+    def step_done(self, seconds: float) -> None:
+        self.step_s = seconds if self.step_s == 0 else 0.9 * self.step_s + 0.1 * seconds
+
+    def fits(self, work_s: float) -> bool:
+        """``work_s`` more seconds, then the next step and a save, end before the limit."""
+        return self.elapsed() + work_s + self.step_s + 1.5 * self.save_s <= self.limit
+
+
+def _previous_step_time(run_dir: Path) -> float:
+    """The last s/step an earlier chunk of this run logged (0 if none): the first step's estimate."""
+    records = history.read_jsonl(Path(run_dir) / "metrics.jsonl")
+    return float(records[-1].get("sec_per_step", 0.0)) if records else 0.0
+
+
+def _log_interval(folder: RunFolder, pbar: tqdm, avg: dict[str, float], n: int, secs: float, step: int,
+                  total_steps: int, steps_per_epoch: int, elapsed: float, s: ScheduleOptions, factor: float,
+                  class_log: dict[str, float], device: torch.device) -> None:
+    """One line of metrics.jsonl and of the log for a log interval (rank 0): losses, s/step of the steps
+    alone, images/s, learning rates."""
+    rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "time_s": round(elapsed, 2),
+           "sec_per_step": round(secs / n, 5), "img_per_s": round(n * s.batch_size / max(secs, 1e-9), 3),
+           "lr_G": s.lr_g * factor, "lr_D": s.lr_d * factor, **{k: round(v, 6) for k, v in avg.items()}, **class_log}
+    if device.type == "cuda":
+        rec["mem_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    folder.log_metrics(rec)
+    pbar.set_postfix({"G": f"{avg['G/total']:.3f}", "D": f"{avg['D/total']:.3f}"}, refresh=False)
+    logger.info("step %d/%d  G %.4f  D %.4f  l1 %.4f  %.3f s/step", step, total_steps, avg["G/total"],
+                avg["D/total"], avg["G/l1"], rec["sec_per_step"])
 
 
 def _log_end(status: str, step: int, total_steps: int, signal_name: str | None, snapshot: Path | None) -> None:
@@ -451,9 +499,10 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
           step_callback: Callable[[int], None] | None = None) -> RunResult:
     """Train (or continue) one run. ``dataset`` overrides ``--data`` (tests, notebooks).
 
-    ``started_at``: ``time.monotonic()`` when the process started (``max_minutes`` counts from
-    there); ``step_callback(step)`` runs on every rank after each completed step (tests).
-    """
+    ``started_at``: ``time.monotonic()`` when the process started (``max_minutes`` counts from there);
+    ``step_callback(step)`` runs on every rank after each completed step (tests). SIGTERM / SIGINT at any
+    moment end the run at the next safe point, ``status.json`` saying so; the folder changes only after
+    every check passed."""
     t0 = time.monotonic() if started_at is None else started_at
     s, o, r = opts.schedule, opts.objective, opts.run
 
@@ -464,7 +513,9 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
     main, cuda = rank == 0, device.type == "cuda"
     check_launch(opts, world, cuda)
     local_batch = s.batch_size // world
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(r.amp)
+    amp, amp_reason = choose_amp(r.amp, device)
+    logger.info("precision: %s", amp_reason)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
     channels_last = cuda if r.channels_last is None else r.channels_last
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -472,7 +523,8 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
     folder = RunFolder(opts.run_dir, main)
     logger.info("process %d/%d on %s (%s)", rank, world, device, "torchrun" if dist.is_distributed() else "single")
 
-    closing = ExitStack()  # the progress bar, closed however the run ends
+    closing = ExitStack()  # the stop signals and the progress bar, closed however the run ends
+    signals = closing.enter_context(_StopSignals())
     try:
         # -- 2. Perceptual loss first: a missing VGG stops the run before anything heavy -------
         perceptual, perceptual_desc = _perceptual_loss(o, main, device, memory_format)
@@ -484,25 +536,28 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
         total_steps = s.total_steps(steps_per_epoch)
 
         # -- 4. Networks, optimisers, grad scalers; then resume or initialise ---------------
-        nets = Networks.build(config, s, r.amp, r.seed, device, memory_format, main, world)
+        nets = Networks.build(config, s, amp, r.seed, device, memory_format, main, world)
         net, disc, ema = nets.net, nets.disc, nets.ema
-        start_step, resumed_from, initialised_from = restore(opts, nets, config, total_steps, device, objective)
+        start_step, resumed_from, initialised_from, inherit = restore(opts, nets, config, total_steps, device,
+                                                                      objective)
 
         # -- 5. Distributed wrappers, compile -------------------------------------------------
         wrapped = _wrapped(nets, device, r.compile)
 
-        # -- 6. Run folder: options, logs, fixed samples -------------------------------------
+        # -- 6. Run folder: options, logs, fixed samples (the first write into the folder) ---
         grids = SampleGrids(dataset, opts, config, perceptual, enabled=main)
         init_step = start_step if initialised_from else 0
         if initialised_from is None and resumed_from:  # a resumed chunk keeps saying what the run grew from
             prior = folder.previous_options().get("resolved", {})
             initialised_from, init_step = prior.get("initialised_from"), prior.get("init_step", 0)
+        budget = _Budget(t0, r.max_minutes, _previous_step_time(opts.run_dir) if resumed_from else 0.0)
         folder.start({"options": opts.to_dict(), "resolved": {
             "world_size": world, "batch_per_process": local_batch, "device": str(device),
             "dataset_size": len(dataset), "steps_per_epoch": steps_per_epoch,
             "total_steps": total_steps, "epochs": total_steps / steps_per_epoch,
             "decay_start_step": total_steps - int(round(s.decay_fraction * total_steps)),
             "perceptual_loss": perceptual_desc, "feature_matching_weight": o.feat_weight,
+            "amp": amp, "amp_reason": amp_reason, "workers": resolved_workers(opts.data),
             "channels_last": channels_last, "sync_batchnorm": world > 1 and cuda,
             "sample_reroll_class": config.class_names[grids.reroll],
             "resumed_from": str(resumed_from) if resumed_from else None, "start_step": start_step,
@@ -511,123 +566,134 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
             "torch": torch.__version__, "smis": smis.__version__, "python": platform.python_version(),
         }, "config": config.to_dict()}, r.tensorboard)
         if main:
+            if inherit:
+                _inherit_history(inherit, Path(opts.run_dir))
             logger.info("run %s: %d images, %d steps/epoch, %d steps (%.1f epochs), batch %d = %d x %d, amp %s",
                         opts.run_dir, len(dataset), steps_per_epoch, total_steps, total_steps / steps_per_epoch,
-                        s.batch_size, world, local_batch, r.amp)
+                        s.batch_size, world, local_batch, amp)
         last = _newest(ckpt.list_checkpoints(opts.run_dir)) if main else None
         last_snap = _newest(ckpt.list_snapshots(opts.run_dir)) if main else None
         header = {"total_steps": total_steps, "world_size": world, "config": config.to_json(),
                   "options": opts.to_json()}
 
         def show(step: int) -> None:
+            """Sample grid and val probe, timed apart from the steps; skipped past the budget or on a signal."""
+            if signals.received or not budget.fits(budget.probe_s):
+                logger.info("step %d: sample grid and val probe skipped (%s)", step,
+                            "stopping" if signals.received else "not enough of --max-minutes left")
+                return
+            t = time.monotonic()
             probe, grid = grids(ema, autocast, disc)
+            budget.probe_s = time.monotonic() - t
             if probe:
-                folder.log_val(step, step / steps_per_epoch, probe)
+                folder.log_val(step, step / steps_per_epoch, {**probe, "probe_s": budget.probe_s})
             folder.save_samples(step, grid, grids.rows)
+            logger.info("step %d: sample grid and val probe took %.1f s (not counted in s/step)", step,
+                        budget.probe_s)
 
         # -- 7. Training ------------------------------------------------------------------------
-        step = start_step
+        step = saved_step = start_step
         epoch, in_epoch = divmod(step, steps_per_epoch)
         data_iter = None
-        meter, step_time = _Meter(device), 0.0
-        save_cost = 5.0  # seconds; measured after the first save
+        meter = _Meter(device)
         t_ckpt = time.monotonic()
-        budget_s = r.max_minutes * 60 if r.max_minutes else math.inf
         status = "finished" if step >= total_steps else ""
         if grids and step == 0:
             show(0)
         pbar = closing.enter_context(tqdm(
-            total=total_steps, initial=start_step, disable=not (main and r.progress), unit="it",
-            dynamic_ncols=True, desc="train", mininterval=1.0 if sys.stderr.isatty() else 30.0))
-        with _StopSignals() as signals, logging_redirect_tqdm():
-            while step < total_steps:
-                t_step = time.monotonic()
-                if data_iter is None:
-                    sampler.set_position(epoch, in_epoch * local_batch)
-                    data_iter = iter(loader)
-                real, label, onehot = _inputs(next(data_iter), net, device, memory_format)
-                factor = s.lr_factor(step, total_steps)
+            total=total_steps, initial=start_step, unit="it", dynamic_ncols=True, desc="train",
+            disable=not (main and r.progress and sys.stderr.isatty())))  # log lines only, in files and pipes
+        closing.enter_context(logging_redirect_tqdm())
+        # Stop before the first step when a signal came during set-up or the budget cannot hold one.
+        flags = torch.tensor([1.0 if signals.received else 0.0, 1.0 if main and not budget.fits(0.0) else 0.0],
+                             device=device)
+        term, no_time = (bool(v) for v in dist.all_reduce_(flags, "max").tolist())
+        if not status and (term or no_time):
+            status = "interrupted" if term else "paused"
+        while not status:
+            t_step = time.monotonic()
+            if data_iter is None:
+                sampler.set_position(epoch, in_epoch * local_batch)
+                data_iter = iter(loader)
+            real, label, onehot = _inputs(next(data_iter), net, device, memory_format)
+            factor = s.lr_factor(step, total_steps)
 
-                # 7a. Generator + encoder step, then discriminator step.
-                terms = _gan_step(objective, nets, wrapped, real, onehot, label, s, o.noise_scale(step), factor)
+            # 7a. Generator + encoder step, then discriminator step.
+            terms = _gan_step(objective, nets, wrapped, real, onehot, label, s, o.noise_scale(step), factor)
 
-                # 7b. EMA of G + E (rank 0 keeps it), bookkeeping.
-                step += 1
-                in_epoch += 1
-                if in_epoch == steps_per_epoch:
-                    epoch, in_epoch, data_iter = epoch + 1, 0, None
-                if ema is not None:
-                    _ema_update(ema, net, min(s.ema_decay, (1 + step) / (10 + step)))
-                vals = torch.stack([terms[k] for k in LOSS_NAMES]).detach()
-                meter.add(vals)
-                if step_callback is not None:
-                    step_callback(step)
+            # 7b. EMA of G + E (rank 0 keeps it), bookkeeping.
+            step += 1
+            in_epoch += 1
+            if in_epoch == steps_per_epoch:
+                epoch, in_epoch, data_iter = epoch + 1, 0, None
+            if ema is not None:
+                _ema_update(ema, net, min(s.ema_decay, (1 + step) / (10 + step)))
+            vals = torch.stack([terms[k] for k in LOSS_NAMES]).detach()
+            dt = time.monotonic() - t_step
+            meter.add(vals, dt)
+            budget.step_done(dt)
+            if step_callback is not None:
+                step_callback(step)
 
-                # 7c. One small all-reduce: non-finite losses, stop signals, time budget (rank 0's clock).
-                dt = time.monotonic() - t_step
-                step_time = dt if step_time == 0 else 0.9 * step_time + 0.1 * dt
-                elapsed = time.monotonic() - t0
-                flags = torch.tensor([0.0, 1.0 if signals.received else 0.0,
-                                      1.0 if main and elapsed + 2 * step_time + 1.5 * save_cost > budget_s else 0.0,
-                                      1.0 if main and r.ckpt_minutes and
-                                      time.monotonic() - t_ckpt > r.ckpt_minutes * 60 else 0.0], device=device)
-                flags[0] = (~torch.isfinite(vals)).any().float()
-                diverged, term, budget, ckpt_due = (bool(v) for v in dist.all_reduce_(flags, "max").tolist())
-                pbar.update(1)
-                if diverged:
+            # 7c. One small all-reduce: non-finite losses, stop signals, time budget (rank 0's clock).
+            sample_due = bool(grids) and r.sample_every and step % r.sample_every == 0
+            flags = torch.tensor([0.0, 1.0 if signals.received else 0.0,
+                                  1.0 if main and not budget.fits(budget.probe_s if sample_due else 0.0) else 0.0,
+                                  1.0 if main and r.ckpt_minutes and
+                                  time.monotonic() - t_ckpt > r.ckpt_minutes * 60 else 0.0], device=device)
+            flags[0] = (~torch.isfinite(vals)).any().float()
+            diverged, term, no_time, ckpt_due = (bool(v) for v in dist.all_reduce_(flags, "max").tolist())
+            pbar.update(1)
+            if diverged:
+                status = "diverged"
+                logger.error("non-finite loss at step %d (%s): stopping without saving this state. Last good "
+                             "checkpoint: %s. Resume from it with --resume auto, perhaps with --grad-clip, a lower "
+                             "learning rate or --amp bf16 instead of fp16.", step,
+                             ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_NAMES, vals.tolist())), last)
+                break
+
+            # 7d. Logging.
+            stopping = term or no_time or step >= total_steps
+            if step % r.log_every == 0 or stopping:
+                avg, n, secs = meter.read()
+                if main:
+                    _log_interval(folder, pbar, avg, n, secs, step, total_steps, steps_per_epoch, budget.elapsed(),
+                                  s, factor, objective.class_log(config.class_names), device)
+
+            # 7e. Samples, checkpoints, stop.
+            if sample_due and not (term or no_time):
+                show(step)
+            if stopping or ckpt_due or (r.ckpt_every and step % r.ckpt_every == 0):
+                if not _all_finite(net, disc):  # identical on every rank: params are in sync
                     status = "diverged"
-                    logger.error("non-finite loss at step %d (%s): stopping without saving this state. Last good "
-                                 "checkpoint: %s. Resume from it with --resume auto, perhaps with --grad-clip, a lower "
-                                 "learning rate or --amp bf16 instead of fp16.", step,
-                                 ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_NAMES, vals.tolist())), last)
+                    logger.error("non-finite weights at step %d: not saved. Last good checkpoint: %s", step, last)
                     break
-
-                # 7d. Logging.
-                stopping = term or budget or step >= total_steps
-                if step % r.log_every == 0 or stopping:
-                    avg, n, secs = meter.read()
-                    if main:
-                        rec = {"step": step, "epoch": round(step / steps_per_epoch, 4), "time_s": round(elapsed, 2),
-                               "sec_per_step": round(secs / n, 5),
-                               "img_per_s": round(n * s.batch_size / max(secs, 1e-9), 3),
-                               "lr_G": s.lr_g * factor, "lr_D": s.lr_d * factor,
-                               **{k: round(v, 6) for k, v in avg.items()}, **objective.class_log(config.class_names)}
-                        if cuda:
-                            rec["mem_GiB"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
-                        folder.log_metrics(rec)
-                        pbar.set_postfix({"G": f"{avg['G/total']:.3f}", "D": f"{avg['D/total']:.3f}"}, refresh=False)
-                        logger.info("step %d/%d  G %.4f  D %.4f  l1 %.4f  %.3f s/step", step, total_steps,
-                                    avg["G/total"], avg["D/total"], avg["G/l1"], rec["sec_per_step"])
-
-                # 7e. Samples, checkpoints, stop.
-                if grids and r.sample_every and step % r.sample_every == 0:
-                    show(step)
-                if stopping or ckpt_due or (r.ckpt_every and step % r.ckpt_every == 0):
-                    if not _all_finite(net, disc):  # identical on every rank: params are in sync
-                        status = "diverged"
-                        logger.error("non-finite weights at step %d: not saved. Last good checkpoint: %s", step, last)
-                        break
-                    t_save = time.monotonic()
-                    saved = save_checkpoint(opts, nets, step, steps_per_epoch,
-                                            {**header, "objective": objective.state_dict()}, device, perceptual_desc)
-                    last, last_snap = saved or (last, last_snap)
-                    t_ckpt = time.monotonic()
-                    save_cost = t_ckpt - t_save
-                if stopping:
-                    status = "finished" if step >= total_steps else ("interrupted" if term else "paused")
-                    break
+                t_save = time.monotonic()
+                saved = save_checkpoint(opts, nets, step, steps_per_epoch,
+                                        {**header, "objective": objective.state_dict()}, device, perceptual_desc)
+                last, last_snap = saved or (last, last_snap)
+                saved_step, t_ckpt = step, time.monotonic()
+                budget.save_s = t_ckpt - t_save
+            if stopping:
+                status = "finished" if step >= total_steps else ("interrupted" if term else "paused")
         closing.close()
         folder.close_logs()
-        bad = getattr(dataset, "bad", None)
-        if bad:
-            logger.warning("%d unusable data files were skipped (listed in log.txt)", len(bad))
+        if getattr(dataset, "bad", None):
+            logger.warning("%d unusable data files were skipped (listed in log.txt)", len(dataset.bad))
         folder.write_status({"status": status, "step": step, "total_steps": total_steps,
                              "checkpoint": str(last) if last else None,
                              "snapshot": str(last_snap) if last_snap else None,
-                             "elapsed_s": round(time.monotonic() - t0, 1), "pid": os.getpid()})
+                             "saved_step": saved_step if last else None, "signal": signals.received,
+                             "elapsed_s": round(budget.elapsed(), 1), "pid": os.getpid()})
         if main:
             _log_end(status, step, total_steps, signals.received, last_snap)
         return RunResult(status, step, total_steps, opts.run_dir, last, last_snap)
+    except BaseException:
+        if signals.received and folder.started:  # a stop signal cut set-up or a save short: say so
+            newest = _newest(ckpt.list_checkpoints(opts.run_dir))
+            folder.write_status({"status": "interrupted", "step": None, "signal": signals.received,
+                                 "checkpoint": str(newest) if newest else None, "pid": os.getpid()})
+        raise
     finally:
         closing.close()
         folder.close()

@@ -31,7 +31,7 @@ from .cli import NEGATED, SWITCH, add_dataclass_arguments, field_hints, flag, op
 from .diffaug import parse_policy
 
 VggKind = Literal["full", "partial", "none", "double-fm"]
-AmpKind = Literal["none", "bf16", "fp16"]
+AmpKind = Literal["auto", "none", "bf16", "fp16"]
 
 POSITIVE = {"check": "positive"}
 NON_NEGATIVE = {"check": "non-negative"}
@@ -51,8 +51,9 @@ class DataOptions:
     augment: bool = True
     #: Unreadable or mismatched pairs: skip them (logged) or stop.
     on_bad: Literal["skip", "error"] = "skip"
-    #: DataLoader worker processes per training process.
-    workers: int = field(default=4, metadata=NON_NEGATIVE)
+    #: DataLoader worker processes per training process (default: what the machine has, min(4, CPUs per
+    #: process - 1); 0 loads in the main process).
+    workers: int | None = field(default=None, metadata=NON_NEGATIVE)
 
 
 @dataclass(frozen=True)
@@ -218,8 +219,9 @@ class ObjectiveOptions:
 class RunOptions:
     """How this process runs and what it writes: device, numerics, run folder, logs, checkpoints."""
 
-    #: Autocast dtype (fp16 adds GradScaler and needs CUDA).
-    amp: AmpKind = "none"
+    #: Autocast dtype: auto = bf16 where the device runs it natively (CUDA with bf16; a CPU where a short
+    #: timed probe finds it faster, e.g. AMX), else float32; fp16 adds GradScaler and needs CUDA.
+    amp: AmpKind = "auto"
     #: channels-last tensors (default: on for CUDA).
     channels_last: bool | None = None
     #: torch.compile the networks.
@@ -259,7 +261,7 @@ class RunOptions:
     max_minutes: float | None = field(default=None, metadata=POSITIVE)
     #: TensorBoard scalars and sample grids (next to metrics.jsonl).
     tensorboard: bool = field(default=True, metadata=NEGATED)
-    #: A progress bar on stderr.
+    #: A progress bar on stderr when it is a terminal (log lines only in files and pipes).
     progress: bool = field(default=True, metadata=NEGATED)
 
 
@@ -313,7 +315,7 @@ class TrainOptions:
             check = f.metadata.get("check")
             if check == "positive" and v is not None and not v > 0:
                 raise ValueError(f"{name} must be positive, got {v}")
-            if check == "non-negative" and not (v >= 0 and math.isfinite(v)):
+            if check == "non-negative" and v is not None and not (v >= 0 and math.isfinite(v)):
                 raise ValueError(f"{name} must be >= 0, got {v}")
             choices = get_args(hint) if get_origin(hint) is Literal else f.metadata.get("choices")
             if choices and v not in choices:
@@ -347,13 +349,29 @@ class TrainOptions:
             raise ValueError(f"the model options do not make a valid {self.model.preset!r} model: {err}") from err
 
 
+def resolved_workers(d: DataOptions) -> int:
+    """``--workers``, or what the machine has: min(4, the CPUs this process may use per training
+    process - 1), so a 2-core machine gets one loader process next to the training one."""
+    if d.workers is not None:
+        return d.workers
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    per_process = cpus // max(int(os.environ.get("LOCAL_WORLD_SIZE", "1")), 1)
+    return max(0, min(4, per_process - 1))
+
+
 def check_launch(opts: TrainOptions, world: int, cuda: bool) -> None:
     """What the processes and the device must allow: the CLI checks it before anything heavy starts
     (from ``WORLD_SIZE``), :func:`train.loop.train` again with the real process group."""
     if opts.schedule.batch_size % world:
         raise ValueError(f"--batch-size {opts.schedule.batch_size} does not split evenly over {world} processes")
     if opts.run.amp == "fp16" and not cuda:
-        raise ValueError("--amp fp16 needs CUDA; use --amp bf16 or --amp none on CPU")
+        raise ValueError("--amp fp16 needs CUDA; use --amp auto, bf16 or none on CPU")
+    if opts.run.amp == "bf16" and cuda and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise ValueError(f"--amp bf16 needs a GPU with bfloat16 ({torch.cuda.get_device_name()} has none); "
+                         "use --amp fp16, auto or none")
 
 
 # ---------------------------------------------------------------------------------------------

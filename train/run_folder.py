@@ -31,20 +31,53 @@ VAL_METRICS = "val_metrics.jsonl"
 STATUS_FILE = "status.json"
 
 
+class _Buffer(logging.Handler):
+    """Keeps the records logged before the run folder may be touched (replayed into log.txt)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 class RunFolder:
-    """``run_dir``'s log, options, metrics, samples and status files (written when ``enabled``)."""
+    """``run_dir``'s log, options, metrics, samples and status files (written when ``enabled``).
+
+    Nothing in the folder changes until :meth:`start` (or :meth:`write_status`): the checks that may
+    refuse a run come before it, so a refused run leaves the folder as it was. Log lines from before
+    :meth:`start` are kept and written to ``log.txt`` then.
+    """
 
     def __init__(self, run_dir: Path, enabled: bool):
         self.path = Path(run_dir)
         self.enabled = enabled
         self._metrics = self._tb = self._log = None
+        self._buffer: _Buffer | None = None
         if enabled:
-            self.path.mkdir(parents=True, exist_ok=True)
-            self._log = logging.FileHandler(self.path / "log.txt", encoding="utf-8")
-            self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-            self._log.setLevel(logging.INFO)
-            logging.getLogger().addHandler(self._log)
-            ckpt.clean_temporaries(self.path)
+            self._buffer = _Buffer()
+            logging.getLogger().addHandler(self._buffer)
+
+    @property
+    def started(self) -> bool:
+        return self._log is not None
+
+    def _open(self) -> None:
+        """Create the folder, open log.txt (replaying the buffered lines), remove a killed run's temporaries."""
+        if not self.enabled or self._log is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        self._log = logging.FileHandler(self.path / "log.txt", encoding="utf-8")
+        self._log.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._log.setLevel(logging.INFO)
+        if self._buffer is not None:
+            logging.getLogger().removeHandler(self._buffer)
+            for record in self._buffer.records:
+                self._log.handle(record)
+            self._buffer = None
+        logging.getLogger().addHandler(self._log)
+        ckpt.clean_temporaries(self.path)
 
     def previous_options(self) -> dict[str, Any]:
         """The ``training_options.json`` an earlier chunk of this run wrote (``{}`` if none)."""
@@ -57,15 +90,17 @@ class RunFolder:
         """Write ``training_options.json`` and open the metrics file (and TensorBoard)."""
         if not self.enabled:
             return
+        self._open()
         (self.path / OPTIONS_FILE).write_text(json.dumps(options, indent=2) + "\n")
         if tensorboard:
             try:  # optional (requirements-train.txt): imported only when asked for
                 from torch.utils.tensorboard import SummaryWriter
 
                 self._tb = SummaryWriter(str(self.path / "tensorboard"))
-            except ImportError:
-                logger.warning("TensorBoard is not installed (pip install tensorboard): scalars go to "
-                               "metrics.jsonl only")
+            except ImportError:  # said once per run folder, at info level: metrics.jsonl has everything
+                if not (self.path / "tensorboard").exists() and not (self.path / METRICS_FILE).exists():
+                    logger.info("TensorBoard is not installed (pip install tensorboard, or --no-tensorboard): "
+                                "scalars go to metrics.jsonl only")
         self._metrics = open(self.path / METRICS_FILE, "a", encoding="utf-8")  # closed by close_logs()
 
     def log_metrics(self, record: dict[str, Any]) -> None:
@@ -103,7 +138,8 @@ class RunFolder:
 
     def write_status(self, status: dict[str, Any]) -> None:
         if self.enabled:
-            (self.path / STATUS_FILE).write_text(json.dumps(status, indent=2) + "\n")
+            self._open()
+            ckpt.atomic_write_text(self.path / STATUS_FILE, json.dumps(status, indent=2) + "\n")
 
     def close_logs(self) -> None:
         """Close the metrics file and TensorBoard (the run's end, before the last messages)."""
@@ -114,6 +150,9 @@ class RunFolder:
 
     def close(self) -> None:
         self.close_logs()
+        if self._buffer is not None:
+            logging.getLogger().removeHandler(self._buffer)
+            self._buffer = None
         if self._log is not None:
             logging.getLogger().removeHandler(self._log)
             self._log.close()

@@ -59,6 +59,8 @@ def test_model_card_has_front_matter_classes_training_metrics_and_citations(run,
     assert "| 3 | upper clothes | `#dc143c` | 220, 20, 60 |" in card  # the CCP10 palette as a table
     assert "| steps (this snapshot) | 2 |" in card and "| total steps | 2 |" in card
     assert "perceptual loss | off (--vgg none)" in card and "was not used for this model" in card
+    # --amp auto: what was chosen on this machine, and why (the probe's measurement).
+    assert "| mixed precision | none (--amp auto: " in card or "| mixed precision | bf16 (--amp auto: " in card
     assert "| fid | 123.4 |" in card and "| mcsd.mean | 0.02 |" in card
     assert "![samples](samples.png)" in card
     assert "zhu2020semantically" in card and "yang2014clothing" in card

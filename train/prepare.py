@@ -114,7 +114,8 @@ def pack(
         for sub in ("images", "labels") + (("instances",) if ds.has_instances else ()):
             (out / sub).mkdir(parents=True, exist_ok=True)
         indices = range(len(ds.pairs))
-        bar = dict(total=len(ds.pairs), desc=f"pack {split}", disable=not progress)
+        # A bar on a terminal only (disable=None): a log file or pipe gets no flood of \r updates.
+        bar = dict(total=len(ds.pairs), desc=f"pack {split}", disable=None if progress else True)
         if workers > 0:
             with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(ds, out, quality)) as pool:
                 results = list(tqdm(pool.map(_pack_in_worker, indices, chunksize=8), **bar))

@@ -261,7 +261,8 @@ def model_card(info: RunInfo, config: Any, repo_id: str | None, dataset: Dataset
          else "a grid of codes per class (H/64 x W/64)"),
         ("initialised from", r.get("initialised_from")),
         ("perceptual loss", perceptual),
-        ("mixed precision", o.get("amp")), ("EMA decay (published weights)", o.get("ema_decay")),
+        ("mixed precision", (f"{r['amp']} ({r['amp_reason']})" if r.get("amp_reason") else o.get("amp"))),
+        ("EMA decay (published weights)", o.get("ema_decay")),
         ("gradient clipping", o.get("grad_clip") or "off"),
         ("processes / device", f"{r.get('world_size')} / {r.get('device')}"
                                + (f", {r.get('threads')} threads each" if r.get("threads") else "")),

@@ -7,6 +7,7 @@ Options (command line, or the environment variable in brackets):
     --model    [SMIS_MODEL]    model folder or Hub repo id (default: the bundled CCP model)
     --backend  [SMIS_BACKEND]  auto | torch | onnx (default auto: ONNX Runtime on a CPU, PyTorch on CUDA)
     --device   [SMIS_DEVICE]   cpu, cuda, ... (default: auto)
+    --dtype    [SMIS_DTYPE]    auto | float32 | bfloat16 | float16 (auto: float32 on a CPU, bf16 on a GPU with it)
     --parser   [SMIS_PARSER]   human-parser folder or Hub repo id for "Start from a photo"
                                (default: the bundled smis/assets/ccp-parser; "none" turns it off)
     --browser  [SMIS_BROWSER]  auto | off: the page runs generate and re-roll itself where it can (default auto)
@@ -22,7 +23,7 @@ import os
 import sys
 
 from demo import CSS
-from demo.launch import app_kwargs, create_app
+from demo.launch import app_kwargs, create_app, parse_size
 from export.onnx import export_model
 from smis.hub import MODEL_ENV
 from smis.parsing import PARSER_ENV
@@ -38,6 +39,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="inference backend (env SMIS_BACKEND); auto: ONNX Runtime on a CPU (the fastest there, "
                         "see the README's speed table), PyTorch on CUDA")
     p.add_argument("--device", default=env.get("SMIS_DEVICE") or None, help="cpu, cuda, ... (default: auto)")
+    p.add_argument("--dtype", default=env.get("SMIS_DTYPE", "auto"), choices=["auto", "float32", "bfloat16", "float16"],
+                   help="PyTorch backend precision (env SMIS_DTYPE); bf16 where it is not native warns with the "
+                        "measured slowdown")
     p.add_argument("--parser", default=env.get(PARSER_ENV) or None,
                    help=f"human-parser folder or Hub repo id (env {PARSER_ENV}; default: the bundled one if "
                         "present; 'none': no mask prediction)")
@@ -62,22 +66,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _parse_size(text: str) -> int:
-    t = text.strip().lower()
-    for suffix, mult in (("gb", 2**30), ("mb", 2**20), ("kb", 2**10), ("b", 1)):
-        if t.endswith(suffix):
-            return int(float(t[: -len(suffix)]) * mult)
-    return int(t)
-
-
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
         demo = create_app(args.model, args.backend, args.device, parser=args.parser, examples=args.examples,
-                          cache_examples=not args.no_cache_examples, max_upload_bytes=_parse_size(args.max_file_size),
+                          cache_examples=not args.no_cache_examples, max_upload_bytes=parse_size(args.max_file_size),
                           max_queue=args.max_queue, concurrency=args.concurrency, exporter=export_model,
-                          browser=args.browser)
+                          browser=args.browser, dtype=args.dtype)
     except ValueError as err:  # CheckpointError and friends: say what to do, no traceback
         sys.exit(f"error: {err}")
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,

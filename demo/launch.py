@@ -18,9 +18,11 @@ import gradio as gr
 import torch
 
 from smis import GroupDNet, SMISPipeline, get_config
+from smis.backends import auto_device
 from smis.backends.onnx import Exporter
 from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV, measured_class_control
 from smis.parsing import BUNDLED_PARSER_DIR, HumanParser
+from smis.precision import choose_dtype
 
 from .browser import BrowserModel, find_browser_model
 from .browser import app_kwargs as browser_app_kwargs
@@ -44,6 +46,26 @@ def resolve_backend(backend: str, device: str | None) -> str:
     return "torch" if torch.cuda.is_available() else "onnx"
 
 
+def resolve_dtype(dtype: str | None, backend: str, device: str | None) -> str | None:
+    """``--dtype``: ``auto`` (or none) -> float32 on a CPU, bf16 on a CUDA GPU that has it
+    (:func:`smis.precision.choose_dtype`; an explicit bf16 where it is not native warns with the measured
+    slowdown). The ONNX backend picks its graphs itself: only an explicit name is passed on."""
+    if backend == "onnx":
+        return None if dtype in (None, "auto") else dtype
+    name, why = choose_dtype(dtype or "auto", device or auto_device())
+    logger.info("precision: %s", why)
+    return name
+
+
+def parse_size(text: str) -> int:
+    """``10mb``, ``512kb``, ``1gb`` or a byte count -> bytes."""
+    t = text.strip().lower()
+    for suffix, mult in (("gb", 2**30), ("mb", 2**20), ("kb", 2**10), ("b", 1)):
+        if t.endswith(suffix):
+            return int(float(t[: -len(suffix)]) * mult)
+    return int(t)
+
+
 def _backend_kwargs(backend: str, exporter: Exporter | None) -> dict:
     """ONNX Runtime: a model folder without .onnx graphs gets them exported once, into the cache."""
     return {"exporter": exporter} if backend == "onnx" and exporter is not None else {}
@@ -61,7 +83,7 @@ def build_fallback_model(backend: str, device: str | None, exporter: Exporter | 
 
 
 def load_pipeline(model: str | None, backend: str = "auto", device: str | None = None,
-                  exporter: Exporter | None = None) -> tuple[SMISPipeline, str | None]:
+                  exporter: Exporter | None = None, dtype: str | None = None) -> tuple[SMISPipeline, str | None]:
     """The pipeline, and the banner to show (``None`` for a real model).
 
     Only the *default* model may fall back: a model you named that cannot be loaded is an error.
@@ -69,7 +91,9 @@ def load_pipeline(model: str | None, backend: str = "auto", device: str | None =
     backend = resolve_backend(backend, device)
     if model is None and not os.environ.get(MODEL_ENV) and not BUNDLED_MODEL_DIR.is_dir():
         return build_fallback_model(backend, device, exporter), FALLBACK_BANNER
-    pipe = SMISPipeline.from_pretrained(model, backend=backend, device=device, **_backend_kwargs(backend, exporter))
+    dtype = resolve_dtype(dtype, backend, device)
+    pipe = SMISPipeline.from_pretrained(model, backend=backend, device=device, dtype=dtype,
+                                        **_backend_kwargs(backend, exporter))
     return pipe, None
 
 
@@ -96,13 +120,13 @@ def model_class_control(pipe: SMISPipeline) -> dict[str, float]:
 def create_app(model: str | None = None, backend: str = "auto", device: str | None = None,
                parser: str | None = None, examples: str | None = None, cache_examples: bool = True,
                max_upload_bytes: int | None = None, max_queue: int = 32, concurrency: int | None = None,
-               exporter: Exporter | None = None, browser: str = "auto") -> gr.Blocks:
+               exporter: Exporter | None = None, browser: str = "auto", dtype: str | None = None) -> gr.Blocks:
     """The whole demo, loaded once and queued: ``max_queue`` requests wait at most, ``concurrency``
     run at once (default: 1 on CPU, 4 on GPU). ``browser``: ``auto`` lets the page run generate and
     re-roll itself where it can (the model's fp32 ONNX graphs, served by the routes of
     :func:`app_kwargs`), ``off`` keeps everything on the server. Raises ``ValueError`` for a model or
-    parser that cannot be loaded."""
-    pipe, banner = load_pipeline(model, backend, device, exporter)
+    parser that cannot be loaded. ``dtype``: see :func:`resolve_dtype`."""
+    pipe, banner = load_pipeline(model, backend, device, exporter, dtype)
     human_parser, parser_note = load_parser(parser, device)
     try:
         refs = load_references(examples, class_names=pipe.config.class_names)

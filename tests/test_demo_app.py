@@ -462,6 +462,7 @@ def test_browser_brush_seed_and_layout(server, tmp_path):
 
 def test_app_options_from_env(monkeypatch):
     import app
+    from demo import launch
 
     monkeypatch.setenv("SMIS_MODEL", "some/repo")
     monkeypatch.setenv("SMIS_BACKEND", "onnx")
@@ -474,7 +475,14 @@ def test_app_options_from_env(monkeypatch):
     assert app.parse_args(["--port", "7860"]).host == "0.0.0.0"
     with pytest.raises(SystemExit):
         app.parse_args(["--port", "0"])
-    assert app._parse_size("10mb") == 10 * 2**20 and app._parse_size("512kb") == 512 * 2**10
+    assert launch.parse_size("10mb") == 10 * 2**20 and launch.parse_size("512kb") == 512 * 2**10
+    # --dtype: auto is float32 on a CPU for PyTorch, left to the ONNX backend's graphs; bf16 where it is
+    # not native is kept with a warning (smis.precision), on every backend an explicit name is passed on.
+    monkeypatch.setenv("SMIS_DTYPE", "bfloat16")
+    assert app.parse_args([]).dtype == "bfloat16"
+    assert launch.resolve_dtype("auto", "torch", "cpu") == "float32"
+    assert launch.resolve_dtype(None, "onnx", "cpu") is None
+    assert launch.resolve_dtype("float16", "onnx", None) == "float16"
 
 
 def test_app_fallback_is_untrained_and_labelled(monkeypatch, tmp_path):

@@ -15,7 +15,8 @@ Modes (``--modes``, comma-separated; the defaults depend on the device) are the 
 each with its precision and a line on what it runs (listed by ``--help``).
 
 ``--train-step`` adds a training-step measurement (generator + encoder forward/backward with an
-L1 + KL loss and an Adam step; no discriminator or VGG) for fp32 and bf16 autocast.
+L1 + KL loss and an Adam step; no discriminator or VGG) for what ``--amp auto`` picks on this device
+(:func:`smis.precision.choose_amp`, with its reason), fp32 and bf16 autocast.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from smis.config import PRESETS, SMISConfig, get_config
 from smis.functional import kl_divergence, reparameterize
 from smis.model import GroupDNet
 from smis.onnx_format import graph_file_name
+from smis.precision import choose_amp
 
 from .flops import encoder_gflop, generator_gflop, render_gflop
 from .onnx import export_model, inference_copy, random_inputs, random_model
@@ -466,8 +468,10 @@ def train_step_bench(model: GroupDNet, device: torch.device, batches: list[int],
     config = model.config
     net = _owned_copy(model).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.0, 0.9))
-    out = []
-    for precision, autocast in (("fp32", None), ("bf16", torch.bfloat16)):
+    amp, why = choose_amp("auto", device)
+    out: list[dict] = []
+    auto_row = (f"auto -> {'bf16' if amp == 'bf16' else 'fp32'}", torch.bfloat16 if amp == "bf16" else None)
+    for precision, autocast in (auto_row, ("fp32", None), ("bf16", torch.bfloat16)):
         for batch in batches:
             inp = random_inputs(config, batch, seed=1)
             labels = torch.from_numpy(inp["labels"][:, 0]).to(device)
@@ -495,7 +499,8 @@ def train_step_bench(model: GroupDNet, device: torch.device, batches: list[int],
                 step()
                 ts.append(time.perf_counter() - t)
             p50 = float(np.median(ts))
-            out.append({"precision": precision, "batch": batch, "p50_ms": 1e3 * p50, "images_per_s": batch / p50})
+            out.append({"precision": precision, "batch": batch, "p50_ms": 1e3 * p50, "images_per_s": batch / p50,
+                        **({"why": why} if precision.startswith("auto") else {})})
     return out
 
 
@@ -529,6 +534,9 @@ def markdown(result: dict) -> str:
     if result.get("train_step"):
         lines += ["", "Training step (G + E forward/backward + Adam; no D, no VGG):", "",
                   "| precision | batch | ms/step | img/s |", "|---|---:|---:|---:|"]
+        why = next((t["why"] for t in result["train_step"] if "why" in t), None)
+        if why:
+            lines[-3] = f"Training step (G + E forward/backward + Adam; no D, no VGG); {why}:"
         for t in result["train_step"]:
             if "error" in t:
                 lines.append(f"| {t['precision']} | {t['batch']} | failed: {t['error']} | |")

@@ -482,6 +482,22 @@ def test_bench_smoke(demo_model, tmp_path):
     assert "Re-roll on an unchanged mask" in fastest_line(result)
 
 
+def test_bench_train_step_shows_what_amp_auto_picks(demo_model):
+    from export.bench import markdown, run_bench, train_step_bench
+    from smis.precision import choose_amp
+
+    rows = train_step_bench(demo_model, torch.device("cpu"), [1], repeats=1)
+    torch.set_num_threads(1)
+    picked = "bf16" if choose_amp("auto", "cpu")[0] == "bf16" else "fp32"
+    assert [r["precision"] for r in rows] == [f"auto -> {picked}", "fp32", "bf16"]
+    assert all(r["p50_ms"] > 0 for r in rows) and rows[0]["why"].startswith("--amp auto:")
+    result = run_bench(demo_model, torch.device("cpu"), ["torch-eager"], [1], repeats=1, warmup=0, threads=1,
+                       peak_tflops=0.1)
+    torch.set_num_threads(1)
+    table = markdown({**result, "train_step": rows})
+    assert f"| auto -> {picked} | 1 |" in table and "; --amp auto: " in table
+
+
 @pytest.mark.skipif(not (BUNDLED_MODEL_DIR / "config.json").is_file(), reason="bundled model not trained yet")
 def test_bundled_model_parity(tmp_path):
     model = GroupDNet.from_pretrained(BUNDLED_MODEL_DIR)

@@ -57,7 +57,7 @@ PREFIX = "/smis"
 BROWSER_GRAPHS = ("generator_maps", "generator_render", "generator")
 #: The server button each browser job stands in for (the page falls back to it).
 SERVER_BUTTONS = {"generate": "generate", "reroll": "reroll", "reroll_unlocked": "reroll-unlocked",
-                  "mask_edit": "apply-mask-edit", "live": ""}
+                  "mask_edit": "apply-mask-edit", "live": "", "morph": ""}
 MEDIA_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
                ".onnx": "application/octet-stream", ".json": "application/json", ".md": "text/markdown",
                ".css": "text/css"}
@@ -304,6 +304,22 @@ class BrowserJobs:
             codes, seed = self.h.pipe.sample_codes(self.h.parse_seed(seed, randomize))
         return self.h.canvas.colorize(labels), self._job("live", labels, codes, seed)
 
+    @event(model=True)
+    def morph_ends(self, result_file: Any, source_a: str, source_b: str, strip: Any, photo: Any = None,
+                   mask: Any = None) -> str:
+        """The browser morph's ends: the current mask and the codes of A and B (a reference or your photo
+        is encoded here, on the server: the page runs only the generator). Returns the job: the mask,
+        ``a`` and ``b`` (codes as :meth:`ClassCodes.to_dict`)."""
+        if not source_a or not source_b:
+            raise UserError("Choose both ends of the morph (A and B).")
+        current = self.h.files.load(result_file)
+        a, b = (self.h._source(s, current, strip, photo, mask).codes() for s in (source_a, source_b))
+        if a == b:
+            gr.Warning("A and B have the same codes, so every frame is the same; choose two different states.")
+        return json.dumps({"op": "morph", "height": int(current.labels.shape[0]),
+                           "width": int(current.labels.shape[1]), "labels": _labels_b64(current.labels),
+                           "a": a.to_dict(), "b": b.to_dict()})
+
     # -- the page's image back -------------------------------------------------------------------
     def read_rendered(self, rendered: str) -> tuple[SMISResult, dict]:
         """The page's answer -> the result it describes (checked: the model's size, classes and codes)."""
@@ -315,9 +331,11 @@ class BrowserJobs:
             png = base64.b64decode(d["image"], validate=True)
             codes = ClassCodes.from_dict(d["codes"])
             ms = float(d["ms"])
+            t = float(d.get("t", 0.0))
         except (KeyError, TypeError, ValueError, binascii.Error) as err:
             raise UserError(f"The browser's result is damaged ({err}); generate again.") from err
-        if op not in SERVER_BUTTONS or not (seed is None or (isinstance(seed, int) and 0 <= seed <= MAX_SEED)):
+        if op not in SERVER_BUTTONS or not (seed is None or (isinstance(seed, int) and 0 <= seed <= MAX_SEED)) \
+                or not 0.0 <= t <= 1.0:
             raise UserError("The browser's result names an unknown step; generate again.")
         if raw.size != cfg.height * cfg.width or int(raw.max(initial=0)) >= cfg.num_classes:
             raise UserError(f"The browser's mask is not a {cfg.height}x{cfg.width} map of this model's classes.")
@@ -331,7 +349,7 @@ class BrowserJobs:
                             f"{cfg.width}x{cfg.height}; generate again.")
         labels = raw.reshape(cfg.height, cfg.width).astype(np.int64)
         result = SMISResult(image.convert("RGB"), labels, codes, seed, cfg.name)
-        return result, {"op": op, "classes": classes, "ms": ms, "threads": d.get("threads")}
+        return result, {"op": op, "classes": classes, "ms": ms, "threads": d.get("threads"), "t": t}
 
     @event
     def finish(self, rendered: str, strip: Any, chosen: str | None = None,
@@ -359,6 +377,8 @@ class BrowserJobs:
             note = self.h.weak_code_note(name)
             if note:
                 gr.Info(note)
+        elif op == "morph":
+            caption, label = f"morph frame · t = {info['t']:.2f}", "morph frame"
         elif op == "reroll_unlocked":
             caption, label = f"re-roll unlocked · seed {seed}", "re-roll unlocked"
         else:

@@ -189,6 +189,17 @@ class MorphTab(NamedTuple):
     gif: gr.File
     keep: gr.Button
     gallery: gr.Gallery
+    browser: BrowserMorph | None
+
+
+class BrowserMorph(NamedTuple):
+    """Morphing in the browser: its ends loaded once, then every position of the slider rendered as you drag."""
+
+    load: gr.Button
+    t: gr.Slider
+    job: gr.Textbox
+    keep: gr.Button
+    rendered: gr.Textbox
 
 
 class BrowserSwitch(NamedTuple):
@@ -266,7 +277,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         _examples(h, canvas, gen, reroll, status, cache_examples)
         with gr.Tabs(elem_id="features"):  # features below the fold
             mix = _mix_tab(h)
-            morph = _morph_tab(h)
+            morph = _morph_tab(h, browser)
             _manipulate_tab()
             with gr.Tab("About", id="about"):
                 gr.Markdown(about_markdown(h))
@@ -280,6 +291,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         _wire_mix(h, gen, reroll, mix, shared)
         _wire_morph(h, gen, reroll, mix, morph, shared)
         _wire_browser(demo, h, switch, canvas, gen, reroll, shared, browser)
+        _wire_browser_morph(h, gen, reroll, mix, morph, shared)
 
     demo.handlers = h  # for tests and scripts
     return demo
@@ -443,7 +455,7 @@ def _mix_tab(h: DemoHandlers) -> MixTab:
     return MixTab(user_photo, user_mask, user_preview, all_sources, set_all, sources, mix, preview)
 
 
-def _morph_tab(h: DemoHandlers) -> MorphTab:
+def _morph_tab(h: DemoHandlers, browser: BrowserModel | None) -> MorphTab:
     with gr.Tab("Style morphing", id="morph"):
         gr.Markdown("Interpolate every class's code from A to B on the current mask. A and B can be "
                     "two states of your own result (see the variant strip), references, or your photo.")
@@ -465,7 +477,27 @@ def _morph_tab(h: DemoHandlers) -> MorphTab:
                 keep = gr.Button("Use this frame as the current result", elem_id="keep-frame")
         gallery = gr.Gallery(label="Frames", columns=8, height=160, allow_preview=False,
                              format="png", interactive=False, elem_id="morph-frames-strip")
-    return MorphTab(a, b, frames, morph, frame, scrub, gif, keep, gallery)
+        in_browser = _browser_morph(h) if browser is not None and browser.available else None
+    return MorphTab(a, b, frames, morph, frame, scrub, gif, keep, gallery, in_browser)
+
+
+def _browser_morph(h: DemoHandlers) -> BrowserMorph:
+    """Drag to morph: the page renders A -> B at the slider's position (the page script draws the canvas)."""
+    cfg, k = h.config, h.files.display_scale
+    with gr.Group(elem_id="browser-morph-group"):
+        gr.Markdown("**Drag to morph, in your browser** — load A and B, then every position of the slider is "
+                    "rendered here as you drag (when the page runs the model; see the switch at the top).")
+        with gr.Row(equal_height=False):
+            with gr.Column():
+                load = gr.Button("Load A and B into the browser", elem_id="browser-morph-load")
+                t = gr.Slider(0, 1, value=0, step=0.01, label="A → B", elem_id="browser-morph-t")
+                keep = gr.Button("Use this frame as the current result", elem_id="browser-morph-keep")
+            gr.HTML(f'<canvas id="browser-morph-canvas" width="{cfg.width}" height="{cfg.height}" '
+                    f'style="width:{cfg.width * k}px;max-width:100%;image-rendering:pixelated;'
+                    'background:#eee"></canvas>', elem_id="browser-morph-view")
+        job = gr.Textbox(visible="hidden", elem_id="browser-morph-job")
+        rendered = gr.Textbox(visible="hidden", elem_id="browser-morph-rendered")
+    return BrowserMorph(load, t, job, keep, rendered)
 
 
 def _manipulate_tab() -> None:
@@ -613,6 +645,21 @@ def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: Ca
                             [canvas.label_map, b.live_job], **PRIVATE)
     live.failure(None, None, None, **live_done)
     rendered_and_saved(live, b.live_job, b.live_rendered).then(None, None, None, **live_done)
+
+
+def _wire_browser_morph(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mix: MixTab, morph: MorphTab,
+                        s: Shared) -> None:
+    """Load the ends (the server encodes a reference or your photo, nothing else), then the page renders."""
+    m = morph.browser
+    if m is None:
+        return
+    jobs = BrowserJobs(h)
+    m.load.click(jobs.morph_ends, [gen.file, morph.a, morph.b, reroll.strip, mix.user_photo, mix.user_mask], m.job,
+                 api_visibility="private", **s.model).success(
+        None, m.job, None, js="(job) => { window.smisBrowser?.loadMorph(job); return []; }", **PRIVATE)
+    m.keep.click(None, None, m.rendered, js="() => window.smisBrowser ? window.smisBrowser.morphFrame() : ''",
+                 **PRIVATE).success(jobs.finish, [m.rendered, reroll.strip, reroll.reroll_class, reroll.locked],
+                                    s.result_outputs, **PRIVATE)
 
 
 def about_markdown(h: DemoHandlers) -> str:

@@ -158,6 +158,8 @@ def test_jobs_run_no_model_and_their_results_match_the_server_path(tiny_model_di
     assert not isinstance(live[2], list)  # the strip is left as it was
     _, job = jobs.live(editor, None, 5, False)
     assert ClassCodes.from_dict(json.loads(job)["codes"]) == pipe.sample_codes(5)[0]
+    ends = json.loads(jobs.morph_ends(path2, "current", "strip:0", strip))  # the drag-to-morph ends
+    assert ClassCodes.from_dict(ends["a"]) == second.codes and ClassCodes.from_dict(ends["b"]) == first.codes
     assert counter.calls == calls  # no model call on the server for any job
 
     # refusals: a locked class, a damaged or foreign answer; an empty answer changes nothing
@@ -327,8 +329,8 @@ def max_pixel_difference(pipe, result: SMISResult) -> int:
 @pytest.mark.browser
 @no_chromium
 def test_browser_generates_and_rerolls_in_the_page(app):
-    """Paint a stroke, Generate, Re-roll that class, paint live: the page runs the model, the server runs
-    none; the PNGs carry the mask and the seed's codes, and the image equals the server's within the
+    """Paint a stroke, Generate, Re-roll that class, paint live, drag a morph: the page runs the model, the
+    server runs none; the PNGs carry the mask and the seed's codes, and the image equals the server's within the
     tolerance. With the switch off the same click runs on the server as before."""
     sync_api = pytest.importorskip("playwright.sync_api")
     counter, pipe = app["counter"], app["demo"].handlers.pipe
@@ -358,7 +360,6 @@ def test_browser_generates_and_rerolls_in_the_page(app):
             page.locator("#browser-live input").check()
             stroke(page, 0.3)
             sync_api.expect(link).to_have_attribute("download", re.compile("live"), timeout=60_000)
-            live = link.get_attribute("href")
             # a burst of strokes: one job runs, one waits for the newest canvas, nothing queues up
             done = page.evaluate("window.smisBrowser.lives")
             page.evaluate("for (let i = 0; i < 5; i++) window.smisBrowser.strokeEnded()")
@@ -369,6 +370,25 @@ def test_browser_generates_and_rerolls_in_the_page(app):
             page.locator("#browser-live input").uncheck()
             sync_api.expect(page.locator("#strip .caption-label")).to_have_count(2)
             assert counter.calls == before, "the server ran the model for live painting"
+            live = link.get_attribute("href")
+
+            # drag to morph: A = the current (live) result, B = variant #1; the page renders each position
+            page.get_by_role("tab", name="Style morphing").click()
+            page.locator("#morph-b input").click()  # (a reference would be encoded on the server)
+            page.get_by_role("option", name=re.compile("^#1 generate")).click()
+            page.click("#browser-morph-load")
+            page.wait_for_function("window.smisBrowser.morphFrames >= 1 && !window.smisBrowser.morphBusy",
+                                   timeout=60_000)
+            page.locator("#browser-morph-t input[type=range]").evaluate(
+                "(el) => { for (const v of [0.1, 0.25, 0.5]) { el.value = v;"
+                " el.dispatchEvent(new Event('input', {bubbles: true})); } }")
+            page.wait_for_function("window.smisBrowser.morph.t === 0.5 && !window.smisBrowser.morphBusy",
+                                   timeout=60_000)
+            assert 3 <= page.evaluate("window.smisBrowser.morphFrames") <= 4  # 0.25 may be skipped, never queued
+            page.click("#browser-morph-keep")
+            sync_api.expect(link).to_have_attribute("download", re.compile("morph"), timeout=60_000)
+            kept = link.get_attribute("href")
+            assert counter.calls == before, "the server ran the model for the morph"
 
             page.locator("#browser-run input").uncheck()  # the server path, as before
             sync_api.expect(page.locator("#browser-note-text")).to_have_attribute("data-state", "server")
@@ -389,7 +409,9 @@ def test_browser_generates_and_rerolls_in_the_page(app):
     assert changed == [SHOES] and np.array_equal(first.labels, second.labels)
     assert max_pixel_difference(pipe, first) <= PIXEL_TOLERANCE
     assert max_pixel_difference(pipe, second) <= PIXEL_TOLERANCE
-    painted = download(live)
+    painted, frame = download(live), download(kept)
+    assert frame.codes == painted.codes.lerp(first.codes, 0.5)  # bit for bit: ClassCodes.lerp's float32 steps
+    assert np.array_equal(frame.labels, painted.labels) and max_pixel_difference(pipe, frame) <= PIXEL_TOLERANCE
     assert painted.codes == second.codes and (painted.labels == SHOES).sum() > (first.labels == SHOES).sum()
     assert max_pixel_difference(pipe, painted) <= PIXEL_TOLERANCE
     assert np.array_equal(download(server_made).labels, painted.labels)
@@ -416,6 +438,9 @@ def test_browser_falls_back_to_the_server_when_the_runtime_cannot_load(app):
                 note = page.locator("#browser-note-text").text_content()
                 assert "did not load" in note and "runs on the server" in note, (name, note)
                 assert not page.locator("#browser-run input").is_checked()
+                if name == "corrupt":  # the same server path as for the missing one
+                    page.close()
+                    continue
                 before = counter.calls
                 link = page.locator("#result-file a[href]").first
                 page.click("#generate")

@@ -11,9 +11,13 @@
 // clicks #browser-live-run (the canvas with the current result's codes, rendered here). One live job
 // runs at a time; strokes made meanwhile leave one pending job that reads the canvas when it starts,
 // so the newest stroke wins and nothing queues up.
+//
+// Drag to morph (Style morphing tab): "Load A and B" hands the page the mask and both ends' codes;
+// every position of the slider is then rendered here (the render graph alone: the mask is kept) and
+// drawn on #browser-morph-canvas, the newest position winning while a frame renders.
 
 import { ModelRuntime, missingFeature } from './runtime.js';
-import { jobCodes, jobLabels, rgbToPngBase64 } from './tensors.js';
+import { codesToDict, jobCodes, jobLabels, lerpCodes, rgbToPngBase64 } from './tensors.js';
 
 /** Server button -> the hidden button of its browser job. */
 const BROWSER_BUTTONS = {
@@ -39,6 +43,10 @@ class BrowserInference {
     this.liveBusy = false;
     this.livePending = false;
     this.liveTimer = null;
+    this.morph = null;  // { labels, a, b, t, rgb, job } once A and B are loaded
+    this.morphBusy = false;
+    this.morphNext = null;
+    this.morphFrames = 0;
   }
 
   async start() {
@@ -46,6 +54,9 @@ class BrowserInference {
     document.addEventListener('click', (event) => this.intercept(event), true);
     document.addEventListener('change', (event) => {
       if (event.target.closest && event.target.closest('#browser-run')) this.show();
+    }, true);
+    document.addEventListener('input', (event) => {
+      if (event.target.closest && event.target.closest('#browser-morph-t')) this.morphTo(Number(event.target.value));
     }, true);
     document.addEventListener('pointerdown', (event) => {
       this.drawing = Boolean(event.target.closest && event.target.closest(CANVAS_EDITS));
@@ -181,6 +192,68 @@ class BrowserInference {
     }
   }
 }
+
+Object.assign(BrowserInference.prototype, {
+  /** The morph's ends (a job from the server: mask, codes a and b); renders the slider's position. */
+  async loadMorph(jobText) {
+    if (!jobText || this.state !== 'ready') return;
+    const job = JSON.parse(jobText);
+    const model = this.runtime.model;
+    this.morph = { job, labels: jobLabels(job, model), a: jobCodes({ codes: job.a }, model),
+      b: jobCodes({ codes: job.b }, model), t: null, rgb: null };
+    const slider = document.querySelector('#browser-morph-t input[type=range]');
+    await this.morphTo(slider ? Number(slider.value) : 0);
+  },
+
+  /** Render the frame at ``t`` (0: A, 1: B); while one renders, only the newest position waits. */
+  async morphTo(t) {
+    if (!this.morph || !(t >= 0 && t <= 1)) return;
+    if (this.morphBusy) {
+      this.morphNext = t;
+      return;
+    }
+    this.morphBusy = true;
+    try {
+      for (let next = t; next !== null; next = this.morphNext, this.morphNext = null) {
+        const codes = lerpCodes(this.morph.a, this.morph.b, next);
+        const t0 = performance.now();
+        const rgb = await this.runtime.run(this.morph.labels, codes);
+        Object.assign(this.morph, { t: next, codes, rgb, ms: performance.now() - t0 });
+        this.drawMorph(rgb);
+        this.morphFrames += 1;
+      }
+    } catch (err) {
+      this.off(`running the model failed here (${String(err.message || err).slice(0, 200)})`);
+    } finally {
+      this.morphBusy = false;
+    }
+  },
+
+  drawMorph(rgb) {
+    const canvas = document.getElementById('browser-morph-canvas');
+    if (!canvas) return;
+    const { height, width } = this.runtime.model;
+    const rgba = new Uint8ClampedArray(height * width * 4);
+    for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
+      rgba[j] = rgb[i];
+      rgba[j + 1] = rgb[i + 1];
+      rgba[j + 2] = rgb[i + 2];
+      rgba[j + 3] = 255;
+    }
+    canvas.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
+  },
+
+  /** The frame on show as a rendered answer (its codes and PNG) for the server to keep, or "". */
+  async morphFrame() {
+    const m = this.morph;
+    if (!m || !m.rgb) return '';
+    while (this.morphBusy) await new Promise((resolve) => setTimeout(resolve, 20));
+    const { height, width } = this.runtime.model;
+    const image = await rgbToPngBase64(m.rgb, height, width);
+    return JSON.stringify({ op: 'morph', seed: null, classes: [], height, width, labels: m.job.labels, t: m.t,
+      codes: codesToDict(m.codes, m.job.a), image, ms: m.ms, threads: this.runtime.threads });
+  },
+});
 
 /** Start once per page; ``infoUrl`` is the app's /smis/model.json. */
 export function start(infoUrl) {

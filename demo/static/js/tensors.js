@@ -57,3 +57,21 @@ export async function rgbToPngBase64(rgb, height, width) {
     : await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
   return toBase64(new Uint8Array(await blob.arrayBuffer()));
 }
+
+/** (1 - t) * a + t * b in float32 steps, as ``ClassCodes.lerp`` computes it with numpy (so the codes of a
+ * kept frame are the server's for that t, bit for bit). */
+export function lerpCodes(a, b, t) {
+  const s = Math.fround(1 - t), u = Math.fround(t);
+  const out = new Float32Array(a.length);
+  for (let i = 0; i < a.length; i++) out[i] = Math.fround(s * a[i]) + Math.fround(u * b[i]);
+  return out;
+}
+
+/** Float32 codes -> ``ClassCodes.to_dict()`` (shape and class names from ``like``, a dict of the same model). */
+export function codesToDict(codes, like) {
+  const bytes = new Uint8Array(codes.length * 4);
+  const view = new DataView(bytes.buffer);
+  for (let i = 0; i < codes.length; i++) view.setFloat32(4 * i, codes[i], true);
+  return { format: 'smis-codes/1', shape: like.shape, class_names: like.class_names,
+    float32_le_base64: toBase64(bytes) };
+}

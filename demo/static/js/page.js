@@ -147,8 +147,8 @@ class BrowserInference {
       text = `⏳ Loading the model into your browser${this.version ? ` (${runtime})` : ''}… until then the server runs it.`;
     } else if (this.wanted()) {
       const threads = this.runtime.threads;
-      text = `✅ Generate, re-roll and live painting run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
-        + 'the server reads your canvas, makes the codes and keeps the PNG. Mixing, morphing and photos run on the server.';
+      text = `✅ Generate, re-roll, live painting and drag-to-morph run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
+        + 'the server reads your canvas, makes the codes and keeps the PNG. Mixing and photos run on the server.';
     } else {
       state = 'server';
       text = 'Everything runs on the server (tick the box to run generate and re-roll in your browser).';

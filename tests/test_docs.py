@@ -138,6 +138,13 @@ RUN: dict[str, list[Run]] = {
             "--outdir runs/demo", append=f"--tiny --d-ndf 16 {TINY_TRAIN}", check=_status("runs/demo"), process=True),
         Run("python -m train --preset ccp-cpu --data .data/my-photos --init-from smis/assets/ccp-demo --epochs 20 "
             "--outdir runs/mine --resume auto", append=TINY_TRAIN, check=_status("runs/mine"), process=True),
+        Run("python -m train --preset ccp-cpu --data .data/ccp192 --batch-size 8 --epochs 12 --decay-fraction 0.5 "
+            "--vgg partial --channels-last true --reuse-fake --kl-free-bits 6 --kl-per-image true --lambda-rec 10 "
+            "--lambda-latent 5 --lambda-mode-seek 5 --mode-seek-target 0.1 --mode-seek-images 4 --augment false "
+            "--init-from smis/assets/ccp-demo --init-step 0 --outdir runs/ccp-cpu-next --resume auto --log-every 25 "
+            "--sample-every 100 --ckpt-minutes 10 --keep 20 --max-minutes 120 --no-tensorboard --no-progress "
+            "--device cpu", append="--steps 1 --batch-size 2 --workers 0 --sample-every 0",
+            check=_status("runs/ccp-cpu-next"), process=True),
         Run("python -m train.monitor --model smis/assets/ccp-demo --data .data/ccp192 --images 24",
             append="--images 2"),
         Run("python -m train.evaluate --model runs/demo/snapshots/model-00005000 --data .gpu/ccp384 --format generic "

@@ -10,6 +10,7 @@ Options (command line, or the environment variable in brackets):
     --dtype    [SMIS_DTYPE]    auto | float32 | bfloat16 | float16 (auto: float32 on a CPU, bf16 on a GPU with it)
     --parser   [SMIS_PARSER]   human-parser folder or Hub repo id for "Start from a photo"
                                (default: the bundled smis/assets/ccp-parser; "none" turns it off)
+    [SMIS_REFINE_STEPS]        gradient steps that fit a visitor's photo's codes to its colours (default 20; 0: off)
     --browser  [SMIS_BROWSER]  auto | off: the page runs generate and re-roll itself where it can (default auto)
     --host     [GRADIO_SERVER_NAME]  default 0.0.0.0 on a Space, else 127.0.0.1
     --port     [GRADIO_SERVER_PORT]  default 7860

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +46,10 @@ logger = logging.getLogger(__name__)
 MAX_SEED = 2**31 - 1
 #: Mask states kept for "Undo fill / upload".
 MAX_HISTORY = 20
+#: Gradient steps that fit a visitor's photo's codes so its re-synthesis keeps the photo's colours
+#: (:meth:`smis.SMISPipeline.encode` ``refine``; CCP val, bundled model: colour error 16.6 -> 6.0 at 20
+#: steps, ~2-3 s on 2 CPU cores). ``$SMIS_REFINE_STEPS`` overrides it (0: the encoder's means only).
+REFINE_STEPS = 20
 MORPH_MIN_FRAMES, MORPH_MAX_FRAMES = 2, 48
 #: Said wherever a mask would be predicted but no human parser is loaded.
 NO_PARSER = "the human parser that predicts a photo's mask is not bundled yet"
@@ -128,11 +133,12 @@ class DemoHandlers:
     def __init__(self, pipeline: SMISPipeline, references: Iterable[Reference] = (),
                  workdir: str | Path | None = None, max_upload_bytes: int = MAX_UPLOAD_BYTES,
                  parser: Any = None, parser_note: str | None = None,
-                 class_control: Mapping[str, float] | None = None):
+                 class_control: Mapping[str, float] | None = None, refine_steps: int | None = None):
         """``parser``: a :class:`smis.parsing.HumanParser` for "Start from a photo" and photos without
         a mask (``None``: the UI says masks cannot be predicted, ``parser_note`` why);
         ``class_control``: per class, how much its re-roll changes its own region against the rest, as
-        measured on val (:func:`smis.hub.measured_class_control`); a re-roll of a weak class says so."""
+        measured on val (:func:`smis.hub.measured_class_control`); a re-roll of a weak class says so;
+        ``refine_steps``: see :data:`REFINE_STEPS` (default: ``$SMIS_REFINE_STEPS`` or that)."""
         self.pipe = pipeline
         self.config = pipeline.config
         self.class_names: tuple[str, ...] = tuple(self.config.class_names)
@@ -147,6 +153,8 @@ class DemoHandlers:
         self.files = ResultFiles(pipeline, workdir, max_upload_bytes)
         self.references = ReferenceLibrary(pipeline, references)
         self.class_control = {n: float(r) for n, r in (class_control or {}).items() if n in self.class_names}
+        self.refine_steps = int(os.environ.get("SMIS_REFINE_STEPS", REFINE_STEPS)) if refine_steps is None \
+            else int(refine_steps)
 
     def weak_code_note(self, name: str) -> str:
         """A note when ``name``'s code was measured to change its region little ("" otherwise)."""
@@ -434,7 +442,7 @@ class DemoHandlers:
 
     def _resynthesise(self, rgb: np.ndarray, labels: np.ndarray) -> tuple[SMISResult, float]:
         t0 = time.perf_counter()
-        result = self.pipe.generate(labels, codes=self.pipe.encode(rgb, labels))
+        result = self.pipe.generate(labels, codes=self.pipe.encode(rgb, labels, refine=self.refine_steps))
         return result, time.perf_counter() - t0
 
     @event(model=True)
@@ -555,7 +563,8 @@ class DemoHandlers:
             return Source(f"example {arg}", present, lambda: self.references.codes(arg))
         if source == "user":
             rgb, labels = self._user_reference(photo, mask)
-            return Source("your photo", self.present(labels), lambda: self.pipe.encode(rgb, labels))
+            return Source("your photo", self.present(labels),
+                          lambda: self.pipe.encode(rgb, labels, refine=self.refine_steps))
         raise UserError(f"Unknown source {source!r}; choose one from the list.")
 
     @event

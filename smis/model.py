@@ -45,6 +45,44 @@ class GroupDNet(nn.Module):
     def encode(self, image: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.encoder(image, one_hot(labels, self.config.num_classes, image.dtype))
 
+    def fit_codes(self, image: torch.Tensor, labels: torch.Tensor, z: torch.Tensor, steps: int = 20,
+                  lr: float = 0.05) -> torch.Tensor:
+        """Refine codes ``z`` (the encoder's means, usually) so that the generator gives ``image``'s own
+        appearance back: ``steps`` Adam steps on z alone (the weights stay frozen) against each class's
+        mean colour inside its region plus half the pixel L1.
+
+        Why: the encoder's means are shrunk towards the prior by the KL term, so a photo re-synthesised
+        from them drifts towards average colours (an orange top comes back brown); the generator itself
+        can draw the photo's colours when given the right codes. Measured on CCP val with the bundled
+        model: the per-class colour error falls from 16.6 to about 5 in 20 steps (model card).
+        ``image`` (N, 3, H, W) in [-1, 1], ``labels`` (N, H, W) class ids, ``z`` like ``encode``'s mu.
+        """
+        if steps <= 0:
+            return z
+        onehot = one_hot(labels, self.config.num_classes, torch.float32)
+        area = onehot.sum((2, 3)).clamp_min(1.0)[..., None]  # (N, C, 1)
+        target = image.float()
+        target_means = torch.einsum("nchw,nkhw->nck", onehot, target) / area
+        present = (onehot.sum((2, 3)) > 0).float()[..., None]
+        z = z.detach().float().clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=lr)
+        needs = [p.requires_grad for p in self.parameters()]
+        self.requires_grad_(False)
+        try:
+            with torch.enable_grad():
+                for _ in range(int(steps)):
+                    fake = self(z, labels).float()
+                    means = torch.einsum("nchw,nkhw->nck", onehot, fake) / area
+                    colour = ((means - target_means).abs() * present).sum() / (3 * present.sum()).clamp_min(1.0)
+                    loss = colour + 0.5 * (fake - target).abs().mean()
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+        finally:
+            for p, r in zip(self.parameters(), needs):
+                p.requires_grad_(r)
+        return z.detach()
+
     # -- persistence ---------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike, dtype: torch.dtype | None = None,
                         max_shard_bytes: int | None = None,

@@ -28,6 +28,7 @@ from .codes import ClassCodes
 from .config import SMISConfig
 from .functional import to_uint8
 from .labels import ids_to_color, letterbox_labels, letterbox_photo, load_mask, load_photo, resize_labels
+from .model import GroupDNet, bake_spectral_norm
 
 logger = logging.getLogger(__name__)
 
@@ -201,9 +202,12 @@ class SMISPipeline:
         labels = self.prepare_mask(mask)
         return SMISResult(self.render(labels, [new])[0], labels, new, seed, self.config.name)
 
-    def encode(self, photo: object, mask: object) -> ClassCodes:
+    def encode(self, photo: object, mask: object, refine: int = 0) -> ClassCodes:
         """Per-class codes (the encoder's mean maps) of a real photo and its mask (same size; both
-        letterboxed to the model, the bands counted as background)."""
+        letterboxed to the model, the bands counted as background). ``refine``: that many gradient
+        steps on the codes so the re-synthesis keeps the photo's colours (:meth:`GroupDNet.fit_codes`;
+        about 0.1 s a step at 192x128 on 2 CPU cores; needs the model's PyTorch weights, loaded once
+        beside an ONNX backend)."""
         arr = load_photo(photo)
         ids = load_mask(mask, self.config.num_classes, self.config.palette)
         if arr.shape[:2] != ids.shape:
@@ -214,7 +218,26 @@ class SMISPipeline:
         labels = letterbox_labels(ids, self.config.height, self.config.width)  # the same box as the photo
         x = photo_arr.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
         mu, _ = self.backend.encode(x, labels[None])
+        if refine:
+            if not 0 < int(refine) <= 500:
+                raise ValueError(f"refine must be between 0 and 500 steps, got {refine}")
+            model = self._gradient_model()
+            dev = next(model.parameters()).device
+            mu = model.fit_codes(torch.from_numpy(x).to(dev), torch.from_numpy(labels[None]).long().to(dev),
+                                 torch.from_numpy(np.asarray(mu, np.float32)).to(dev), steps=int(refine)).cpu().numpy()
         return ClassCodes.from_latent(mu, self.class_names)
+
+    def _gradient_model(self) -> GroupDNet:
+        """A float32 PyTorch GroupDNet of this pipeline's weights (the backend's own when it is one)."""
+        model = getattr(self.backend, "model", None)
+        if isinstance(model, GroupDNet) and next(model.parameters()).dtype == torch.float32:
+            return model
+        if getattr(self, "_fit_model", None) is None:
+            if self.model_dir is None:
+                raise ValueError("refining codes needs the model's PyTorch weights (a model folder); "
+                                 "use backend='torch' or a model folder with model.safetensors")
+            self._fit_model = bake_spectral_norm(GroupDNet.from_pretrained(self.model_dir))
+        return self._fit_model
 
     def mix(self, sources: Mapping[ClassRef, ClassCodes], base: ClassCodes | None = None,
             seed: int | None = None) -> ClassCodes:

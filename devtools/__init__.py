@@ -5,4 +5,5 @@
     python -m devtools.screenshots      the screenshots in docs/screenshots/ (headless Chromium)
     python -m devtools.browser_bench    in-browser (onnxruntime-web) vs server (ONNX Runtime) inference
     python -m devtools.vendor_ort_web   refresh the vendored onnxruntime-web files from npm
+    python -m devtools.person_check     the full-body check on whole and cropped CCP photos (calibration)
 """

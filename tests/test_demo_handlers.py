@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from demo.handlers import DemoHandlers
+from demo.handlers import REFINE_STEPS, DemoHandlers
 from demo.references import DEFAULT_EXAMPLES_DIR, load_references, starter_masks
 from demo.results import MAX_STRIP
 from demo.uploads import MASK, check_file
@@ -358,7 +358,7 @@ def test_mix_takes_each_class_from_its_source(h, pipe, first, examples_dir):
     out = h.mix(first[3], str(photo), str(mask), first[4], None, [], *sources)
     cur, new = SMISResult.load(first[3]), SMISResult.load(out[1])
     ref1 = pipe.encode(str(examples_dir / "ex1.jpg"), str(examples_dir / "ex1.png"))
-    user = pipe.encode(str(photo), str(mask))
+    user = pipe.encode(str(photo), str(mask), refine=REFINE_STEPS)  # a visitor's photo: codes fitted to it
     np.testing.assert_allclose(new.codes.values[UPPER], ref1.values[UPPER], atol=1e-6)
     np.testing.assert_allclose(new.codes.values[SKIN], user.values[SKIN], atol=1e-6)
     for c in set(range(10)) - {UPPER, SKIN}:

@@ -22,7 +22,7 @@ from PIL import Image
 from test_demo_app import CHROMIUM, CHROMIUM_FLAGS, open_page, running_app
 from test_demo_handlers import UPPER, blocky_labels, make_examples
 
-from demo.handlers import DemoHandlers
+from demo.handlers import REFINE_STEPS, DemoHandlers
 from demo.references import load_references
 from smis import SMISPipeline, SMISResult
 from smis.hub import BUNDLED_MODEL_DIR
@@ -107,7 +107,7 @@ def test_start_from_photo_parses_encodes_and_resynthesises(pipe, labels, example
     assert view.size == (3 * cfg.width * k, cfg.height * k)  # photo | mask | re-synthesis
     res = SMISResult.load(file)
     rgb = pipe.prepare_photo(photo)
-    assert (res.labels == labels).all() and res.codes == pipe.encode(rgb, labels)
+    assert (res.labels == labels).all() and res.codes == pipe.encode(rgb, labels, refine=REFINE_STEPS)
     assert "parse + encode + generate" in status and len(strip) == 1
     # every existing action works from here: re-roll one class, lock, mix, morph, same codes / new mask
     out = h.reroll(file, "upper clothes", [], strip)
@@ -175,7 +175,8 @@ def test_photo_alone_in_the_mixture_gets_a_predicted_mask(pipe, labels, examples
     sources[UPPER] = "user"
     mixed = SMISResult.load(h.mix(first, photo, None, [], None, [], *sources)[1])
     rgb = pipe.prepare_photo(photo)
-    want = pipe.encode(rgb, boxed_parse(fake, rgb, letterbox_box((200, 200), pipe.config.height, pipe.config.width)))
+    want = pipe.encode(rgb, boxed_parse(fake, rgb, letterbox_box((200, 200), pipe.config.height, pipe.config.width)),
+                       refine=REFINE_STEPS)
     assert np.array_equal(mixed.codes.values[UPPER], want.values[UPPER])
     # photo + mask still works (the mask at the photo's size, letterboxed with it)
     mask = tmp_path / "ref-mask.png"
@@ -372,7 +373,8 @@ def test_browser_start_from_photo_reroll_download(setup, tiny_model_dir, untrain
     if setup == "bundled":  # a real parse: it agrees with the photo's hand-drawn mask
         truth = pipe.prepare_mask(EXAMPLE_PHOTO.parents[1] / "labels" / "0854.png")
         assert (first.labels == truth).mean() > 0.85
-    np.testing.assert_allclose(first.codes.values, pipe.encode(rgb, first.labels).values, atol=1e-4)
+    np.testing.assert_allclose(first.codes.values, pipe.encode(rgb, first.labels, refine=REFINE_STEPS).values,
+                               atol=1e-4)
     np.testing.assert_array_equal(second.labels, first.labels)
     cid = pipe.config.class_id(chosen)
     changed = [c for c in range(10) if not np.array_equal(first.codes.values[c], second.codes.values[c])]

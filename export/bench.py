@@ -463,8 +463,10 @@ def run_bench(model: GroupDNet, device: torch.device, modes: list[str], batches:
             "date": time.strftime("%Y-%m-%d %H:%M"), "rows": [asdict(r) for r in rows], "skipped": skipped}
 
 
-def train_step_bench(model: GroupDNet, device: torch.device, batches: list[int], repeats: int) -> list[dict]:
-    """Forward + backward + Adam step of G and E (L1 + KL; no discriminator, no VGG)."""
+def train_step_bench(model: GroupDNet, device: torch.device, batches: list[int], repeats: int,
+                     height: int | None = None, width: int | None = None) -> list[dict]:
+    """Forward + backward + Adam step of G and E (L1 + KL; no discriminator, no VGG), at the model's
+    size or ``height`` x ``width`` (the network is fully convolutional)."""
     config = model.config
     net = _owned_copy(model).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=1e-4, betas=(0.0, 0.9))
@@ -473,7 +475,7 @@ def train_step_bench(model: GroupDNet, device: torch.device, batches: list[int],
     auto_row = (f"auto -> {'bf16' if amp == 'bf16' else 'fp32'}", torch.bfloat16 if amp == "bf16" else None)
     for precision, autocast in (auto_row, ("fp32", None), ("bf16", torch.bfloat16)):
         for batch in batches:
-            inp = random_inputs(config, batch, seed=1)
+            inp = random_inputs(config, batch, height, width, seed=1)
             labels = torch.from_numpy(inp["labels"][:, 0]).to(device)
             photo = torch.from_numpy(inp["photo"]).to(device)
 
@@ -532,11 +534,9 @@ def markdown(result: dict) -> str:
     for mode, why in result.get("skipped", {}).items():
         lines.append(f"\nSkipped {mode}: {why}")
     if result.get("train_step"):
-        lines += ["", "Training step (G + E forward/backward + Adam; no D, no VGG):", "",
+        why = next((f"; {t['why']}" for t in result["train_step"] if "why" in t), "")
+        lines += ["", f"Training step (G + E forward/backward + Adam; no D, no VGG){why}:", "",
                   "| precision | batch | ms/step | img/s |", "|---|---:|---:|---:|"]
-        why = next((t["why"] for t in result["train_step"] if "why" in t), None)
-        if why:
-            lines[-3] = f"Training step (G + E forward/backward + Adam; no D, no VGG); {why}:"
         for t in result["train_step"]:
             if "error" in t:
                 lines.append(f"| {t['precision']} | {t['batch']} | failed: {t['error']} | |")
@@ -646,7 +646,8 @@ def main(argv: list[str] | None = None) -> dict:
     result = run_bench(model, args.torch_device, args.mode_list, args.batch, args.repeats, args.warmup, threads,
                        args.height, args.width, args.peak_tflops, workdir, args.seed, args.compile_mode)
     if args.train_step:
-        result["train_step"] = train_step_bench(model, args.torch_device, args.batch, args.repeats)
+        result["train_step"] = train_step_bench(model, args.torch_device, args.batch, args.repeats,
+                                                args.height, args.width)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{result['preset']}{'-tiny' if args.tiny else ''}-{args.torch_device.type}"

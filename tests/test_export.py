@@ -491,11 +491,18 @@ def test_bench_train_step_shows_what_amp_auto_picks(demo_model):
     picked = "bf16" if choose_amp("auto", "cpu")[0] == "bf16" else "fp32"
     assert [r["precision"] for r in rows] == [f"auto -> {picked}", "fp32", "bf16"]
     assert all(r["p50_ms"] > 0 for r in rows) and rows[0]["why"].startswith("--amp auto:")
+    seen = []
+    real_forward = type(demo_model).forward
+    with pytest.MonkeyPatch.context() as mp:  # --height / --width reach the training step too
+        mp.setattr(type(demo_model), "forward", lambda self, z, labels: (seen.append(labels.shape),
+                                                                          real_forward(self, z, labels))[1])
+        train_step_bench(demo_model, torch.device("cpu"), [1], repeats=1, height=128, width=128)
+    assert seen and all(tuple(s[-2:]) == (128, 128) for s in seen)
     result = run_bench(demo_model, torch.device("cpu"), ["torch-eager"], [1], repeats=1, warmup=0, threads=1,
                        peak_tflops=0.1)
     torch.set_num_threads(1)
     table = markdown({**result, "train_step": rows})
-    assert f"| auto -> {picked} | 1 |" in table and "; --amp auto: " in table
+    assert f"| auto -> {picked} | 1 |" in table and table.count("Training step (") == 1 and "; --amp auto: " in table
 
 
 @pytest.mark.skipif(not (BUNDLED_MODEL_DIR / "config.json").is_file(), reason="bundled model not trained yet")

@@ -469,6 +469,13 @@ def _previous_step_time(run_dir: Path) -> float:
     return float(records[-1].get("sec_per_step", 0.0)) if records else 0.0
 
 
+def _stop_flags(signals: _StopSignals, out_of_time: bool, device: torch.device) -> tuple[bool, bool]:
+    """(a stop signal came, the time budget is spent) as every rank agrees (one all-reduce)."""
+    flags = torch.tensor([1.0 if signals.received else 0.0, 1.0 if out_of_time else 0.0], device=device)
+    term, no_time = (bool(v) for v in dist.all_reduce_(flags, "max").tolist())
+    return term, no_time
+
+
 def _log_interval(folder: RunFolder, pbar: tqdm, avg: dict[str, float], n: int, secs: float, step: int,
                   total_steps: int, steps_per_epoch: int, elapsed: float, s: ScheduleOptions, factor: float,
                   class_log: dict[str, float], device: torch.device) -> None:
@@ -605,11 +612,8 @@ def train(opts: TrainOptions, dataset: Dataset | None = None, started_at: float 
             disable=not (main and r.progress and sys.stderr.isatty())))  # log lines only, in files and pipes
         closing.enter_context(logging_redirect_tqdm())
         # Stop before the first step when a signal came during set-up or the budget cannot hold one.
-        flags = torch.tensor([1.0 if signals.received else 0.0, 1.0 if main and not budget.fits(0.0) else 0.0],
-                             device=device)
-        term, no_time = (bool(v) for v in dist.all_reduce_(flags, "max").tolist())
-        if not status and (term or no_time):
-            status = "interrupted" if term else "paused"
+        term, no_time = _stop_flags(signals, main and not budget.fits(0.0), device)
+        status = status or ("interrupted" if term else "paused" if no_time else "")
         while not status:
             t_step = time.monotonic()
             if data_iter is None:

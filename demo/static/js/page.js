@@ -17,7 +17,7 @@
 // drawn on #browser-morph-canvas, the newest position winning while a frame renders.
 
 import { ModelRuntime, missingFeature } from './runtime.js';
-import { codesToDict, jobCodes, jobLabels, lerpCodes, rgbToPngBase64 } from './tensors.js';
+import { codesToDict, jobCodes, jobLabels, lerpCodes, rgbToImageData, rgbToPngBase64 } from './tensors.js';
 
 /** Server button -> the hidden button of its browser job. */
 const BROWSER_BUTTONS = {
@@ -233,14 +233,7 @@ Object.assign(BrowserInference.prototype, {
     const canvas = document.getElementById('browser-morph-canvas');
     if (!canvas) return;
     const { height, width } = this.runtime.model;
-    const rgba = new Uint8ClampedArray(height * width * 4);
-    for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
-      rgba[j] = rgb[i];
-      rgba[j + 1] = rgb[i + 1];
-      rgba[j + 2] = rgb[i + 2];
-      rgba[j + 3] = 255;
-    }
-    canvas.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
+    canvas.getContext('2d').putImageData(rgbToImageData(rgb, height, width), 0, 0);
   },
 
   /** The frame on show as a rendered answer (its codes and PNG) for the server to keep, or "". */

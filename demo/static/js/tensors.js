@@ -41,8 +41,8 @@ export function jobCodes(job, model) {
   return z;
 }
 
-/** RGB bytes (H * W * 3, the graph's image_uint8) -> a PNG, base64 (lossless: the server gets these pixels). */
-export async function rgbToPngBase64(rgb, height, width) {
+/** RGB bytes (H * W * 3, the graph's image_uint8) -> opaque ImageData for a canvas. */
+export function rgbToImageData(rgb, height, width) {
   const rgba = new Uint8ClampedArray(height * width * 4);
   for (let i = 0, j = 0; i < rgb.length; i += 3, j += 4) {
     rgba[j] = rgb[i];
@@ -50,9 +50,14 @@ export async function rgbToPngBase64(rgb, height, width) {
     rgba[j + 2] = rgb[i + 2];
     rgba[j + 3] = 255;
   }
+  return new ImageData(rgba, width, height);
+}
+
+/** RGB bytes (H * W * 3, the graph's image_uint8) -> a PNG, base64 (lossless: the server gets these pixels). */
+export async function rgbToPngBase64(rgb, height, width) {
   const canvas = typeof OffscreenCanvas === 'function'
     ? new OffscreenCanvas(width, height) : Object.assign(document.createElement('canvas'), { width, height });
-  canvas.getContext('2d').putImageData(new ImageData(rgba, width, height), 0, 0);
+  canvas.getContext('2d').putImageData(rgbToImageData(rgb, height, width), 0, 0);
   const blob = canvas.convertToBlob ? await canvas.convertToBlob({ type: 'image/png' })
     : await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
   return toBase64(new Uint8Array(await blob.arrayBuffer()));

@@ -1,19 +1,9 @@
-"""GroupDNet demo, the Hugging Face Space entry point: ``python app.py [options]``.
+"""GroupDNet demo, the Hugging Face Space entry point: ``python app.py [options]`` (``--help`` lists them).
 
-Loads the demo once through :func:`demo.launch.create_app` and serves it with a bounded queue.
-
-Options (command line, or the environment variable in brackets):
-
-    --model    [SMIS_MODEL]    model folder or Hub repo id (default: the bundled CCP model)
-    --backend  [SMIS_BACKEND]  auto | torch | onnx (default auto: ONNX Runtime on a CPU, PyTorch on CUDA)
-    --device   [SMIS_DEVICE]   cpu, cuda, ... (default: auto)
-    --dtype    [SMIS_DTYPE]    auto | float32 | bfloat16 | float16 (auto: float32 on a CPU, bf16 on a GPU with it)
-    --parser   [SMIS_PARSER]   human-parser folder or Hub repo id for "Start from a photo"
-                               (default: the bundled smis/assets/ccp-parser; "none" turns it off)
-    [SMIS_REFINE_STEPS]        gradient steps that fit a visitor's photo's codes to its colours (default 20; 0: off)
-    --browser  [SMIS_BROWSER]  auto | off: the page runs generate and re-roll itself where it can (default auto)
-    --host     [GRADIO_SERVER_NAME]  default 0.0.0.0 on a Space, else 127.0.0.1
-    --port     [GRADIO_SERVER_PORT]  default 7860
+Every option has an environment variable (SMIS_MODEL, SMIS_BACKEND, SMIS_DEVICE, SMIS_DTYPE, SMIS_PARSER,
+SMIS_BROWSER, GRADIO_SERVER_NAME, GRADIO_SERVER_PORT); SMIS_REFINE_STEPS sets how many gradient steps fit a
+visitor's photo's codes to its colours (default 20, 0: off). The demo is loaded once by
+:func:`demo.launch.create_app` and served with a bounded queue.
 """
 
 from __future__ import annotations

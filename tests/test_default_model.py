@@ -100,16 +100,18 @@ def test_encoding_a_photo_reconstructs_it_better_than_random_codes(pipe):
 
 
 def test_refined_codes_keep_a_photos_colours(pipe):
-    """encode(refine=20) on the shipped example photos: each class's mean colour in the re-synthesis is
-    far closer to the photo's than with the encoder's means alone (CCP val: 16.6 -> 6.0, model card)."""
+    """encode(refine=12) on two shipped example photos: each class's mean colour in the re-synthesis is
+    far closer to the photo's than with the encoder's means alone (CCP val: 16.6 -> 7.6 at 10 steps,
+    6.0 at 20, the model card's notes)."""
     meta = json.loads((EXAMPLES / "examples.json").read_text())
     plain, refined = [], []
-    for ex in meta["examples"][:3]:
+    for ex in meta["examples"][:2]:
         labels = pipe.prepare_mask(EXAMPLES / ex["mask"])
         photo = pipe.prepare_photo(EXAMPLES / ex["photo"]).astype(np.float64)
-        for errors, steps in ((plain, 0), (refined, 20)):
+        for errors, steps in ((plain, 0), (refined, 12)):
             out = np.asarray(pipe.generate(labels, codes=pipe.encode(EXAMPLES / ex["photo"], EXAMPLES / ex["mask"],
                                                                      refine=steps)).image, np.float64)
             errors += [np.abs(out[labels == c].mean(0) - photo[labels == c].mean(0)).mean()
                        for c in np.unique(labels) if (labels == c).mean() >= 0.01]
+    # Measured: 13.9 -> 7.2 (0-255) on examples 0854 and 0857.
     assert np.mean(refined) < 0.6 * np.mean(plain) and np.mean(refined) < 10

@@ -84,9 +84,10 @@ def test_evaluate_cli_end_to_end(tmp_path, tiny_model, monkeypatch, capsys):
     # --truncation 0: every random code is zero, so all draws of a mask are one image.
     rc = E.main(["--model", str(tiny_model), "--data", str(data), "--format", "generic", "--split", "val",
                  "--n", "3", "--m", "1", "--num-masks", "1", "--kid-subsets", "3", "--fid-method", "eigh",
-                 "--device", "cpu", "--out", str(tmp_path / "psi0"), "--quiet", "--truncation", "0"])
+                 "--device", "cpu", "--out", str(tmp_path / "psi0"), "--quiet", "--truncation", "0", "--refine", "3"])
     r0 = json.loads((tmp_path / "psi0" / "metrics.json").read_text())
-    assert rc == 0 and r0["truncation"] == 0.0
+    assert rc == 0 and r0["truncation"] == 0.0 and r0["refine_steps"] == 3 and r["refine_steps"] == 0
+    assert r0["reconstruction"]["colour_error"] < r["reconstruction"]["colour_error"]  # codes fitted to the photos
     assert "scaled by psi = 0 (`--truncation`)" in (tmp_path / "psi0" / "metrics.md").read_text()
     assert r0["diversity"]["mean"] == pytest.approx(0.0, abs=1e-6)
     assert r0["smis"]["mcsd"] == pytest.approx(0.0, abs=1e-6)

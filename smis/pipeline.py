@@ -116,6 +116,7 @@ class SMISPipeline:
         #: Images per backend call (morphing). On CPU one at a time is faster (measured ~2x).
         on_cpu = "cpu" in str(backend.device).lower()
         self.batch_size = batch_size or (1 if on_cpu else 8)
+        self._fit_model: GroupDNet | None = None  # float32 torch weights for refine, loaded on first use
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike | None = None, backend: str = "torch",
@@ -218,21 +219,27 @@ class SMISPipeline:
         labels = letterbox_labels(ids, self.config.height, self.config.width)  # the same box as the photo
         x = photo_arr.astype(np.float32).transpose(2, 0, 1)[None] / 127.5 - 1.0
         mu, _ = self.backend.encode(x, labels[None])
-        if refine:
-            if not 0 < int(refine) <= 500:
-                raise ValueError(f"refine must be between 0 and 500 steps, got {refine}")
-            model = self._gradient_model()
-            dev = next(model.parameters()).device
-            mu = model.fit_codes(torch.from_numpy(x).to(dev), torch.from_numpy(labels[None]).long().to(dev),
-                                 torch.from_numpy(np.asarray(mu, np.float32)).to(dev), steps=int(refine)).cpu().numpy()
-        return ClassCodes.from_latent(mu, self.class_names)
+        return ClassCodes.from_latent(self.fit_codes(x, labels[None], mu, refine), self.class_names)
+
+    def fit_codes(self, photos: np.ndarray, labels: np.ndarray, z: np.ndarray, steps: int) -> np.ndarray:
+        """``z`` (the backend's ``encode`` means) after ``steps`` of :meth:`GroupDNet.fit_codes` on these
+        photos (N, 3, H, W) in [-1, 1] and labels (N, H, W), at the model's size; ``steps=0`` returns ``z``."""
+        if not steps:
+            return z
+        if not 0 < int(steps) <= 500:
+            raise ValueError(f"refine must be between 0 and 500 steps, got {steps}")
+        model = self._gradient_model()
+        dev = next(model.parameters()).device
+        return model.fit_codes(torch.from_numpy(np.asarray(photos, np.float32)).to(dev),
+                               torch.from_numpy(np.asarray(labels)).long().to(dev),
+                               torch.from_numpy(np.asarray(z, np.float32)).to(dev), steps=int(steps)).cpu().numpy()
 
     def _gradient_model(self) -> GroupDNet:
         """A float32 PyTorch GroupDNet of this pipeline's weights (the backend's own when it is one)."""
         model = getattr(self.backend, "model", None)
         if isinstance(model, GroupDNet) and next(model.parameters()).dtype == torch.float32:
             return model
-        if getattr(self, "_fit_model", None) is None:
+        if self._fit_model is None:
             if self.model_dir is None:
                 raise ValueError("refining codes needs the model's PyTorch weights (a model folder); "
                                  "use backend='torch' or a model folder with model.safetensors")

@@ -377,16 +377,13 @@ def build_arg_parser() -> argparse.ArgumentParser:
 
 
 def _encoder(pipe: Any, refine: int) -> M.EncodeFn:
-    """The backend's ``encode``, or that followed by ``refine`` steps of :meth:`GroupDNet.fit_codes`."""
+    """The backend's ``encode``, its means then fitted by ``refine`` steps (:meth:`SMISPipeline.fit_codes`)."""
     if refine <= 0:
         return pipe.backend.encode
 
     def encode(photos: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         mu, logvar = pipe.backend.encode(photos, labels)
-        model = pipe._gradient_model()
-        fitted = model.fit_codes(torch.from_numpy(photos), torch.from_numpy(labels).long(), torch.from_numpy(mu),
-                                 steps=refine)
-        return fitted.numpy(), logvar
+        return pipe.fit_codes(photos, labels, mu, refine), logvar
 
     return encode
 

@@ -214,3 +214,53 @@ def test_distance_network_choice(tmp_path, monkeypatch):
     # Heads without a trunk: an error that says what to pass, not a silent substitute.
     with pytest.raises(feat.FeatureWeightsUnavailable, match="--alexnet-weights"):
         E.load_distance_net(str(tmp_path / "alex.pth"))
+
+
+def test_baseline_is_drawn_with_the_same_masks_and_codes_and_upscaled(tmp_path, monkeypatch):
+    """--baseline: a smaller model's images, upscaled with Lanczos, get a Frechet distance in the same run; the
+    model as its own baseline gets exactly its own distance (same masks, same codes)."""
+    import dataclasses
+
+    from smis import GroupDNet
+    from tests.conftest import calibrate_batchnorm
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    tiny_model = tmp_path / "small"
+    for folder, height, width in ((tiny_model, 128, 64), (tmp_path / "big", 256, 128)):
+        torch.manual_seed(1)  # one global code per class (as ccp-cpu): the same codes fit both sizes
+        model = GroupDNet(dataclasses.replace(get_config("demo", tiny=True), height=height, width=width,
+                                              code_layout="global"))
+        calibrate_batchnorm(model)
+        model.save_pretrained(folder)
+    data = _generic_dataset(tmp_path / "data", height=256, width=128)
+    common = ["--data", str(data), "--n", "2", "--m", "1", "--num-masks", "1", "--kid-subsets", "2",
+              "--fid-method", "eigh", "--device", "cpu", "--quiet", "--no-reconstruction"]
+    assert E.main(["--model", str(tmp_path / "big"), "--baseline", str(tiny_model), *common,
+                   "--out", str(tmp_path / "grown")]) == 0
+    r = json.loads((tmp_path / "grown" / "metrics.json").read_text())
+    assert r["baseline"]["how"].startswith("128x64, masks resized (nearest), images upscaled with Lanczos")
+    assert r["fid_baseline"]["num_fake"] == 4 and r["fid_baseline"]["value"] > 0
+    assert r["fid_baseline"]["value"] != pytest.approx(r["fid"]["value"])
+    assert "this model minus the baseline" in (tmp_path / "grown" / "metrics.md").read_text()
+
+    assert E.main(["--model", str(tmp_path / "big"), "--baseline", str(tmp_path / "big"), *common,
+                   "--out", str(tmp_path / "self")]) == 0
+    s = json.loads((tmp_path / "self" / "metrics.json").read_text())
+    assert s["baseline"]["how"] == "256x128, as is"
+    assert s["fid_baseline"]["value"] == pytest.approx(s["fid"]["value"], rel=1e-5)
+    # A larger baseline is refused with a message saying which way round it goes.
+    assert E.main(["--model", str(tiny_model), "--baseline", str(tmp_path / "big"), *common,
+                   "--out", str(tmp_path / "no")]) == 2
+
+
+def test_upscaled_generate_resizes_masks_down_and_images_up():
+    seen = []
+
+    def small(labels, z):
+        seen.append(labels.shape)
+        return np.zeros((len(labels), 3, 4, 2), np.float32)  # mid-grey
+
+    up = E.upscaled_generate(small, (4, 2), 8, 4)
+    out = up(np.zeros((3, 8, 4), np.int64), np.zeros((3, 80, 1, 1), np.float32))
+    assert seen == [(3, 4, 2)] and tuple(out.shape) == (3, 3, 8, 4)
+    assert float(out.abs().max()) < 0.01

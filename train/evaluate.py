@@ -31,10 +31,13 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from smis.backends import auto_device
+from smis.functional import to_uint8
 from smis.hub import METRICS_NAME, class_control
+from smis.labels import resize_labels
 from smis.parsing import HumanParser
 from smis.pipeline import SMISPipeline
 
@@ -113,6 +116,18 @@ def load_fid_net(inception_weights: str | None = None, download: bool = False,
 # ---------------------------------------------------------------------------------------------
 # The evaluation
 # ---------------------------------------------------------------------------------------------
+def upscaled_generate(generate: M.GenerateFn, size: tuple[int, int], height: int, width: int) -> M.GenerateFn:
+    """A smaller model as seen at ``height`` x ``width``: each label map resized (nearest) to the model's
+    ``size``, its images upscaled with a Lanczos filter (what the demo showed) -- the baseline a grown
+    model must beat (``--baseline``)."""
+    def up(labels: np.ndarray, z: np.ndarray) -> torch.Tensor:
+        small = np.stack([resize_labels(np.asarray(lab), *size) for lab in labels])
+        images = to_uint8(torch.as_tensor(np.asarray(generate(small, z))).float().cpu()).numpy()
+        big = [np.asarray(Image.fromarray(im).resize((width, height), Image.LANCZOS)) for im in images]
+        return torch.from_numpy(np.stack(big)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return up
+
+
 def spread_indices(count: int, total: int) -> list[int]:
     """``count`` indices spread evenly over ``range(total)`` (all of them if count >= total)."""
     if count >= total:
@@ -125,7 +140,8 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
              num_fid: int | None = None, fid_samples: int = 1, batch_size: int = 8, seed: int = 0,
              device: str | torch.device = "cpu", parser: Parser | None = None,
              kid_subsets: int = 100, kid_subset_size: int = 1000, fid_method: str = "auto",
-             encode: M.EncodeFn | None = None, progress: bool = True) -> dict:
+             encode: M.EncodeFn | None = None, baseline: M.GenerateFn | None = None,
+             progress: bool = True) -> dict:
     """All metrics for one generator on one dataset split; returns the ``metrics.json`` content.
 
     ``config``: the model's :class:`smis.config.SMISConfig`; ``dataset``: samples ``{"image",
@@ -135,7 +151,9 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
     label maps spread over the split. ``parser`` (optional) labels generated and real images for
     mIoU / accuracy against the ground-truth maps. ``encode`` (optional, a backend's ``encode``)
     adds the reconstruction fidelity of every photo of the split (encode -> generate from the posterior
-    means: per-class mean-colour error and L1, :func:`train.metrics.reconstruction_fidelity`). FID /
+    means: per-class mean-colour error and L1, :func:`train.metrics.reconstruction_fidelity`). ``baseline``
+    (optional, e.g. :func:`upscaled_generate` of a smaller model) draws the same codes for the same masks and
+    gets its own FID / KID against the same real features (``fid_baseline``). FID /
     KID are named after ``fid_net`` (:func:`describe_fid_net`); ``fid_method`` picks the matrix square root (see
     :func:`train.metrics.frechet_distance`).
     """
@@ -150,7 +168,7 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
 
     # 1. FID / KID (and segmentation) over the split: real photos vs one generated image per mask.
     count = total if num_fid is None else min(num_fid, total)
-    real_feats, fake_feats = [], []
+    real_feats, fake_feats, base_feats = [], [], []
     conf_fake = torch.zeros(config.num_classes, config.num_classes, dtype=torch.int64)
     conf_real = conf_fake.clone()
     pixels = torch.zeros(config.num_classes, dtype=torch.int64)
@@ -173,6 +191,10 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
                 fake_feats.append(fid_net(fake).float().cpu())
                 if parser is not None:
                     conf_fake += M.confusion_matrix(parser(fake), labels, config.num_classes)
+            if baseline is not None:
+                base = M.quantize(torch.as_tensor(baseline(labels.numpy(), z)).float()).to(dev)
+                with torch.no_grad():
+                    base_feats.append(fid_net(base).float().cpu())
     rf, ff = torch.cat(real_feats), torch.cat(fake_feats)
     # Each class's share of the label pixels of those images (which classes a per-class bar covers).
     out["class_pixel_share"] = dict(zip(config.class_names, (pixels.double() / max(int(pixels.sum()), 1)).tolist()))
@@ -190,6 +212,12 @@ def evaluate(generate: M.GenerateFn, config: Any, dataset: Sequence[dict], *, di
         kid = M.kid_from_features(rf, ff, num_subsets=kid_subsets, subset_size=kid_subset_size, seed=seed)
         out["kid"] = {"name": fid_info["kid_name"], **kid, "num_real": len(rf), "num_fake": len(ff),
                       "substitute": fid_info["substitute"]}
+        if base_feats:
+            bf = torch.cat(base_feats)
+            out["fid_baseline"] = {
+                "value": M.fid_from_features(rf, bf, fid_method), "num_fake": len(bf),
+                "kid": M.kid_from_features(rf, bf, num_subsets=kid_subsets, subset_size=kid_subset_size,
+                                           seed=seed)["mean"]}
     else:
         logger.warning("FID/KID need at least 2 images; skipped")
         out["fid"] = out["kid"] = None
@@ -251,6 +279,13 @@ def to_markdown(results: dict) -> str:
         lines.append(f"| {f['name']} (lower is better) | {_fmt(f['value'], 3)} | {f['num_real']} real vs "
                      f"{f['num_fake']} generated images, {f['feature_dim']}-d features; real half vs real half: "
                      f"{_fmt(f.get('real_halves'), 3)} |")
+    base = r.get("fid_baseline")
+    if base and r.get("fid"):
+        b = r.get("baseline") or {}
+        lines.append(f"| the same distance for the baseline `{b.get('path', '?')}` ({b.get('how', '')}) | "
+                     f"{_fmt(base['value'], 3)} | same real photos, the same masks and codes "
+                     f"({base['num_fake']} images); this model minus the baseline: "
+                     f"{_fmt(r['fid']['value'] - base['value'], 3)} |")
     if r.get("kid"):
         k = r["kid"]
         lines.append(f"| {k['name']} (lower is better) | {_fmt(k['mean'], 5)} ± {_fmt(k['std'], 5)} | "
@@ -372,6 +407,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     p.add_argument("--refine", type=int, default=0, metavar="STEPS",
                    help="fit each photo's codes by STEPS gradient steps before re-rendering it, as the demo's photo "
                         "flow does (SMISPipeline.encode(refine=...); default: 0, the encoder's means)")
+    p.add_argument("--baseline", metavar="MODEL",
+                   help="another model folder to compare in the same evaluation: the same masks and codes, its "
+                        "images upscaled to this model's size with a Lanczos filter when it is smaller (e.g. the "
+                        "192x128 model a 384x256 one was grown from); adds its Frechet distance and KID")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
 
@@ -386,6 +425,28 @@ def _encoder(pipe: Any, refine: int) -> M.EncodeFn:
         return pipe.fit_codes(photos, labels, mu, refine), logvar
 
     return encode
+
+
+def _baseline(args: argparse.Namespace, config: Any, device: str) -> tuple[M.GenerateFn | None, dict | None]:
+    """``--baseline``: the other model's generate at this model's size, and how it was made (for the report)."""
+    if not args.baseline:
+        return None, None
+    pipe = SMISPipeline.from_pretrained(args.baseline, backend=args.backend, device=device)
+    other = pipe.config
+    if tuple(other.class_names) != tuple(config.class_names):
+        raise ValueError(f"the baseline's classes {other.class_names} differ from the model's {config.class_names}")
+    if tuple(other.latent_shape()) != tuple(config.latent_shape()):
+        raise ValueError(f"the baseline's codes {tuple(other.latent_shape())} differ from the model's "
+                         f"{tuple(config.latent_shape())}: the same codes cannot be drawn for both")
+    size = (other.height, other.width)
+    if size == (config.height, config.width):
+        return pipe.backend.generate, {"path": str(args.baseline), "how": f"{size[0]}x{size[1]}, as is"}
+    if other.height > config.height or other.width > config.width:
+        raise ValueError(f"the baseline ({size[0]}x{size[1]}) is larger than the model "
+                         f"({config.height}x{config.width}); evaluate the larger one with the smaller as baseline")
+    return (upscaled_generate(pipe.backend.generate, size, config.height, config.width),
+            {"path": str(args.baseline),
+             "how": f"{size[0]}x{size[1]}, masks resized (nearest), images upscaled with Lanczos"})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,6 +487,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if tuple(parser.class_names) != tuple(config.class_names):
                 raise ValueError(f"the parser's classes {parser.class_names} differ from the model's "
                                  f"{config.class_names}; use a parser trained on the same label set")
+        baseline, baseline_info = _baseline(args, config, device)
         generate = pipe.backend.generate
         if args.truncation != 1.0:
             psi = float(args.truncation)
@@ -438,7 +500,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                            batch_size=args.batch_size, seed=args.seed, device=device, parser=parser,
                            kid_subsets=args.kid_subsets, kid_subset_size=args.kid_subset_size,
                            fid_method=args.fid_method, progress=not args.quiet,
-                           encode=None if args.no_reconstruction else _encoder(pipe, args.refine))
+                           encode=None if args.no_reconstruction else _encoder(pipe, args.refine),
+                           baseline=baseline)
     except (ValueError, feat.FeatureWeightsUnavailable) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -448,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   "device": pipe.backend.device},
         "data": {"root": str(args.data), "format": fmt, "split": args.split, "num_images": len(dataset)},
         "seed": args.seed, "truncation": args.truncation, "refine_steps": args.refine,
+        **({"baseline": baseline_info} if baseline_info else {}),
         "distance": distance_info,
         "fid_features": fid_info,
         **results,

@@ -31,7 +31,7 @@ import platform
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -569,6 +569,42 @@ def fastest_line(result: dict, budget_ms: float = 1000.0) -> str:
 # CLI
 # ---------------------------------------------------------------------------------------------
 
+def size_ratio_markdown(results: Sequence[dict]) -> str:
+    """Each mode's p50 and CPU time at every ``--sizes`` entry, as a ratio to the first size (same process,
+    same modes, one after the other)."""
+    base = results[0]
+    first = {(r["mode"], r["batch"]): r for r in base["rows"]}
+    sizes = [f"{r['size'][0]}x{r['size'][1]}" for r in results]
+    head = " | ".join(f"{s} p50 ms (CPU ms)" for s in sizes)
+    ratios = " | ".join(f"{s} / {sizes[0]}" for s in sizes[1:])
+    lines = [f"Sizes compared in one run ({base['machine'].get('cpu', '?')}, {base['machine']['threads']} threads; "
+             "ratio of p50 times, CPU-time ratio in brackets):", "",
+             f"| mode | batch | {head} | {ratios} |", "|---|---:|" + "---:|" * (len(sizes) * 2 - 1)]
+    for (mode, batch), r0 in first.items():
+        rows = [next((r for r in res["rows"] if (r["mode"], r["batch"]) == (mode, batch)), None) for res in results]
+        if any(r is None for r in rows):
+            continue
+        cells = " | ".join(f"{r['p50_ms']:.0f} ({r['cpu_ms']:.0f})" for r in rows)
+        ratio = " | ".join(f"{r['p50_ms'] / r0['p50_ms']:.2f} ({r['cpu_ms'] / max(r0['cpu_ms'], 1e-9):.2f})"
+                           for r in rows[1:])
+        lines.append(f"| {mode} | {batch} | {cells} | {ratio} |")
+    return "\n".join(lines)
+
+
+def _size(text: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 192x128, got {text!r}") from err
+    if min(h, w) < 64 or h % 64 or w % 64:
+        raise argparse.ArgumentTypeError(f"{text}: height and width must be positive multiples of 64")
+    return h, w
+
+
+def _sizes(text: str) -> list[tuple[int, int]]:
+    return [_size(t) for t in text.split(",") if t.strip()]
+
+
 def _ints(text: str) -> list[int]:
     try:
         out = [int(x) for x in text.split(",") if x.strip()]
@@ -595,6 +631,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch and ORT (default: all cores)")
     p.add_argument("--height", type=int)
     p.add_argument("--width", type=int)
+    p.add_argument("--sizes", type=_sizes,
+                   help="several sizes in one run, e.g. 192x128,384x256: every mode at each (the network is fully "
+                        "convolutional, so a model's weights run at any size), then each size's times as a ratio "
+                        "to the first's (instead of --height / --width)")
     p.add_argument("--peak-tflops", type=float, help="the device's peak; default: a matmul measured in this run")
     p.add_argument("--train-step", action="store_true", help="also time a G+E training step")
     p.add_argument("--compile-mode", default="max-autotune",
@@ -610,6 +650,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         v = getattr(args, side)
         if v is not None and (v < 64 or v % 64):
             p.error(f"--{side} must be a positive multiple of 64")
+    if args.sizes and (args.height or args.width):
+        p.error("--sizes replaces --height / --width; give one or the other")
     try:
         args.torch_device = torch.device(args.device)
     except RuntimeError as err:
@@ -643,16 +685,19 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = get_config(args.preset, tiny=args.tiny)
         model = random_model(cfg, seed=args.seed, batches=1)
     workdir = Path(args.workdir) if args.workdir else None
-    result = run_bench(model, args.torch_device, args.mode_list, args.batch, args.repeats, args.warmup, threads,
-                       args.height, args.width, args.peak_tflops, workdir, args.seed, args.compile_mode)
+    sizes = args.sizes or [(args.height, args.width)]
+    results = [run_bench(model, args.torch_device, args.mode_list, args.batch, args.repeats, args.warmup, threads,
+                         h, w, args.peak_tflops, workdir, args.seed, args.compile_mode) for h, w in sizes]
+    result = results[-1] if len(results) == 1 else {**results[-1], "sizes": results}
     if args.train_step:
-        result["train_step"] = train_step_bench(model, args.torch_device, args.batch, args.repeats,
-                                                args.height, args.width)
+        result["train_step"] = train_step_bench(model, args.torch_device, args.batch, args.repeats, *sizes[-1])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"bench-{result['preset']}{'-tiny' if args.tiny else ''}-{args.torch_device.type}"
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    table = markdown(result)
+    table = "\n\n".join(markdown(r) for r in results)
+    if len(results) > 1:
+        table += "\n\n" + size_ratio_markdown(results)
     (out / f"{stem}.md").write_text(table + "\n")
     print(table)
     line = fastest_line(result)

@@ -505,6 +505,25 @@ def test_bench_train_step_shows_what_amp_auto_picks(demo_model):
     assert f"| auto -> {picked} | 1 |" in table and table.count("Training step (") == 1 and "; --amp auto: " in table
 
 
+def test_bench_sizes_compares_sizes_in_one_run(tmp_path, capsys):
+    """--sizes 128x64,256x128: every mode at both sizes, then the second's times as a ratio to the first's."""
+    from export import bench
+
+    result = bench.main(["--preset", "demo", "--tiny", "--sizes", "128x64,256x128", "--modes", "torch-eager",
+                         "--repeats", "1", "--warmup", "0", "--threads", "1", "--peak-tflops", "0.1",
+                         "--out", str(tmp_path)])
+    torch.set_num_threads(1)
+    assert [r["size"] for r in result["sizes"]] == [[128, 64], [256, 128]]
+    md = (tmp_path / "bench-demo-tiny-cpu.md").read_text()
+    assert "| mode | batch | 128x64 p50 ms (CPU ms) | 256x128 p50 ms (CPU ms) | 256x128 / 128x64 |" in md
+    assert md.count("| torch-eager | fp32 | 1 |") == 2 and md.count("| torch-eager | 1 |") == 1  # per size; ratio
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sizes", "100x64"])
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--sizes", "128x64", "--height", "128"])
+    capsys.readouterr()
+
+
 @pytest.mark.skipif(not (BUNDLED_MODEL_DIR / "config.json").is_file(), reason="bundled model not trained yet")
 def test_bundled_model_parity(tmp_path):
     model = GroupDNet.from_pretrained(BUNDLED_MODEL_DIR)

@@ -36,42 +36,74 @@ FILE_EVENTS_AT_ONCE = 2
 
 #: Extra CSS; pass it to ``launch(css=CSS)`` (Gradio 6 takes CSS at launch).
 CSS = """
+#intro h1 { font-size: 1.4em; margin: 0 0 2px; }
+#intro p { margin: 0; font-size: 0.92em; line-height: 1.4; }
 #fallback-banner { border: 2px solid #b45309; background: #fef3c7; color: #78350f; border-radius: 8px;
                    padding: 10px 14px; font-size: 1.05em; }
 #fallback-banner b { color: #7c2d12; }
-#brush-class label { border-left-width: 14px !important; border-left-style: solid !important; }
-#status { font-size: 0.9em; padding: 6px 10px; border: 1px solid var(--border-color-primary);
-          border-radius: 8px; }
-/* small models: show images large and crisp (display only; downloads keep the true size) */
+.step-title h3 { margin: 0 !important; font-size: 1.05em; }
+#brush-class label { border-left-width: 12px !important; border-left-style: solid !important;
+    padding: 2px 7px !important; font-size: 0.92em; }
+#brush-class .wrap { gap: 4px !important; }
+/* the seed box shows its name small, above its number (no block around it, to keep the row short) */
+#seed span[data-testid=block-info] { display: block !important; position: static !important; width: auto !important;
+    height: auto !important; clip: auto !important; overflow: visible !important; margin: 0 0 2px !important;
+    font-size: 0.8em; white-space: nowrap; }
+#status { font-size: 0.85em; padding: 4px 10px; border: 1px solid var(--border-color-primary);
+          border-radius: 8px; min-height: 2.4em; }
+#status p { margin: 0; }
+/* the status line is where the queue position and the estimate show while a click waits: keep them readable */
+#status .progress-text, #status .meta-text, #status .meta-text-center { font-size: 0.95em !important;
+    opacity: 1 !important; color: var(--body-text-color) !important; }
+/* the example masks: one compact row of thumbnails at the top */
+#examples .container.gallery { width: auto !important; height: 64px !important; }
+#examples .gallery img { height: 64px !important; width: auto !important; max-width: none !important;
+    object-fit: contain; }
+#examples .gallery { gap: 6px !important; }
+/* the first screen is dense: smaller gaps, compact upload boxes (their label says what they are for) */
+#first-screen, #first-screen .column, #start-row { gap: 8px !important; }
+#start-row .upload-box .icon-wrap, #start-row .upload-box .or { display: none !important; }
+/* small models: images are served at the model's size and shown large here (label maps crisp, photos smooth) */
 #result img, #label-map img, #morph-frame img, #example-mask img { width: 100%; height: 100%;
     object-fit: contain; image-rendering: pixelated; }
+#result img, #morph-frame img { image-rendering: auto; }
 /* variant captions wrap instead of being cut ("#2 re-roll upper clothes"); the strip is as tall as its rows */
 #strip .caption-label { white-space: normal !important; overflow: visible !important; text-overflow: clip !important;
     max-width: none !important; line-height: 1.2; }
 #strip .grid-wrap { height: auto !important; min-height: 0 !important; max-height: 480px; overflow-y: auto; }
 #strip .empty { min-height: 64px !important; height: 64px !important; }
-/* file boxes: the whole file name, wrapped */
+/* file boxes: the whole file name as one text that wraps anywhere in its stem and never inside its extension,
+   so ".png" ends the name (Gradio lays stem and extension side by side: a wrapped stem put it mid-name) */
+.upload-box td.filename { display: table-cell !important; }
 .upload-box td.filename, .upload-box td.filename .stem { white-space: normal !important; overflow: visible !important;
     text-overflow: clip !important; word-break: break-all; }
+.upload-box td.filename .stem { display: inline !important; }
+.upload-box td.filename .ext { white-space: nowrap !important; word-break: keep-all !important; display: inline-block; }
+/* reference captions ("example 0854") are never cut to "example …" */
+#references .caption-label { white-space: normal !important; overflow: visible !important;
+    text-overflow: clip !important; max-width: none !important; }
 @media (max-width: 640px) {
   #result img, #morph-frame img { max-height: 320px; }
+  /* two reference thumbnails a row on a phone: none clipped at the right edge */
+  #references .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }
 """
 
 INTRO = f"""
-<h1 style="margin-bottom:0.2em">{TITLE}</h1>
-<p style="margin-top:0">Draw <i>which pixel is what</i> (hair, skin, upper clothes, …) and GroupDNet
-(<a href="{PAPER_URL}" target="_blank">Zhu et al., CVPR 2020</a>) paints a photo for it. It keeps
-<b>one latent code per class</b>, so you can change the look of one region — re-roll it, copy it from a
-reference photo, or morph it — while every other region stays exactly as it was.
-<b>1</b> draw or pick a mask (or start from a photo) · <b>2</b> generate · <b>3</b> re-roll, mix or morph
-below.</p>
+<div id="intro"><h1>{TITLE}</h1>
+<p>Draw <i>which pixel is what</i> (hair, skin, upper clothes, …) and GroupDNet
+(<a href="{PAPER_URL}" target="_blank">Zhu et al., CVPR 2020</a>) paints a photo for it with <b>one latent code per
+class</b>: change the look of one region — re-roll it, copy it from a reference photo, or morph it — while every
+other region stays exactly as it was. <b>1</b> pick an example, start from a photo or draw · <b>2</b> generate ·
+<b>3</b> re-roll one class; mix and morph below.</p></div>
 """
 
 
 def page_js(class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> str:
-    """Runs once per page: names on the brush swatches, the colour popup closes after a pick or on
-    Escape, and the class selector's labels take their class colour."""
+    """Runs once per page (with or without in-browser inference): names on the brush swatches, the colour
+    popup closes after a pick or on Escape, the class selector's labels take their class colour, a new
+    result is scrolled into view when it is out of view, and an upload box that the browser refused a
+    file for (too big) is reset at once instead of showing an "Error" badge over its drop area."""
     names, colours = json.dumps(list(class_names)), json.dumps([f"rgb({r},{g},{b})" for r, g, b in palette])
     return f"""() => {{
   const names = {names}, colours = {colours};
@@ -86,8 +118,40 @@ def page_js(class_names: Sequence[str], palette: Sequence[Sequence[int]]) -> str
       if (colours[i]) l.style.borderLeftColor = colours[i];
     }});
   }};
-  new MutationObserver(label).observe(document.body, {{childList: true, subtree: true}});
+  // a file too big is refused before any event runs (the toast says why); the "Error" badge it leaves over
+  // the box hides its label and drop area and swallows clicks: clear it, as its own small × does
+  const resetRefused = () => document.querySelectorAll('.upload-box [data-testid=status-tracker] .error')
+    .forEach((badge) => badge.closest('[data-testid=status-tracker]').querySelector('.clear-status button')?.click());
+  new MutationObserver(() => {{ label(); resetRefused(); }}).observe(document.body, {{childList: true, subtree: true}});
   label();
+
+  // a new result (or mixed result) is brought into view, with the status line above it, unless one is
+  // already in view or the click was on the canvas (live painting: the page stays where the brush is)
+  let pointer = null;
+  document.addEventListener('pointerdown', (e) => {{ pointer = e.target; }}, true);
+  const VIEWS = '#result, #mix-preview';
+  const inView = (el) => {{
+    const r = el.getBoundingClientRect();
+    const seen = Math.min(r.bottom, innerHeight) - Math.max(r.top, 0);
+    return seen >= Math.min(r.height, innerHeight) * 0.6;
+  }};
+  const reveal = () => {{
+    const views = [...document.querySelectorAll(VIEWS)].filter((el) => el.offsetParent && el.querySelector('img'));
+    if (!views.length || views.some(inView) || pointer?.closest?.('#canvas')) return;
+    const from = pointer?.isConnected ? pointer.getBoundingClientRect().top : 0;
+    const gap = (el) => Math.abs(el.getBoundingClientRect().top - from);
+    const view = views.sort((a, b) => gap(a) - gap(b))[0];
+    const head = view.id === 'result' ? document.querySelector('#status') : null;
+    const r = view.getBoundingClientRect(), top = (head || view).getBoundingClientRect().top;
+    const dy = r.bottom - top > innerHeight - 16 ? r.top - 8 : (top < 0 ? top - 8 : r.bottom - innerHeight + 8);
+    window.scrollBy({{top: dy, behavior: 'smooth'}});
+  }};
+  let revealTimer = null;
+  new MutationObserver((records) => {{
+    if (!records.some((m) => m.target.closest?.(VIEWS))) return;
+    clearTimeout(revealTimer);
+    revealTimer = setTimeout(reveal, 120);
+  }}).observe(document.body, {{childList: true, subtree: true, attributes: true, attributeFilter: ['src']}});
   document.addEventListener('click', (e) => {{
     const swatch = e.isTrusted && e.target.closest && e.target.closest('#canvas button.color');
     if (!swatch) return;
@@ -142,13 +206,15 @@ class CanvasPanel(NamedTuple):
 
 
 class GeneratePanel(NamedTuple):
-    """2 · Generate: the seed, the result (shown and as a file) and re-opening a result PNG."""
+    """2 · Generate: the seed, the status line beside the button (progress, queue position), the result
+    (shown and as a file) and re-opening a result PNG."""
 
     seed: gr.Number
     randomize: gr.Checkbox
     seed_used: gr.Number
     generate: gr.Button
     regenerate: gr.Button
+    status: gr.Markdown
     image: gr.Image
     file: gr.File
     reopen: gr.File
@@ -263,19 +329,27 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         atexit.register(shutil.rmtree, os.environ["GRADIO_EXAMPLES_CACHE"], ignore_errors=True)
 
     with gr.Blocks(title=TITLE, delete_cache=(1800, 7200)) as demo:
+        # the first screen (1280x800): where to start, then canvas | generate + result | re-roll side by side
         gr.HTML(INTRO)
         if banner:
             gr.HTML(banner_html(banner))
-        status = gr.Markdown(h.status(), elem_id="status", padding=True)
         history = gr.State([])
-        switch = _browser_switch(browser)
-        photo = _photo_panel(h)
-        with gr.Row(equal_height=False):
-            canvas = _canvas_panel(h)
-            gen = _generate_panel(h)
-            reroll = _reroll_panel()
-        _examples(h, canvas, gen, reroll, status, cache_examples)
-        with gr.Tabs(elem_id="features"):  # features below the fold
+        with gr.Row(equal_height=False, elem_id="start-row"):
+            examples_slot = gr.Column(scale=3, min_width=300)  # filled once the outputs exist (below)
+            start_photo, reopen = _start_boxes()
+        with gr.Row(equal_height=False, elem_id="first-screen"):
+            *drawing, regenerate = _canvas_panel(h)
+            gen = _generate_panel(h, regenerate, reopen)
+            with gr.Column(scale=4, min_width=260):
+                reroll = _reroll_panel()
+                switch = _browser_switch(browser)
+        with gr.Row(equal_height=False):  # the tools that used to push the first screen down
+            canvas = CanvasPanel(*drawing, *_fill_panel(h))
+            photo = _photo_panel(h, start_photo)
+        status = gen.status
+        with examples_slot:
+            _examples(h, canvas, gen, reroll, status, cache_examples)
+        with gr.Tabs(elem_id="features", overflow_behavior="wrap"):  # every tab visible, also on a phone
             mix = _mix_tab(h)
             morph = _morph_tab(h, browser)
             _manipulate_tab()
@@ -307,11 +381,10 @@ def _browser_switch(browser: BrowserModel | None) -> BrowserSwitch:
     else:
         why = browser.reason if browser is not None else "this page was built without it"
         note, state = f"⚠️ Not running in your browser: {why}. Everything runs on the server.", "off"
-    with gr.Row(elem_id="browser-row", equal_height=True):
-        run = gr.Checkbox(value=on, label="Run in your browser", interactive=on, elem_id="browser-run",
-                          scale=0, min_width=220)
+    with gr.Group(elem_id="browser-row"):
+        run = gr.Checkbox(value=on, label="Run in your browser", interactive=on, elem_id="browser-run")
         live = gr.Checkbox(value=False, label="Live: the result follows the brush", interactive=on,
-                           visible=on, elem_id="browser-live", scale=0, min_width=260)
+                           visible=on, elem_id="browser-live")
         gr.HTML(f'<span id="browser-note-text" data-state="{state}">{html.escape(note)}</span>',
                 elem_id="browser-note")
         job = gr.Textbox(visible="hidden", elem_id="browser-job")
@@ -323,40 +396,61 @@ def _browser_switch(browser: BrowserModel | None) -> BrowserSwitch:
     return BrowserSwitch(run, live, job, rendered, live_job, live_rendered, *buttons)
 
 
-def _photo_panel(h: DemoHandlers) -> PhotoPanel:
-    with gr.Accordion("Start from a photo", open=True, elem_id="start-from-photo"):
-        with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=260):
-                gr.Markdown(h.parser_markdown(), elem_id="photo-help")
-                photo = gr.File(label="Your full-body photo (JPEG, PNG or WebP)", file_types=["image"],
-                                elem_id="start-photo", elem_classes="upload-box", height=120)
-                resynthesise = gr.Button("Re-synthesise with the canvas mask", elem_id="resynthesise")
+def _start_boxes() -> tuple[gr.File, gr.File]:
+    """Beside the examples: start from a photo, or re-open a result PNG (small boxes, nothing pushed down)."""
+    with gr.Column(scale=2, min_width=300):
+        with gr.Row(equal_height=True):
+            photo = gr.File(label="Start from a photo (full body)", file_types=["image"], elem_id="start-photo",
+                            elem_classes="upload-box", height=80, min_width=140)
+            reopen = gr.File(label="Re-open a result PNG", file_types=["image"], elem_id="reopen",
+                             elem_classes="upload-box", height=80, min_width=140)
+    return photo, reopen
+
+
+def _photo_panel(h: DemoHandlers, photo: gr.File) -> PhotoPanel:
+    """What a photo gives (photo | mask | re-synthesis), under the first screen; ``photo`` is its upload box."""
+    with gr.Column(scale=3, min_width=300):
+        with gr.Accordion("Start from a photo: photo · predicted mask · re-synthesis", open=True,
+                          elem_id="start-from-photo"):
+            gr.Markdown(h.parser_markdown(), elem_id="photo-help")
             view = gr.Image(label="Photo · predicted mask · re-synthesis", type="pil", format="png",
-                            interactive=False, height=320, elem_id="photo-view", buttons=[], scale=3)
+                            interactive=False, height=320, elem_id="photo-view", buttons=[])
+            resynthesise = gr.Button("Re-synthesise with the canvas mask", elem_id="resynthesise")
     return PhotoPanel(photo, resynthesise, view)
 
 
-def _canvas_panel(h: DemoHandlers) -> CanvasPanel:
+def _canvas_panel(h: DemoHandlers) -> tuple[gr.Radio, Canvas, gr.Button, gr.Button, gr.Button, gr.Button]:
+    """1 · The brush class, the canvas and its buttons (the first of :class:`CanvasPanel`'s parts, and
+    "Same codes, new mask", which :class:`GeneratePanel` holds)."""
     names = list(h.config.class_names)
     default_brush = names.index("upper clothes") if "upper clothes" in names else min(1, len(names) - 1)
     with gr.Column(scale=5, min_width=320, elem_id="draw-column"):
-        gr.Markdown("### 1 · Draw a label map")
+        gr.Markdown("### 1 · Draw a label map", elem_classes="step-title")
         brush_class = gr.Radio(names, value=names[default_brush], label="Brush class (what you paint)",
                                elem_id="brush-class")
         editor = Canvas(
             value=h.canvas.to_editor(h.canvas.blank_labels()), label="Canvas", elem_id="canvas", type="numpy",
             image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
-            interactive=True, canvas_size=h.canvas.size, height=500,
+            interactive=True, canvas_size=h.canvas.size, height=390,
             brush=gr.Brush(colors=h.canvas.brush_colors, default_color=h.canvas.brush_colors[default_brush],
                            color_mode="fixed", default_size=max(4, h.canvas.size[0] // 24)),
             eraser=gr.Eraser(default_size=max(6, h.canvas.size[0] // 16)))
+        with gr.Row():
+            clear = gr.Button("Clear", size="sm", elem_id="clear-mask", min_width=80)
+            undo = gr.Button("Undo fill / upload", size="sm", elem_id="undo-mask", min_width=80)
+        with gr.Row():  # semantic manipulation: the result's mask on the canvas, edit it, render with its codes
+            load_mask = gr.Button("Load result's mask", size="sm", elem_id="load-result-mask", min_width=80)
+            regenerate = gr.Button("Same codes, new mask", size="sm", elem_id="apply-mask-edit", min_width=80)
         gr.Markdown("The eraser paints background. Swatches in the colour popup show their class name "
                     "on hover.", elem_id="canvas-help")
-        with gr.Row():
-            clear = gr.Button("Clear", size="sm", elem_id="clear-mask")
-            undo = gr.Button("Undo fill / upload", size="sm", elem_id="undo-mask")
-            load_mask = gr.Button("Load result's mask", size="sm", elem_id="load-result-mask")
-        with gr.Accordion("Fill, upload a mask", open=True):
+    return brush_class, editor, clear, undo, load_mask, regenerate
+
+
+def _fill_panel(h: DemoHandlers) -> tuple[gr.Image, gr.Dropdown, gr.File, gr.Image]:
+    """Fill a region, upload a mask (the rest of :class:`CanvasPanel`), under the first screen."""
+    names = list(h.config.class_names)
+    with gr.Column(scale=2, min_width=300):
+        with gr.Accordion("Fill a region, upload a mask", open=True, elem_id="fill-panel"):
             gr.Markdown("**Label map** — click a region to fill it with the fill class.")
             with gr.Row(equal_height=False):
                 label_map = gr.Image(value=h.canvas.colorize(h.canvas.blank_labels()), show_label=False,
@@ -366,50 +460,48 @@ def _canvas_panel(h: DemoHandlers) -> CanvasPanel:
                                          label="Fill class", elem_id="fill-class", scale=1, min_width=120)
             mask_upload = gr.File(label="Upload a mask: PNG of class ids, or the legend colours",
                                   file_types=["image"], elem_id="mask-upload", elem_classes="upload-box",
-                                  height=120)
+                                  height=100)
         example_mask = gr.Image(label="Example mask", type="filepath", image_mode=None,
                                 interactive=False, visible=False, height=120,
                                 elem_id="example-mask", buttons=[])
-    return CanvasPanel(brush_class, editor, clear, undo, load_mask, label_map, fill_class, mask_upload, example_mask)
+    return label_map, fill_class, mask_upload, example_mask
 
 
-def _generate_panel(h: DemoHandlers) -> GeneratePanel:
+def _generate_panel(h: DemoHandlers, regenerate: gr.Button, reopen: gr.File) -> GeneratePanel:
+    """2 · Generate beside the seed, the status line right under them, the result; "Same codes, new mask"
+    (under the canvas) and the re-open box (at the top) are made elsewhere."""
     with gr.Column(scale=5, min_width=300):
-        gr.Markdown("### 2 · Generate")
-        with gr.Row():
-            seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED,
-                             elem_id="seed", scale=2)
-            randomize = gr.Checkbox(value=True, label="random seed", elem_id="randomize", scale=1)
+        gr.Markdown("### 2 · Generate", elem_classes="step-title")
+        with gr.Row(equal_height=True, elem_id="generate-row"):
+            generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=2, min_width=96)
+            seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, container=False,
+                             elem_id="seed", scale=1, min_width=76)
+            randomize = gr.Checkbox(value=True, label="random seed", elem_id="randomize", container=False,
+                                    scale=1, min_width=110)
             seed_used = gr.Number(value=0, precision=0, visible="hidden", elem_id="seed-used")
-        with gr.Row():
-            generate = gr.Button("Generate", variant="primary", elem_id="generate")
-            regenerate = gr.Button("Same codes, new mask", elem_id="apply-mask-edit")
-        scale = h.files.display_scale
-        image = gr.Image(label="Result" + (f" (shown ×{scale}, Lanczos)" if scale > 1 else ""),
-                         type="filepath", format="png", interactive=False, height=420, elem_id="result")
+        status = gr.Markdown(h.status(), elem_id="status", padding=False)
+        image = gr.Image(label="Result",
+                         type="filepath", format="png", interactive=False, height=380, elem_id="result")
         file = gr.File(label="Download PNG (mask + codes inside)", interactive=False,
                        elem_id="result-file", elem_classes="upload-box")
-        reopen = gr.File(label="Re-open a result PNG saved by this demo", file_types=["image"],
-                         elem_id="reopen", elem_classes="upload-box", height=120)
-    return GeneratePanel(seed, randomize, seed_used, generate, regenerate, image, file, reopen)
+    return GeneratePanel(seed, randomize, seed_used, generate, regenerate, status, image, file, reopen)
 
 
 def _reroll_panel() -> RerollPanel:
-    with gr.Column(scale=4, min_width=260):
-        gr.Markdown("### 3 · Re-roll one class")
-        reroll_class = gr.Dropdown([], label="Class (present in the mask)", elem_id="reroll-class")
-        reroll = gr.Button("Re-roll this class", variant="primary", elem_id="reroll")
-        locked = gr.CheckboxGroup([], label="Locked classes (never re-rolled)", elem_id="locked")
-        reroll_all = gr.Button("Re-roll all unlocked", elem_id="reroll-unlocked")
-        gr.Markdown("**Variants** — click one to go back to it.")
-        strip = gr.Gallery(show_label=False, columns=2, height="auto", allow_preview=False, format="png",
-                           interactive=False, elem_id="strip", object_fit="contain", fit_columns=False)
+    gr.Markdown("### 3 · Re-roll one class", elem_classes="step-title")
+    reroll_class = gr.Dropdown([], label="Class (present in the mask)", elem_id="reroll-class")
+    reroll = gr.Button("Re-roll this class", variant="primary", elem_id="reroll")
+    locked = gr.CheckboxGroup([], label="Locked classes (never re-rolled)", elem_id="locked")
+    reroll_all = gr.Button("Re-roll all unlocked", elem_id="reroll-unlocked")
+    gr.Markdown("**Variants** — click one to go back to it.")
+    strip = gr.Gallery(show_label=False, columns=2, height="auto", allow_preview=False, format="png",
+                       interactive=False, elem_id="strip", object_fit="contain", fit_columns=False)
     return RerollPanel(reroll_class, reroll, locked, reroll_all, strip)
 
 
 def _examples(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, reroll: RerollPanel,
               status: gr.Markdown, cache_examples: bool) -> None:
-    """The example masks under the three columns (none when there are no examples)."""
+    """The example masks, a row of thumbnails at the top (none when there are no examples)."""
     examples = h.example_masks()
     if examples:
         gr.Examples(
@@ -450,7 +542,7 @@ def _mix_tab(h: DemoHandlers) -> MixTab:
                                                elem_id=f"mix-{name.replace(' ', '-')}"))
         with gr.Row():
             mix = gr.Button("Mix", variant="primary", elem_id="mix")
-        preview = gr.Image(label="Mixed result (also the current result above)", type="filepath",
+        preview = gr.Image(label="Mixed result (also the current result above)", type="filepath", elem_id="mix-preview",
                            interactive=False, height=240, format="png")
     return MixTab(user_photo, user_mask, user_preview, all_sources, set_all, sources, mix, preview)
 

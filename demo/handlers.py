@@ -204,7 +204,9 @@ class DemoHandlers:
                  path: str | None = None, note: str = "") -> tuple:
         """(image, file, strip, re-roll class, locked classes, status) for a new current result.
 
-        A new result is saved and joins the strip; ``path`` (a variant of the strip) does neither.
+        A new result is saved and joins the strip; ``path`` (a variant of the strip) does neither. The
+        image shown, the download and the strip's new variant are that one file (one PNG encode; the
+        page scales the image up).
         """
         if path is None:
             path = self.files.save(result, f"smis-{caption.split(' · ')[0]}"
@@ -217,7 +219,7 @@ class DemoHandlers:
             others = [n for n in present if self.config.class_id(n) != BACKGROUND]
             chosen = others[0] if others else present[0]
         kept = [n for n in (locked or []) if n in present]
-        return (self.files.display(path), path, strip_out, gr.update(choices=present, value=chosen),
+        return (path, path, strip_out, gr.update(choices=present, value=chosen),
                 gr.update(choices=present, value=kept), self.status(op, seconds, note))
 
     # -- the canvas: upload, fill, clear, undo ----------------------------------------------

@@ -759,9 +759,8 @@ def about_markdown(h: DemoHandlers) -> str:
     grid = cfg.latent_grid()
     codes = (f"one code of {cfg.z_channels} numbers per class" if grid == (1, 1)
              else f"{cfg.z_channels} latent channels per class on a {grid[0]}×{grid[1]} grid")
-    k = h.files.display_scale
-    shown = (f" Results are shown upscaled ×{k} with a Lanczos filter; the PNG you download is the model's "
-             f"{cfg.height}×{cfg.width} output." if k > 1 else "")
+    shown = (f" Results are the model's {cfg.height}×{cfg.width} output, scaled up by your browser for display; the "
+             "PNG you see is the PNG you download.")
     return f"""
 **GroupDNet** (Zhu, Xu, You, Bai; CVPR 2020, [paper]({PAPER_URL})) is a conditional GAN for
 *semantically multi-modal image synthesis*: from a label map it generates images, and every semantic class has

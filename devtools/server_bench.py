@@ -356,7 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         times = run_rounds(calls, a.repeats, a.warmup, a.progress)
         cfg = h.config
         title = (f"One click, the `{cfg.name}` model ({cfg.height}×{cfg.width}, {h.backend_label()}, "
-                 f"{a.threads} thread{'s' if a.threads > 1 else ''}), same mask, {a.strip} variants in the strip; median (IQR) of {a.repeats} interleaved rounds "
+                 f"{a.threads} thread{'s' if a.threads > 1 else ''}), same mask, {a.strip} variants in the strip; "
+                 f"median (IQR) of {a.repeats} interleaved rounds "
                  "(`python -m devtools.server_bench`):")
         table = markdown(times, title)
         print(table)

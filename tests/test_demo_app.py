@@ -188,6 +188,20 @@ def test_api_generate_reroll_download_reopen(client, canvas_files):
     np.testing.assert_array_equal(edited.labels, np.where(labels == LOWER, SHOES, labels))
 
 
+def test_api_result_is_one_file_served_in_place(server, canvas_files):
+    """The image shown, the download and the strip's variant are one PNG, served from where the app wrote
+    it (no copy per output in Gradio's cache), and the strip passed back as the server's files is kept."""
+    from gradio_client import Client
+
+    folder, labels = canvas_files
+    raw = Client(server["url"], verbose=False, download_files=False)
+    out = raw.predict(editor_value(folder), 5, False, [], None, [], api_name="/generate")
+    image, file, strip = out[2], out[3], out[4]
+    assert image["path"] == file["path"] == strip[-1]["image"]["path"]
+    assert "smis-demo-" in image["path"] and image["path"].endswith(".png")
+    np.testing.assert_array_equal(SMISResult.load(image["path"]).labels, labels)
+
+
 def test_api_mix_morph_scrub_keep(client, canvas_files, server):
     from gradio_client import handle_file
 

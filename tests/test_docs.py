@@ -158,6 +158,8 @@ RUN: dict[str, list[Run]] = {
         Run("python -m train.human_parser --evaluate runs/parser/best --data .gpu/ccp384 --val-split val",
             append="--workers 0"),
         Run("python -m train.human_parser --export-onnx runs/parser/best", check=_files("runs/parser/best/model.onnx")),
+        Run("python -m train.human_parser --evaluate smis/assets/ccp-parser --data .gpu/ccp384 --val-split val "
+            "--height 384 --width 256", append="--workers 0 --max-items 4"),
     ],
     "torchrun": [
         Run("torchrun --standalone --nproc_per_node=2 -m train --device cpu --preset demo --tiny --data DATA "

@@ -335,6 +335,13 @@ def test_cli_refuses_bad_arguments_and_evaluates(tmp_path, capsys):
                     "--max-items", "2", "--workers", "0", "--no-progress"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert 0 <= scores["mean_iou"] <= 1 and set(scores["per_class"]) == set(ParserConfig().class_names)
+    # At another size: the app's way (letterbox, probabilities resized to the photo), against labels at that size.
+    size = [2 * tiny_net().config.height, 2 * tiny_net().config.width]
+    assert main(["--evaluate", str(tmp_path / "p"), "--data", str(EXAMPLES), "--val-split", "all",
+                 "--height", str(size[0]), "--width", str(size[1]),
+                 "--max-items", "2", "--workers", "0", "--no-progress"]) == 0
+    big = json.loads(capsys.readouterr().out)
+    assert big["size"] == size and "resized bilinearly" in big["how"] and 0 <= big["mean_iou"] <= 1
 
 
 def test_person_check_calibration_passes_every_calibration_photo():

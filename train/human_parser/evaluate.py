@@ -11,10 +11,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from smis.parsing import IGNORE_INDEX, ParserNet
+from smis.parsing import IGNORE_INDEX, HumanParser, ParserNet
 
 from .. import dist
 from .. import metrics as M
+from ..data import build_dataset
 from .data import InMemorySplit, load_split, open_split
 from .options import ParserTrainOptions
 
@@ -50,10 +51,29 @@ def evaluate(net: nn.Module, split: InMemorySplit, class_names: Sequence[str], d
 
 
 def run_evaluate(folder: str, opts: ParserTrainOptions) -> dict[str, Any]:
-    """Scores of a saved parser on ``opts.data`` / ``opts.val_split`` (at the parser's size)."""
+    """Scores of a saved parser on ``opts.data`` / ``opts.val_split``: at the parser's size, or at
+    ``--height`` x ``--width`` when they differ from it -- then the way the app parses (photos
+    letterboxed to the parser's size, class probabilities resized bilinearly to the photo's size, argmax:
+    :class:`smis.parsing.HumanParser`) against labels packed at that size."""
     net = ParserNet.from_pretrained(folder)
     cfg = net.config
-    ds = open_split(opts, opts.val_split or "val", cfg, opts.max_items)
     device = dist.resolve_device(opts.device)
+    size = (opts.height or cfg.height, opts.width or cfg.width)
+    if size == (cfg.height, cfg.width):
+        ds = open_split(opts, opts.val_split or "val", cfg, opts.max_items)
+        split = load_split(ds, cfg.num_classes, opts.workers, opts.progress, "val")
+        return evaluate(net.to(device), split, cfg.class_names, device, amp=opts.amp)
+    ds = build_dataset(opts.format, opts.data, opts.val_split or "val", *size, on_bad=opts.on_bad,
+                       max_items=opts.max_items)
     split = load_split(ds, cfg.num_classes, opts.workers, opts.progress, "val")
-    return evaluate(net.to(device), split, cfg.class_names, device, amp=opts.amp)
+    parser = HumanParser(net, device)
+    cm = torch.zeros(cfg.num_classes, cfg.num_classes, dtype=torch.int64)
+    for i in range(0, len(split), 16):
+        x = split.images[i:i + 16].float() / 127.5 - 1
+        cm += M.confusion_matrix(parser(x).cpu(), split.labels[i:i + 16].long(), cfg.num_classes,
+                                 ignore_index=IGNORE_INDEX)
+    scores = segmentation_scores(cm, cfg.class_names)
+    scores["size"] = list(size)
+    scores["how"] = (f"letterboxed to the parser's {cfg.height}x{cfg.width}, class probabilities resized "
+                     f"bilinearly to {size[0]}x{size[1]}, argmax (smis.parsing.HumanParser)")
+    return scores

@@ -388,14 +388,16 @@ class DemoHandlers:
                locked: Sequence[str] | None = None) -> tuple:
         """A PNG saved by this demo -> the current result again, its mask on the canvas.
 
-        Returns (editor, label map, *result outputs).
+        Returns (editor, label map, *result outputs, seed, random seed): its seed goes back into the Seed
+        box (random off, so Generate makes it again), when it has one.
         """
         t0 = time.perf_counter()
         result = self.files.load(file)
         dt = time.perf_counter() - t0
         name = Path(file_path(file) or "result").stem
+        seed = (gr.update(), gr.update()) if result.seed is None else (result.seed, False)
         return (self.canvas.to_editor(result.labels), self.canvas.colorize(result.labels),
-                *self._outputs(result, strip, f"re-opened {name}", "re-open", dt, chosen, locked))
+                *self._outputs(result, strip, f"re-opened {name}", "re-open", dt, chosen, locked), *seed)
 
     # -- start from a photo: parse, encode, re-synthesise ---------------------------------------
     def no_parser_reason(self) -> str:

@@ -509,8 +509,8 @@ def _examples(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, reroll: 
             inputs=[canvas.example_mask, gen.seed], fn=h.load_example,
             outputs=[canvas.editor, canvas.label_map, gen.image, gen.file, reroll.strip, reroll.reroll_class,
                      reroll.locked, status],
-            cache_examples=cache_examples, label="Start from an example mask (seed 0)", examples_per_page=12,
-            api_name="load_example", elem_id="examples")
+            cache_examples=cache_examples, run_on_click=True, label="Start from an example mask (seed 0)",
+            examples_per_page=12, api_name="load_example", elem_id="examples")
 
 
 def _mix_tab(h: DemoHandlers) -> MixTab:
@@ -655,7 +655,8 @@ def _wire_generate(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, rer
         **PRIVATE)
     gen.regenerate.click(h.apply_mask_edit, [canvas.editor, gen.file, *variants],
                          [canvas.label_map, *s.result_outputs], api_name="apply_mask_edit", **s.model)
-    gen.reopen.upload(h.reopen, [gen.reopen, *variants], [canvas.editor, canvas.label_map, *s.result_outputs],
+    gen.reopen.upload(h.reopen, [gen.reopen, *variants],
+                      [canvas.editor, canvas.label_map, *s.result_outputs, gen.seed, gen.randomize],
                       api_name="reopen", **s.files).failure(lambda: None, None, gen.reopen, **PRIVATE)
 
 

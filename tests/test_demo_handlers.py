@@ -336,6 +336,7 @@ def test_reopen_and_foreign_results(h, first, labels, tmp_path):
     np.testing.assert_array_equal(h.canvas.to_labels(editor), labels)
     assert SMISResult.load(out[1]).codes == SMISResult.load(first[3]).codes
     assert out[2][-1][1].startswith("#2 re-opened ")
+    assert out[-2:] == [7, False]  # its seed back in the Seed box, random off
     plain = tmp_path / "plain.png"
     Image.new("RGB", (64, 128)).save(plain)
     with pytest.raises(gr.Error, match="no SMIS metadata"):

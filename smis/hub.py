@@ -31,8 +31,10 @@ METRICS_NAME = "metrics.json"
 #: called weak (the project's per-class bar for mCSD / mOCD).
 WEAK_CODE_RATIO = 2.0
 
+#: The folder of the models shipped inside the package; each is loadable by its folder name ("ccp-demo").
+ASSETS_DIR = Path(__file__).parent / "assets"
 #: The bundled default model (trained on CCP), shipped inside the package.
-BUNDLED_MODEL_DIR = Path(__file__).parent / "assets" / "ccp-demo"
+BUNDLED_MODEL_DIR = ASSETS_DIR / "ccp-demo"
 #: Environment variable that overrides the default model (a folder or a Hub repo id).
 MODEL_ENV = "SMIS_MODEL"
 
@@ -46,11 +48,19 @@ def default_model_location() -> str:
     return os.environ.get(MODEL_ENV) or str(BUNDLED_MODEL_DIR)
 
 
+def bundled_model_names() -> list[str]:
+    """The names of the models shipped in the package (folders of :data:`ASSETS_DIR` with a config)."""
+    return sorted(p.name for p in ASSETS_DIR.iterdir() if (p / CONFIG_NAME).is_file()) if ASSETS_DIR.is_dir() else []
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike | None, revision: str | None = None,
                       cache_dir: str | os.PathLike | None = None) -> Path:
-    """A local folder, or a Hub repo id downloaded into the Hugging Face cache."""
+    """A local folder, the name of a bundled model (:func:`bundled_model_names`, when no folder of that
+    name is in the working directory), or a Hub repo id downloaded into the Hugging Face cache."""
     target = str(name_or_path) if name_or_path is not None else default_model_location()
     path = Path(target).expanduser()
+    if not path.exists() and target in bundled_model_names():
+        path = ASSETS_DIR / target
     if path.is_dir():
         if not (path / CONFIG_NAME).is_file():
             raise CheckpointError(f"{path} has no {CONFIG_NAME}; is it a GroupDNet model folder?")
@@ -63,7 +73,8 @@ def resolve_model_dir(name_or_path: str | os.PathLike | None, revision: str | No
             f"id, or set {MODEL_ENV}")
     looks_like_repo = target.count("/") == 1 and not target.startswith((".", "/", "~"))
     if not looks_like_repo:
-        raise CheckpointError(f"no model folder at {target!r} (and it is not a Hub repo id 'owner/name')")
+        raise CheckpointError(f"no model folder at {target!r} (and it is not a Hub repo id 'owner/name', nor a "
+                              f"bundled model: {', '.join(bundled_model_names()) or 'none'})")
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
 

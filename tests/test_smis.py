@@ -400,3 +400,19 @@ def test_measured_class_control_reads_metrics(tmp_path, caplog):
     assert measured_class_control(tmp_path, names) == {}
     assert "not a train.evaluate metrics file" in caplog.text
 
+
+
+def test_bundled_models_load_by_name(tmp_path, monkeypatch):
+    """A bundled folder's name ("ccp-demo") is enough; a folder of that name in the working directory wins."""
+    from smis import hub
+
+    names = hub.bundled_model_names()
+    assert "ccp-demo" in names and "ccp-parser" in names and "examples" not in names
+    monkeypatch.chdir(tmp_path)
+    assert hub.resolve_model_dir("ccp-demo") == hub.BUNDLED_MODEL_DIR
+    local = tmp_path / "ccp-demo"
+    local.mkdir()
+    (local / hub.CONFIG_NAME).write_text("{}")
+    assert hub.resolve_model_dir("ccp-demo").resolve() == local
+    with pytest.raises(hub.CheckpointError, match="nor a bundled model: ccp-demo"):
+        hub.resolve_model_dir("no-such-model")

@@ -72,13 +72,13 @@ CSS = """
     max-width: none !important; line-height: 1.2; }
 #strip .grid-wrap { height: auto !important; min-height: 0 !important; max-height: 480px; overflow-y: auto; }
 #strip .empty { min-height: 64px !important; height: 64px !important; }
-/* file boxes: the whole file name as one text that wraps anywhere in its stem and never inside its extension,
-   so ".png" ends the name (Gradio lays stem and extension side by side: a wrapped stem put it mid-name) */
-.upload-box td.filename { display: table-cell !important; }
-.upload-box td.filename, .upload-box td.filename .stem { white-space: normal !important; overflow: visible !important;
-    text-overflow: clip !important; word-break: break-all; }
-.upload-box td.filename .stem { display: inline !important; }
-.upload-box td.filename .ext { white-space: nowrap !important; word-break: keep-all !important; display: inline-block; }
+/* file boxes: the whole file name as one text that wraps anywhere in its stem, never inside its extension, so
+   ".png" ends the name (Gradio lays stem and extension side by side, so a wrapped stem put ".png" mid-name; the
+   cell's font size 0 hides the space between the two) */
+.upload-box td.filename { display: block !important; font-size: 0 !important; overflow: visible !important; }
+.upload-box td.filename .stem { display: inline !important; white-space: normal !important;
+    overflow: visible !important; text-overflow: clip !important; word-break: break-all; font-size: var(--text-md); }
+.upload-box td.filename .ext { display: inline !important; white-space: nowrap !important; font-size: var(--text-md); }
 /* reference captions ("example 0854") are never cut to "example …" */
 #references .caption-label { white-space: normal !important; overflow: visible !important;
     text-overflow: clip !important; max-width: none !important; }

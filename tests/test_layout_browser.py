@@ -177,13 +177,18 @@ def test_a_phone_keeps_the_result_in_view(app, browser, tmp_path):
         assert not in_viewport(page, "#result")  # Re-roll is below the result
         page.click("#reroll")
         wait_for_result(page, "re-roll")
-        page.wait_for_function("() => { const r = document.querySelector('#result img').getBoundingClientRect();"
-                               " return r.top >= 0 && r.bottom <= innerHeight; }", timeout=5_000)
-        assert in_viewport(page, "#status")  # and the status line above it
+        # the page scrolls (smoothly) until the result, and the status line above it, are in view
+        page.wait_for_function("() => { const r = document.querySelector('#result img').getBoundingClientRect(),"
+                               " s = document.querySelector('#status').getBoundingClientRect();"
+                               " return s.top >= 0 && r.top >= s.bottom && r.bottom <= innerHeight; }", timeout=5_000)
 
-        # the file name: wrapped in its stem, '.png' whole at its end
-        stem, ext = box(page, "#result-file td.filename .stem"), box(page, "#result-file td.filename .ext")
-        assert ext["y"] + ext["height"] >= stem["y"] + stem["height"] - 2 and ext["height"] < 30
+        # the file name: wrapped in its stem, '.png' whole (one line) after its last line's start, in the cell
+        lines, after, one_line, inside = page.locator("#result-file td.filename").evaluate(
+            "td => { const s = [...td.querySelector('.stem').getClientRects()], e = td.querySelector('.ext');"
+            " const r = e.getBoundingClientRect(), cell = td.getBoundingClientRect(), last = s[s.length - 1];"
+            " return [s.length, r.top >= last.top - 1 && (r.top > last.top + 1 || r.left >= last.right - 1),"
+            " e.getClientRects().length === 1, r.left >= cell.left && r.right <= cell.right + 1]; }")
+        assert lines >= 2 and after and one_line and inside, (lines, after, one_line, inside)
 
         tabs = page.locator("#features [role=tab]")
         assert tabs.all_text_contents() == ["Appearance mixture", "Style morphing", "Edit a result's mask", "About"]

@@ -49,6 +49,8 @@ CSS = """
 #seed span[data-testid=block-info] { display: block !important; position: static !important; width: auto !important;
     height: auto !important; clip: auto !important; overflow: visible !important; margin: 0 0 2px !important;
     font-size: 0.8em; white-space: nowrap; }
+#seed input { appearance: textfield; -moz-appearance: textfield; }  /* no spinner: room for ten digits */
+#seed input::-webkit-outer-spin-button, #seed input::-webkit-inner-spin-button { -webkit-appearance: none; margin: 0; }
 #status { font-size: 0.85em; padding: 4px 10px; border: 1px solid var(--border-color-primary);
           border-radius: 8px; min-height: 2.4em; }
 #status p { margin: 0; }
@@ -84,6 +86,8 @@ CSS = """
     text-overflow: clip !important; max-width: none !important; }
 @media (max-width: 640px) {
   #result img, #morph-frame img { max-height: 320px; }
+  /* a phone: the seed and its switch on one line, Generate under them, the status line under Generate */
+  #generate-row > button { order: 2; flex-basis: 100%; }
   /* two reference thumbnails a row on a phone: none clipped at the right edge */
   #references .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }
@@ -475,9 +479,9 @@ def _generate_panel(h: DemoHandlers, regenerate: gr.Button, reopen: gr.File) -> 
         with gr.Row(equal_height=True, elem_id="generate-row"):
             generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=2, min_width=96)
             seed = gr.Number(value=0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED, container=False,
-                             elem_id="seed", scale=1, min_width=76)
+                             elem_id="seed", scale=2, min_width=104)  # ten digits
             randomize = gr.Checkbox(value=True, label="random seed", elem_id="randomize", container=False,
-                                    scale=1, min_width=110)
+                                    scale=1, min_width=100)
             seed_used = gr.Number(value=0, precision=0, visible="hidden", elem_id="seed-used")
         status = gr.Markdown(h.status(), elem_id="status", padding=False)
         image = gr.Image(label="Result",

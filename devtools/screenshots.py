@@ -3,6 +3,10 @@
     python app.py --port 7860 &            # the untrained fallback, or --model <folder>
     python -m devtools.screenshots --url http://127.0.0.1:7860/ --out docs/screenshots
 
+The first two are the first screen as a visitor gets it: a 1280x800 desktop after clicking an example (nothing
+scrolled), and a 390x844 phone after Re-roll (the page brings the result back into view). The others walk
+through the features on a 1400x1050 page.
+
 Uses Debian's Chromium (``apt-get install chromium``), not ``playwright install``.
 """
 
@@ -23,6 +27,15 @@ TIMEOUT_MS = 120_000
 
 
 EXAMPLE_PHOTO = DEFAULT_EXAMPLES_DIR / "images" / "0854.jpg"
+
+
+def small_png(path: Path) -> None:
+    """Rewrite a screenshot as a 256-colour PNG (dithered): about a third of the bytes, for the docs."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        small = im.convert("RGB").quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
+    small.save(path, optimize=True)
 
 
 def _wait_for_file(page, sync_api, pattern: str) -> None:
@@ -50,6 +63,32 @@ def _select(page, elem_id: str, option: str) -> None:
     page.locator(f"#{elem_id}").get_by_role("option", name=option, exact=True).click()
 
 
+def _example(page, sync_api, index: int = 3) -> None:
+    """Click an example mask (3: CCP 0857, top, trousers, bag) and wait for its result."""
+    page.locator("#examples .gallery-item").nth(index).click()
+    _wait_for_file(page, sync_api, "example")
+    page.wait_for_function("document.querySelector('#canvas [data-testid=status-tracker]')?.classList.contains('hide')",
+                           timeout=TIMEOUT_MS)  # the canvas has drawn the example's mask
+
+
+def _first_screen(browser, url: str, sync_api, shot) -> None:
+    """The first screen on a desktop (after an example) and on a phone (after Re-roll, the result in view)."""
+    for name, size in (("00-first-screen-desktop", (1280, 800)), ("00-first-screen-phone", (390, 844))):
+        page = browser.new_page(viewport={"width": size[0], "height": size[1]})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        page.locator("#canvas canvas").first.wait_for()
+        page.wait_for_timeout(1500)
+        _example(page, sync_api)
+        if size[0] < 640:
+            page.locator("#reroll").evaluate("e => e.scrollIntoView({block: 'start'})")
+            page.click("#reroll")
+            _wait_for_file(page, sync_api, "re-roll")
+            page.wait_for_timeout(1000)  # the page scrolls the result back into view
+        shot(page, name)
+        page.close()
+
+
 def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]:
     from playwright import sync_api  # dev-only (requirements-dev.txt), with Debian's Chromium
 
@@ -63,11 +102,13 @@ def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]
             page.locator(selector).first.screenshot(path=str(path))
         else:
             page.screenshot(path=str(path), full_page=full)
+        small_png(path)
         shots.append(path)
         logger.info("saved %s", path)
 
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
+        _first_screen(browser, url, sync_api, shot)
         page = browser.new_page(viewport={"width": 1400, "height": 1050})
         page.set_default_timeout(TIMEOUT_MS)
         page.goto(url)
@@ -87,8 +128,7 @@ def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]
         shot(page, "01-draw-and-generate")
 
         # 2. start from an example, re-roll one class, lock one, re-roll the unlocked
-        page.locator("#examples button").nth(3).click()  # CCP 0857: top, trousers, bag
-        _wait_for_file(page, sync_api, "example")
+        _example(page, sync_api)
         _select(page, "reroll-class", "upper clothes")
         page.click("#reroll")
         _wait_for_file(page, sync_api, "re-roll-upper-clothes")
@@ -106,7 +146,7 @@ def take(url: str, out: Path, chromium: str = "/usr/bin/chromium") -> list[Path]
         box = label_map.bounding_box()
         label_map.click(position={"x": box["width"] * 0.5, "y": box["height"] * 0.62})
         page.wait_for_timeout(2500)
-        shot(page, "03-fill", "#draw-column")
+        shot(page, "03-fill", "#fill-panel")
 
         # 4. appearance mixture: upper clothes from one reference, hair from another
         page.get_by_role("tab", name="Appearance mixture").click()

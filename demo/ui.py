@@ -54,9 +54,15 @@ CSS = """
 #status { font-size: 0.85em; padding: 4px 10px; border: 1px solid var(--border-color-primary);
           border-radius: 8px; min-height: 2.4em; }
 #status p { margin: 0; }
-/* the status line is where the queue position and the estimate show while a click waits: keep them readable */
-#status .progress-text, #status .meta-text, #status .meta-text-center { font-size: 0.95em !important;
-    opacity: 1 !important; color: var(--body-text-color) !important; }
+/* the status line is where progress, the queue position and the estimate show ("queue: 1/2 | 0.4/2.1s"): inside
+   the line, at its right end, readable (Gradio centres them under a large spinner that this short box clips) */
+#status [data-testid=status-tracker] { top: 0 !important; height: 100% !important; flex-direction: row !important;
+    justify-content: flex-end !important; align-items: center !important; padding: 0 8px !important; }
+#status [data-testid=status-tracker] > div:has(> svg[viewBox^="-1200"]) { display: none !important; }
+#status .progress-text, #status .meta-text, #status .meta-text-center { position: static !important;
+    transform: none !important; font-size: 0.95em !important; font-weight: 600; opacity: 1 !important;
+    color: var(--body-text-color) !important; background: var(--block-background-fill); padding: 1px 6px;
+    border-radius: 6px; }
 /* the example masks: one compact row of thumbnails at the top */
 #examples .container.gallery { width: auto !important; height: 64px !important; }
 #examples .gallery img { height: 64px !important; width: auto !important; max-width: none !important;

@@ -228,6 +228,10 @@ def test_a_waiting_click_shows_its_queue_position_under_generate(app, browser):
         status = second.locator("#status")
         expect(status).to_contain_text(re.compile(r"queue: 1/1 \| [\d.]+/[\d.]+s"), timeout=8_000)
         text = status.inner_text()
+        assert status.locator(".progress-text").evaluate(  # shown inside the line, on top (not clipped off)
+            "t => { const r = t.getBoundingClientRect(), s = t.closest('#status').getBoundingClientRect();"
+            " return document.elementFromPoint(r.x + r.width / 2, r.y + r.height / 2) === t"
+            " && r.top >= s.top && r.bottom <= s.bottom; }")
         generate, line = box(second, "#generate"), box(second, "#status")
         assert 0 <= line["y"] - (generate["y"] + generate["height"]) < 40, (generate, line)
         first.wait_for_function("(old) => document.querySelector('#result-file a[href]')?.href !== old", arg=before,

@@ -353,7 +353,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
             with gr.Column(scale=4, min_width=260):
                 reroll = _reroll_panel()
                 switch = _browser_switch(browser)
-        with gr.Row(equal_height=False):  # the tools that used to push the first screen down
+        with gr.Row(equal_height=False):  # under the first screen: fill and upload masks, what a photo gave
             canvas = CanvasPanel(*drawing, *_fill_panel(h))
             photo = _photo_panel(h, start_photo)
         status = gen.status

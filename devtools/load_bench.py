@@ -35,7 +35,6 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -290,8 +289,8 @@ def markdown(bursts: dict[str, Burst], idle_cpu_per_s: float, title: str) -> str
         p50, p95 = (float(np.percentile(b.page_ms, q)) for q in (50, 95))
         ratio = f"{b.cpu_ms_per_reroll / base:.2f}" if base else "–"
         label = "in the browser (Run in your browser on)" if mode == "browser" else "on the server (switch off)"
-        lines.append(f"| {label} | {b.model_calls} of {n} | {b.raw_cpu_ms_per_reroll:.0f} / {b.cpu_ms_per_reroll:.0f} | "
-                     f"{ratio} | {p50:.0f} / {p95:.0f} | {b.wall_s:.1f} | "
+        cpu = f"{b.raw_cpu_ms_per_reroll:.0f} / {b.cpu_ms_per_reroll:.0f}"
+        lines.append(f"| {label} | {b.model_calls} of {n} | {cpu} | {ratio} | {p50:.0f} / {p95:.0f} | {b.wall_s:.1f} | "
                      + " / ".join(f"{b.requests[k] / n:.1f}" for k in ("events", "uploads", "downloads")) + " |")
     lines += ["", f"The server's CPU with the same pages open and idle: {idle_cpu_per_s * 1e3:.0f} ms per second "
                   "(\"less idle\": that much less for the length of each burst)."]

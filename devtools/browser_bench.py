@@ -22,7 +22,6 @@ import argparse
 import base64
 import contextlib
 import json
-import socket
 import statistics
 import sys
 import threading
@@ -36,6 +35,7 @@ from tqdm.auto import tqdm
 from demo.browser import BrowserModel, find_browser_model, ort_web_version, routes
 from demo.launch import load_pipeline
 from demo.references import DEFAULT_EXAMPLES_DIR
+from devtools.common import free_port
 from export.onnx import export_model
 from smis.backends.onnx import OnnxBackend, cpu_cores
 from smis.hub import CheckpointError
@@ -46,12 +46,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 #: A round: () -> (generate ms, re-roll ms).
 Round = Callable[[], tuple[float, float]]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

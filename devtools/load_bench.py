@@ -39,7 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from devtools.browser_bench import CHROMIUM, CHROMIUM_FLAGS
-from devtools.server_bench import _tiny_model, free_port
+from devtools.common import free_port, tiny_model
 
 MODES = ("browser", "server")
 #: Seconds a page may take for one step of its setup or one re-roll (20 pages share 2 cores).
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:
         p.error("the load bench needs playwright (pip install -r requirements-dev.txt)")
     tmp = Path(tempfile.mkdtemp(prefix="smis-loadbench-"))
-    model = str(_tiny_model(tmp / "model")) if a.tiny else a.model
+    model = str(tiny_model(tmp / "model")) if a.tiny else a.model
     try:
         server = Server(model, a.backend, a.threads, max_queue=max(64, 4 * a.visitors))
     except ValueError as err:

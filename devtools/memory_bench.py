@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -26,11 +25,11 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
-import torch
 from gradio_client import Client, handle_file
 from PIL import Image
 
-from smis import GroupDNet, SMISConfig, get_config
+from devtools.common import free_port, tiny_model
+from smis import SMISConfig, get_config
 from smis.hub import BUNDLED_MODEL_DIR, MODEL_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,18 +43,6 @@ def rss_mb(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "VmHWM"):
             out[key] = int(value.split()[0]) / 1024
     return out
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tiny_model(folder: Path) -> Path:
-    torch.manual_seed(0)
-    GroupDNet(get_config("demo", tiny=True)).save_pretrained(folder)
-    return folder
 
 
 def _inputs(folder: Path, height: int, width: int, palette) -> dict[str, Path]:
@@ -97,12 +84,12 @@ def _visitor(url: str, files: dict[str, Path], rounds: int, errors: list[str]) -
 def run(model: str | None, clients: int, rounds: int, tiny: bool, extra_args: list[str]) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="smis-membench-"))
     if tiny:
-        model = str(_tiny_model(tmp / "model"))
+        model = str(tiny_model(tmp / "model"))
     folder = Path(model or os.environ.get(MODEL_ENV) or BUNDLED_MODEL_DIR)
     # what app.py will load: a model folder, else (no model anywhere) its untrained "demo" fallback
     cfg = SMISConfig.load(folder / "config.json") if (folder / "config.json").is_file() else get_config("demo")
     files = _inputs(tmp, cfg.height, cfg.width, cfg.palette)
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
            "GRADIO_TEMP_DIR": str(tmp / "gradio"), "GRADIO_EXAMPLES_CACHE": str(tmp / "examples-cache")}
     cmd = [sys.executable, "app.py", "--host", "127.0.0.1", "--port", str(port), "--no-cache-examples",

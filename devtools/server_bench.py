@@ -32,7 +32,6 @@ import argparse
 import json
 import logging
 import os
-import socket
 import statistics
 import sys
 import tempfile
@@ -47,25 +46,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from devtools.common import free_port, tiny_model
+
 CLASS = "upper clothes"
 OPS = ("generate", "re-roll")
 PARTS = ("API", "handler", "model", "floor")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tiny_model(folder: Path) -> Path:
-    import torch
-
-    from smis import GroupDNet, get_config
-
-    torch.manual_seed(0)
-    GroupDNet(get_config("demo", tiny=True)).save_pretrained(folder)
-    return folder
 
 
 def canvas_labels(height: int, width: int) -> np.ndarray:
@@ -341,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     tmp = Path(tempfile.mkdtemp(prefix="smis-serverbench-"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    model = str(_tiny_model(tmp / "model")) if a.tiny else a.model
+    model = str(tiny_model(tmp / "model")) if a.tiny else a.model
     from smis.hub import CheckpointError
 
     try:

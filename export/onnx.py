@@ -45,9 +45,9 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from smis.backends.onnx import make_session
-from smis.config import SIZE_MULTIPLE, SMISConfig
+from smis.config import SMISConfig
 from smis.functional import fit_label, to_uint8
-from smis.generator import BLOCK_NAMES
+from smis.generator import block_channels, block_names
 from smis.layers import CGNorm, cgnorm_channels
 from smis.model import GroupDNet, bake_spectral_norm
 from smis.onnx_format import GRAPH_KEY, GRAPH_KINDS, graph_file_name, model_metadata
@@ -194,9 +194,8 @@ def inference_copy(model: GroupDNet) -> GroupDNet:
 
 def feature_names(config: SMISConfig) -> list[str]:
     """Names of the label-branch tensors (every CG-Norm's scale and shift), in forward order."""
-    ch = config.generator.channels
-    return [f"{block}.{n}.{part}" for i, block in enumerate(BLOCK_NAMES)
-            for n in cgnorm_channels(ch[i], ch[i + 1]) for part in ("scale", "shift")]
+    return [f"{block}.{n}.{part}" for block, (fin, fout) in zip(block_names(config), block_channels(config))
+            for n in cgnorm_channels(fin, fout) for part in ("scale", "shift")]
 
 
 class _GeneratorPart(nn.Module):
@@ -251,8 +250,9 @@ class RenderGraph(_GeneratorPart):
     """(z, *label-branch tensors) -> image; label tensors of batch 1 broadcast over N codes."""
 
     def forward(self, z: torch.Tensor, *features: torch.Tensor):
-        ch, it = self.config.generator.channels, iter(features)
-        feats = [{n: (next(it), next(it)) for n in cgnorm_channels(ch[i], ch[i + 1])} for i in range(len(ch) - 1)]
+        it = iter(features)
+        feats = [{n: (next(it), next(it)) for n in cgnorm_channels(fin, fout)}
+                 for fin, fout in block_channels(self.config)]
         # The generator reads the label map only for its size check: the last scale map has the
         # output size and stands in for it (no op in the graph).
         return self.outputs(self.generator(z.to(self.dtype), features[-2], feats))
@@ -302,7 +302,8 @@ def _example_inputs(net: GroupDNet, kind: str, dtype: torch.dtype, batch: int = 
     (The encoder's last InstanceNorm needs two cells.)"""
     config = net.config
     g = torch.Generator().manual_seed(0)
-    h, w = SIZE_MULTIPLE, SIZE_MULTIPLE * (2 if kind == "encoder" else 1)
+    m = config.size_multiple
+    h, w = m, m * (2 if kind == "encoder" else 1)
     labels = torch.randint(0, config.num_classes, (batch, 1, h, w), generator=g)
     z = torch.randn(batch, *config.latent_shape(h, w), generator=g)
     if kind == "encoder":
@@ -343,7 +344,8 @@ def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], lis
 def _metadata(config: SMISConfig, kind: str, precision: str, digest: str, uint8: bool,
               opset: int) -> dict[str, str]:
     ins, outs, _ = _io_spec(kind, uint8, config)
-    grid = "1, 1" if config.code_layout == "global" else "H/64, W/64"
+    m = config.size_multiple
+    grid = "1, 1" if config.code_layout == "global" else f"H/{m}, W/{m}"
     describe = {
         "labels": "int64 (N, 1, H, W) class ids in [0, C)",
         "z": f"float32 (N, 8C, {grid}); class c owns channels [8c, 8c+8); N(0, 1) at test time",

@@ -71,6 +71,13 @@ class GeneratorConfig:
     #: steered into its region (CCP at 192x128: hair and shoes are absent from the 3x2 head's map
     #: of every photo); see docs/training/ccp-cpu-notes.md.
     label_pool: LabelPool = "nearest"
+    #: Coarse-to-fine growth (pix2pixHD's local enhancer, Wang et al. 2018, adapted to GroupDNet):
+    #: output channels of extra CG-Blocks (one group, the label map at their size), each one x2 above
+    #: the last. The seven blocks above (the *global* generator, which keeps every class's code) then
+    #: run at H / 2^k x W / 2^k, the encoder reads the photo at that size, and the image is the global
+    #: generator's RGB, upsampled bilinearly, plus the enhancer's RGB residual (zero-initialised, so a
+    #: model grown from a smaller one starts as that model upscaled). Empty: no enhancer.
+    enhancer_channels: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -101,7 +108,7 @@ class SMISConfig:
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
-    #: Native output size; both multiples of 64 (the latent grid is H/64 x W/64).
+    #: Native output size; both multiples of ``size_multiple`` (64, x2 per enhancer block).
     height: int
     width: int
     generator: GeneratorConfig
@@ -127,11 +134,27 @@ class SMISConfig:
         """Channels of the label input to CG-Norm and D (one-hot, plus edges if enabled)."""
         return self.num_classes * (2 if self.instance_edges else 1)
 
-    def base_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
-        """The generator's first feature map: H/64 x W/64 (what the label branch is sized from)."""
+    @property
+    def enhancer_factor(self) -> int:
+        """How much larger the image is than the global generator's: 2 ** (enhancer blocks)."""
+        return 2 ** len(self.generator.enhancer_channels)
+
+    @property
+    def size_multiple(self) -> int:
+        """Heights and widths must be multiples of this: 64 (six x2 upsamplings), x2 per enhancer block."""
+        return SIZE_MULTIPLE * self.enhancer_factor
+
+    def global_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """The size the global generator and the encoder work at (the image's without an enhancer)."""
         h = self.height if height is None else height
         w = self.width if width is None else width
-        return h // SIZE_MULTIPLE, w // SIZE_MULTIPLE
+        return h // self.enhancer_factor, w // self.enhancer_factor
+
+    def base_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """The generator's first feature map: H/64 x W/64 of the global size (what the label branch is sized from)."""
+        h = self.height if height is None else height
+        w = self.width if width is None else width
+        return h // self.size_multiple, w // self.size_multiple
 
     def latent_grid(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
         """Spatial size of Z: the base grid, or (1, 1) for ``code_layout="global"``."""
@@ -240,16 +263,21 @@ def validate(cfg: SMISConfig) -> None:
         raise ValueError(f"{c} class names but {len(cfg.palette)} palette colours")
     if len(set(map(tuple, cfg.palette))) != c:
         raise ValueError("palette colours must be distinct")
+    if any(int(ch) < 1 for ch in g.enhancer_channels):
+        raise ValueError(f"generator.enhancer_channels must be positive, got {list(g.enhancer_channels)}")
+    m = cfg.size_multiple
     for side, v in (("height", cfg.height), ("width", cfg.width)):
-        if v < SIZE_MULTIPLE or v % SIZE_MULTIPLE:
-            raise ValueError(f"{side} {v} must be a positive multiple of {SIZE_MULTIPLE}")
+        if v < m or v % m:
+            raise ValueError(f"{side} {v} must be a positive multiple of {m}"
+                             + (f" (64 x 2^{len(g.enhancer_channels)} enhancer blocks)" if g.enhancer_channels else ""))
     if len(g.channels) != 8 or len(g.groups) != 7:
         raise ValueError("generator.channels needs 8 numbers and generator.groups 7")
     if g.channels[0] % c:
         raise ValueError(f"fc width {g.channels[0]} must be a multiple of {c} classes")
     lab = cfg.label_channels
-    for i, grp in enumerate(g.groups):
-        fin, fout = g.channels[i], g.channels[i + 1]
+    channels = (*g.channels, *g.enhancer_channels)
+    for i, grp in enumerate((*g.groups, *(1,) * len(g.enhancer_channels))):
+        fin, fout = channels[i], channels[i + 1]
         fmid = min(fin, fout)
         hid, sg, mg = cgnorm_layout(g.norm_layout, c, grp, g.norm_hidden)
         checks = {"block in": (fin, grp), "block out": (fout, grp), "block mid": (fmid, grp),
@@ -263,7 +291,7 @@ def validate(cfg: SMISConfig) -> None:
     if cfg.code_layout not in CODE_LAYOUTS:
         raise ValueError(f"code_layout must be one of {', '.join(CODE_LAYOUTS)}, got {cfg.code_layout!r}")
     e = cfg.encoder
-    if e.norm == "instance" and cfg.height * cfg.width <= SIZE_MULTIPLE**2:
+    if e.norm == "instance" and cfg.height * cfg.width <= cfg.size_multiple**2:
         raise ValueError(f"a {cfg.height}x{cfg.width} model has a 1x1 latent grid, too small for the encoder's "
                          "instance norm; use at least 64x128")
     if len(e.channels) != NUM_UPSAMPLINGS:

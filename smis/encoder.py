@@ -16,7 +16,8 @@ class Encoder(nn.Module):
 
     Every convolution has ``groups = C`` and the input is the photo split by class, so class c's
     code depends on class c's pixels alone. With ``code_layout="global"`` the two maps are
-    averaged over the grid: one Gaussian per class.
+    averaged over the grid: one Gaussian per class. A model with a local enhancer reads the photo
+    at its global generator's size (``config.global_size``): the codes are the global generator's.
     """
 
     def __init__(self, config: SMISConfig):
@@ -39,6 +40,9 @@ class Encoder(nn.Module):
 
     def forward(self, image: torch.Tensor, onehot: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``image`` (N, 3, H, W) in [-1, 1]; ``onehot`` (N, C, H, W) without edge channels."""
+        f = self.config.enhancer_factor
+        if f > 1:  # box-filtered photo, nearest mask (as a dataset packed at the smaller size)
+            image, onehot = F.avg_pool2d(image, f), onehot[:, :, ::f, ::f]
         x = split_and_zoom(image, onehot)
         for layer in self.layers:
             x = F.leaky_relu(layer(x), 0.2)

@@ -12,7 +12,7 @@ self-describing: its ``metadata_props`` hold
 ``smis.class_names``        JSON list of class names (class id = index)
 ``smis.palette``            JSON list of [r, g, b], one per class
 ``smis.latent_layout``      JSON: 8 channels per class, class c owns [8c, 8c+8), grid H/64 x W/64
-``smis.size_multiple``      ``64``: height and width must be multiples of it
+``smis.size_multiple``      ``64`` (x2 per enhancer block): height and width must be multiples of it
 ``smis.inputs/outputs``     JSON: name -> dtype, shape and meaning
 ``smis.precision``          ``fp32`` or ``fp16`` (inputs and outputs are float32 either way)
 ``smis.weights_sha256``     hash of the config and tensors the graph was exported from
@@ -29,7 +29,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .config import SIZE_MULTIPLE, SMISConfig
+from .config import SMISConfig
 
 ONNX_FORMAT = "smis-onnx/1"
 GENERATOR_FILE = "generator.onnx"
@@ -65,7 +65,7 @@ def latent_layout(config: SMISConfig) -> dict[str, Any]:
         "channels": zc * c,
         "class_channels": f"class c owns channels [{zc}c, {zc}c+{zc})",
         "grid": "1 x 1 (one vector per class)" if config.code_layout == "global"
-        else f"H/{SIZE_MULTIPLE} x W/{SIZE_MULTIPLE}",
+        else f"H/{config.size_multiple} x W/{config.size_multiple}",
         "native_grid": list(config.latent_grid()),
         "native_size": [config.height, config.width],
         "prior": "N(0, 1) per element at test time; the encoder's mu for a real photo",
@@ -81,7 +81,7 @@ def model_metadata(config: SMISConfig, kind: str) -> dict[str, str]:
         "smis.class_names": json.dumps(list(config.class_names)),
         "smis.palette": json.dumps([list(c) for c in config.palette]),
         "smis.latent_layout": json.dumps(latent_layout(config)),
-        "smis.size_multiple": str(SIZE_MULTIPLE),
+        "smis.size_multiple": str(config.size_multiple),
     }
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 
 from smis import hub
 from smis.config import SMISConfig
+from smis.generator import BLOCK_NAMES, block_names
 
 logger = logging.getLogger(__name__)
 
@@ -226,6 +227,14 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
             what = f"model {folder}: G + E (EMA weights) and D ({DISCRIMINATOR_NAME})"
         else:
             what = f"model {folder}: G + E (EMA weights); D fresh (the folder has no {DISCRIMINATOR_NAME})"
+    own_config = getattr(net, "config", None)
+    grown = _enhancer_keys(source_config, own_config)
+    if grown:  # coarse-to-fine growth: the smaller model's tensors load, the new blocks keep their init
+        parts = [(name, module, {**{k: v for k, v in module.state_dict().items() if k.startswith(grown)}, **tensors})
+                 if name in ("G + E", "EMA") and tensors is not None else (name, module, tensors)
+                 for name, module, tensors in parts]
+        what += (f"; grown from {source_config.height}x{source_config.width} to {own_config.height}x"
+                 f"{own_config.width}: the enhancer ({', '.join(p.rstrip('.') for p in grown)}) starts fresh")
     # Check everything first, then load: a mismatch changes nothing.
     for name, module, tensors in parts:
         if tensors is None:
@@ -236,12 +245,20 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
             raise TrainingStateError(str(err)) from err
     for name, module, tensors in parts:
         hub.load_into(module, tensors, f"{source} ({name})", hint)
-    own = getattr(net, "config", None)
+    own = own_config
     if source_config is not None and own is not None:
-        changed = [d for d in source_config.differences(own) if not d.startswith(("name:", "discriminator."))]
+        ignore = ("name:", "discriminator.") + (("height:", "width:", "generator.enhancer_channels:") if grown else ())
+        changed = [d for d in source_config.differences(own) if not d.startswith(ignore)]
         if changed:  # same shapes, other behaviour (e.g. label pooling): fine-tuning adapts to it
             what += "; the run's config differs from the source's in " + "; ".join(changed)
     return what
+
+
+def _enhancer_keys(source: SMISConfig | None, own: SMISConfig | None) -> tuple[str, ...]:
+    """Name prefixes of ``own``'s enhancer tensors when it is grown from ``source``, a model without one; or ()."""
+    if source is None or own is None or source.generator.enhancer_channels or not own.generator.enhancer_channels:
+        return ()
+    return tuple(f"generator.{n}." for n in block_names(own)[len(BLOCK_NAMES):]) + ("generator.conv_img_hd.",)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -98,7 +98,9 @@ def add_field_argument(group: Any, f: dataclasses.Field, hint: Any, default: Any
         if get_origin(hint) is Literal:
             kw["choices"] = get_args(hint)
         elif get_origin(hint) is tuple:
-            kw["nargs"], kw["type"] = len(get_args(hint)), get_args(hint)[0]
+            args = get_args(hint)
+            kw["nargs"] = "+" if len(args) == 2 and args[1] is Ellipsis else len(args)
+            kw["type"] = args[0]
             kw["default"] = list(default) if default is not None else None
         else:
             kw["type"] = _bool if hint is bool else _widths if get_origin(hint) is dict else hint

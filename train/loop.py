@@ -39,6 +39,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 import smis
 from smis import GroupDNet, MultiscaleDiscriminator, SMISConfig
 from smis.functional import one_hot
+from smis.generator import BLOCK_NAMES
 from smis.precision import choose_amp
 
 from . import checkpoint as ckpt
@@ -211,10 +212,16 @@ class Networks:
         adam: dict[str, Any] = dict(betas=(float(s.beta1), float(s.beta2)))
         if device.type == "cuda":
             adam["fused"] = True
-        ge_params = list(net.generator.parameters()) + list(net.encoder.parameters())
-        logger.info("model %s %dx%d, %d classes: G %.2fM, E %.2fM, D %.2fM parameters", config.name,
-                    config.height, config.width, config.num_classes,
-                    *(sum(p.numel() for p in m.parameters()) / 1e6 for m in (net.generator, net.encoder, disc)))
+        if s.train_only == "enhancer":  # pix2pixHD's first phase: the rest stays as it was grown from
+            net.requires_grad_(False)
+            enhancer = [getattr(net.generator, n) for n in net.generator.block_names[len(BLOCK_NAMES):]]
+            for module in (*enhancer, net.generator.conv_img_hd):
+                module.requires_grad_(True)
+        ge_params = [p for m in (net.generator, net.encoder) for p in m.parameters() if p.requires_grad]
+        logger.info("model %s %dx%d, %d classes: G %.2fM, E %.2fM, D %.2fM parameters; %.2fM of G + E learn",
+                    config.name, config.height, config.width, config.num_classes,
+                    *(sum(p.numel() for p in m.parameters()) / 1e6 for m in (net.generator, net.encoder, disc)),
+                    sum(p.numel() for p in ge_params) / 1e6)
         return cls(net, disc, ema, torch.optim.Adam(ge_params, lr=s.lr_g, **adam),
                    torch.optim.Adam(disc.parameters(), lr=s.lr_d, **adam),
                    torch.amp.GradScaler(device.type, enabled=amp == "fp16"),
@@ -382,7 +389,8 @@ def _wrapped(nets: Networks, device: torch.device, compile: bool) -> tuple[nn.Mo
         quiet = "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters
         kw: dict[str, Any] = dict(**({"forward_sync_buffers": False} if quiet else {"broadcast_buffers": False}),
                                   device_ids=[device] if device.type == "cuda" else None)
-        g, e, d = (DDP(m, **kw) for m in (g, e, d))
+        # A frozen network (--train-only enhancer: E) has no gradients to share: DDP refuses it.
+        g, e, d = (DDP(m, **kw) if any(p.requires_grad for p in m.parameters()) else m for m in (g, e, d))
     out = (g, e, d, nets.disc)
     return tuple(torch.compile(m) for m in out) if compile else out
 

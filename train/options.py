@@ -82,6 +82,12 @@ class ModelOptions:
     #: CG-Norm layout, the class count and ``norm_hidden``.
     decoder_groups: tuple[int, int, int, int, int, int, int] | None = field(
         default=None, metadata={"metavar": "G"})
+    #: Grow the model coarse-to-fine (pix2pixHD's local enhancer, adapted to GroupDNet): output channels
+    #: of one-group CG-Blocks at x2 each on top of the preset's seven, e.g. 16 for one block; the
+    #: preset's blocks and the encoder then work at --height / 2 x --width / 2. Start it from the
+    #: smaller model with --init-from (its tensors load; the enhancer starts as "no change") and
+    #: --train-only enhancer (pix2pixHD's first phase), then continue with every layer.
+    enhancer_channels: tuple[int, ...] | None = field(default=None, metadata={"metavar": "CH"})
 
     def config(self, class_names: tuple[str, ...] | None = None,
                palette: tuple[tuple[int, int, int], ...] | None = None) -> SMISConfig:
@@ -97,6 +103,12 @@ class ModelOptions:
                 cfg = cfg.replace(generator=dataclasses.replace(cfg.generator, groups=tuple(self.decoder_groups)))
             except ValueError as err:
                 raise ValueError(f"--decoder-groups {' '.join(map(str, self.decoder_groups))}: {err}") from err
+        if self.enhancer_channels is not None:
+            try:
+                cfg = cfg.replace(generator=dataclasses.replace(
+                    cfg.generator, enhancer_channels=tuple(int(c) for c in self.enhancer_channels)))
+            except ValueError as err:
+                raise ValueError(f"--enhancer-channels {' '.join(map(str, self.enhancer_channels))}: {err}") from err
         d = cfg.discriminator
         cfg = cfg.replace(discriminator=DiscriminatorConfig(
             ndf=self.d_ndf or d.ndf, num_layers=self.d_layers or d.num_layers,
@@ -137,6 +149,9 @@ class ScheduleOptions:
     ema_decay: float = 0.999
     #: Max global grad norm per network (0: off).
     grad_clip: float = field(default=0.0, metadata=NON_NEGATIVE)
+    #: Which part of G + E learns: ``all``, or ``enhancer`` (pix2pixHD's first phase of growth: the
+    #: enhancer blocks and their RGB head only; the global generator and the encoder stay frozen).
+    train_only: Literal["all", "enhancer"] = "all"
 
     def total_steps(self, steps_per_epoch: int) -> int:
         return int(self.steps) if self.steps else max(1, int(round(self.epochs * steps_per_epoch)))
@@ -344,9 +359,11 @@ class TrainOptions:
             raise ValueError(f"--resume {r.resume}: no such checkpoint file (use --resume auto to "
                              "continue from the newest checkpoint in --outdir)")
         try:
-            self.model.config()
+            config = self.model.config()
         except (TypeError, ValueError) as err:
             raise ValueError(f"the model options do not make a valid {self.model.preset!r} model: {err}") from err
+        if s.train_only == "enhancer" and not config.generator.enhancer_channels:
+            raise ValueError("--train-only enhancer needs a model with an enhancer (--enhancer-channels)")
 
 
 def resolved_workers(d: DataOptions) -> int:

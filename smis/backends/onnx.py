@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import SIZE_MULTIPLE, SMISConfig
+from ..config import SMISConfig
+from ..generator import block_channels
 from ..hub import resolve_model_dir
 from ..layers import cgnorm_channels
 from ..model import GroupDNet
@@ -231,11 +232,10 @@ def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike
 
 def label_branch_bytes(config: SMISConfig, height: int, width: int, fp16: bool = False) -> int:
     """Memory of one mask's label-branch maps (every CG-Norm's scale and shift), in bytes."""
-    ch = config.generator.channels
     h, w = config.base_grid(height, width)
     total = 0
-    for i in range(len(ch) - 1):
-        total += 2 * sum(cgnorm_channels(ch[i], ch[i + 1]).values()) * (h << i) * (w << i)
+    for i, (fin, fout) in enumerate(block_channels(config)):  # block i runs after i x2 upsamplings
+        total += 2 * sum(cgnorm_channels(fin, fout).values()) * (h << i) * (w << i)
     return total * (2 if fp16 else 4)
 
 
@@ -422,8 +422,9 @@ class OnnxBackend:
         if lab.ndim != 4 or lab.shape[1] != 1:
             raise ValueError(f"labels must be (N, H, W) class ids, got shape {np.shape(labels)}")
         h, w = lab.shape[2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h == 0 or w == 0:
-            raise ValueError(f"height and width must be positive multiples of {SIZE_MULTIPLE}, got {h}x{w}")
+        m = self.config.size_multiple
+        if h % m or w % m or h == 0 or w == 0:
+            raise ValueError(f"height and width must be positive multiples of {m}, got {h}x{w}")
         return np.ascontiguousarray(lab, dtype=np.int64)
 
     def _check(self, labels: np.ndarray, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

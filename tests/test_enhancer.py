@@ -54,7 +54,7 @@ def test_a_grown_model_starts_as_the_small_one_upscaled_and_its_preview_is_the_s
     labels = blob_labels(2, 256, 128)
     z = torch.randn(2, *big.config.latent_shape())
     logits = {}
-    small.generator.conv_img.register_forward_hook(lambda m, i, o: logits.setdefault("rgb", o))
+    small.generator.conv_img.register_forward_hook(lambda m, i, o: logits.update(rgb=o))
     with torch.no_grad():
         ref = small(z, labels[:, ::2, ::2])
         image = big(z, labels)
@@ -161,3 +161,23 @@ def test_init_from_grows_a_smaller_model_and_train_only_enhancer_freezes_the_res
 def test_train_only_enhancer_needs_an_enhancer():
     with pytest.raises(ValueError, match="needs a model with an enhancer"):
         tiny_options(train_only="enhancer").validate()
+
+
+def test_fit_codes_fits_the_global_generator_at_its_size():
+    """With an enhancer the codes are fitted on the preview: the same codes as the small model fits on the
+    box-filtered photo, while the enhancer is still "no change"."""
+    small, big = grown_pair(3)
+    labels = blob_labels(1, 256, 128)
+    photo = torch.rand(1, 3, 256, 128) * 2 - 1
+    z = torch.randn(1, *big.config.latent_shape())
+    logits = {}
+    small.generator.conv_img.register_forward_hook(lambda m, i, o: logits.update(rgb=o))
+    with torch.no_grad():  # random weights saturate tanh (no gradient): scale the RGB head to logits of std 0.5
+        small(z, labels[:, ::2, ::2])
+        scale = 0.5 / float(logits["rgb"].std())
+        for m in (small, big):
+            m.generator.conv_img.weight.mul_(scale)
+            m.generator.conv_img.bias.mul_(scale)
+    fitted = big.fit_codes(photo, labels, z, steps=3)
+    assert not torch.equal(fitted, z)
+    torch.testing.assert_close(fitted, small.fit_codes(F.avg_pool2d(photo, 2), labels[:, ::2, ::2], z, steps=3))

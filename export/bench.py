@@ -3,6 +3,7 @@
     python -m export.bench --preset demo --threads 2                 # CPU: torch vs ONNX Runtime
     python -m export.bench --preset deepfashion --device cuda --batch 1,8,32
     python -m export.bench --preset demo --modes ort-fp32 --model path/to/model
+    python -m export.bench --model ccp-demo-384 --baseline ccp-demo --threads 2   # a grown model vs the smaller one
 
 For every mode and batch size it reports latency p50 / p95, images/s, the speed-up over PyTorch
 eager fp32 measured in the same run, the max abs difference from eager fp32's output, and the
@@ -570,14 +571,15 @@ def fastest_line(result: dict, budget_ms: float = 1000.0) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def size_ratio_markdown(results: Sequence[dict]) -> str:
-    """Each mode's p50 and CPU time at every ``--sizes`` entry, as a ratio to the first size (same process,
-    same modes, one after the other)."""
+    """Each mode's p50 and CPU time at every ``--sizes`` entry (or for the ``--baseline`` model and the model),
+    as a ratio to the first (same process, same modes, one after the other)."""
     base = results[0]
     first = {(r["mode"], r["batch"]): r for r in base["rows"]}
-    sizes = [f"{r['size'][0]}x{r['size'][1]}" for r in results]
+    sizes = [r.get("label") or f"{r['size'][0]}x{r['size'][1]}" for r in results]
     head = " | ".join(f"{s} p50 ms (CPU ms)" for s in sizes)
     ratios = " | ".join(f"{s} / {sizes[0]}" for s in sizes[1:])
-    lines = [f"Sizes compared in one run ({base['machine'].get('cpu', '?')}, {base['machine']['threads']} threads; "
+    what = "Models" if any(r.get("label") for r in results) else "Sizes"
+    lines = [f"{what} compared in one run ({base['machine'].get('cpu', '?')}, {base['machine']['threads']} threads; "
              "ratio of p50 times, CPU-time ratio in brackets):", "",
              f"| mode | batch | {head} | {ratios} |", "|---|---:|" + "---:|" * (len(sizes) * 2 - 1)]
     for (mode, batch), r0 in first.items():
@@ -635,6 +637,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="several sizes in one run, e.g. 192x128,384x256: every mode at each (the network is fully "
                         "convolutional, so a model's weights run at any size), then each size's times as a ratio "
                         "to the first's (instead of --height / --width)")
+    p.add_argument("--baseline", help="another model folder (e.g. the smaller model a model was grown from): every "
+                                      "mode runs on it first, at its native size, then on --model, and a table gives "
+                                      "--model's times as a ratio to it")
     p.add_argument("--peak-tflops", type=float, help="the device's peak; default: a matmul measured in this run")
     p.add_argument("--train-step", action="store_true", help="also time a G+E training step")
     p.add_argument("--compile-mode", default="max-autotune",
@@ -652,6 +657,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             p.error(f"--{side} must be a positive multiple of 64")
     if args.sizes and (args.height or args.width):
         p.error("--sizes replaces --height / --width; give one or the other")
+    if args.baseline and (args.sizes or args.height or args.width or not args.model):
+        p.error("--baseline compares two models at their native sizes: give --model, no --sizes / --height / --width")
     try:
         args.torch_device = torch.device(args.device)
     except RuntimeError as err:
@@ -686,8 +693,16 @@ def main(argv: list[str] | None = None) -> dict:
         model = random_model(cfg, seed=args.seed, batches=1)
     workdir = Path(args.workdir) if args.workdir else None
     sizes = args.sizes or [(args.height, args.width)]
-    results = [run_bench(model, args.torch_device, args.mode_list, args.batch, args.repeats, args.warmup, threads,
-                         h, w, args.peak_tflops, workdir, args.seed, args.compile_mode) for h, w in sizes]
+    runs = [(model, h, w) for h, w in sizes]
+    if args.baseline:
+        runs.insert(0, (GroupDNet.from_pretrained(args.baseline), None, None))
+    folders = [workdir / f"model-{i}" if workdir and args.baseline else workdir for i in range(len(runs))]
+    results = [run_bench(m, args.torch_device, args.mode_list, args.batch, args.repeats, args.warmup, threads,
+                         h, w, args.peak_tflops, folder, args.seed, args.compile_mode)
+               for (m, h, w), folder in zip(runs, folders)]
+    if args.baseline:
+        for res, name in zip(results, (args.baseline, args.model)):
+            res["label"] = f"{Path(name).name} {res['size'][0]}x{res['size'][1]}"
     result = results[-1] if len(results) == 1 else {**results[-1], "sizes": results}
     if args.train_step:
         result["train_step"] = train_step_bench(model, args.torch_device, args.batch, args.repeats, *sizes[-1])

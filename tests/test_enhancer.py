@@ -181,3 +181,22 @@ def test_fit_codes_fits_the_global_generator_at_its_size():
     fitted = big.fit_codes(photo, labels, z, steps=3)
     assert not torch.equal(fitted, z)
     torch.testing.assert_close(fitted, small.fit_codes(F.avg_pool2d(photo, 2), labels[:, ::2, ::2], z, steps=3))
+
+
+def test_bench_baseline_compares_a_grown_model_with_the_small_one(tmp_path, capsys):
+    from export import bench
+
+    small, big = grown_pair(4)
+    small.save_pretrained(tmp_path / "small")
+    big.save_pretrained(tmp_path / "big")
+    result = bench.main(["--model", str(tmp_path / "big"), "--baseline", str(tmp_path / "small"), "--modes",
+                         "torch-eager,ort-reroll", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                         "--peak-tflops", "0.1", "--out", str(tmp_path / "out")])
+    torch.set_num_threads(1)
+    assert [r["size"] for r in result["sizes"]] == [[128, 64], [256, 128]]
+    md = next((tmp_path / "out").glob("bench-*.md")).read_text()
+    assert "Models compared in one run" in md and "| big 256x128 / small 128x64 |" in md
+    assert md.count("| ort-reroll | 1 |") == 1
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--baseline", str(tmp_path / "small")])  # no --model
+    capsys.readouterr()

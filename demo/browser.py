@@ -53,8 +53,10 @@ STATIC_DIR = Path(__file__).resolve().parent / "static"
 ORT_WEB_DIR = STATIC_DIR / "vendor" / "onnxruntime-web"
 #: Every route of this module starts with it.
 PREFIX = "/smis"
-#: The graphs the page may load, fp32 (what the browser runs): the cached-mask pair, else the generator.
-BROWSER_GRAPHS = ("generator_maps", "generator_render", "generator")
+#: The graphs the page may load, fp32 (what the browser runs): the cached-mask pair, else the generator;
+#: and the preview where the model has a local enhancer (its global generator's smaller image, drawn while
+#: the brush moves).
+BROWSER_GRAPHS = ("generator_maps", "generator_render", "generator", "generator_preview")
 #: The server button each browser job stands in for (the page falls back to it).
 SERVER_BUTTONS = {"generate": "generate", "reroll": "reroll", "reroll_unlocked": "reroll-unlocked",
                   "mask_edit": "apply-mask-edit", "live": "", "morph": ""}
@@ -105,6 +107,7 @@ class BrowserModel:
                         "folder": "static/vendor/onnxruntime-web/"},
             "graphs": {k: f"model/{self.tag}/{p.name}" for k, p in self.graphs.items()},
             "model": {"name": cfg.name, "height": cfg.height, "width": cfg.width,
+                      "preview": list(cfg.global_size()),
                       "num_classes": cfg.num_classes, "z_channels": cfg.z_channels,
                       "grid": list(cfg.latent_grid()), "class_names": list(cfg.class_names),
                       "palette": [list(c) for c in cfg.palette]},
@@ -156,10 +159,11 @@ def find_browser_model(pipe: SMISPipeline, mode: str = "auto") -> BrowserModel:
 def _checked(cfg: SMISConfig, graphs: dict[str, Path], check: bool) -> BrowserModel:
     """The pair (maps + render) or the generator alone; with ``check``, each graph's own metadata
     must name this model's config and its kind."""
+    preview = {"generator_preview": graphs["generator_preview"]} if "generator_preview" in graphs else {}
     if "generator_maps" in graphs and "generator_render" in graphs:
-        graphs = {k: graphs[k] for k in ("generator_maps", "generator_render")}
+        graphs = {k: graphs[k] for k in ("generator_maps", "generator_render")} | preview
     elif "generator" in graphs:
-        graphs = {"generator": graphs["generator"]}
+        graphs = {"generator": graphs["generator"]} | preview
     else:
         return BrowserModel(cfg, reason="this model has no fp32 generator graph")
     if check:

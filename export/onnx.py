@@ -50,7 +50,7 @@ from smis.functional import fit_label, to_uint8
 from smis.generator import block_channels, block_names
 from smis.layers import CGNorm, cgnorm_channels
 from smis.model import GroupDNet, bake_spectral_norm
-from smis.onnx_format import GRAPH_KEY, GRAPH_KINDS, graph_file_name, model_metadata
+from smis.onnx_format import ALL_GRAPH_KINDS, GRAPH_KEY, graph_file_name, graph_kinds, model_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -258,6 +258,14 @@ class RenderGraph(_GeneratorPart):
         return self.outputs(self.generator(z.to(self.dtype), features[-2], feats))
 
 
+class PreviewGraph(_GeneratorPart):
+    """(labels (N, 1, H, W), z) -> the global generator's image at H / 2^k x W / 2^k (a model with a local
+    enhancer: ``Generator.preview``), same codes, a fraction of the work."""
+
+    def forward(self, labels: torch.Tensor, z: torch.Tensor):
+        return self.outputs(self.generator.preview(z.to(self.dtype), self.label_tensor(labels)))
+
+
 class EncoderGraph(nn.Module):
     """(photo (N, 3, H, W) in [-1, 1], labels int64 (N, 1, H, W)) -> (mu, logvar)."""
 
@@ -333,12 +341,16 @@ def _io_spec(kind: str, uint8: bool, config: SMISConfig) -> tuple[list[str], lis
                  for n in names}
     if kind == "generator":
         return ["labels", "z"], image_out, {"labels": img, "z": grid, **{k: image_axes[k] for k in image_out}}
+    if kind == "generator_preview":  # its image is smaller than the labels: its own size names
+        small = {"image": {0: "batch", 2: "preview_height", 3: "preview_width"},
+                 "image_uint8": {0: "batch", 1: "preview_height", 2: "preview_width"}}
+        return ["labels", "z"], image_out, {"labels": img, "z": grid, **{k: small[k] for k in image_out}}
     if kind == "generator_maps":
         return (["labels", "z"], image_out + names,
                 {"labels": {**img, 0: "label_batch"}, "z": grid, **feat_axes, **{k: image_axes[k] for k in image_out}})
     if kind == "generator_render":
         return ["z", *names], image_out, {"z": grid, **feat_axes, **{k: image_axes[k] for k in image_out}}
-    raise ValueError(f"kind must be one of {', '.join(GRAPH_KINDS)}, got {kind!r}")
+    raise ValueError(f"kind must be one of {', '.join(ALL_GRAPH_KINDS)}, got {kind!r}")
 
 
 def _metadata(config: SMISConfig, kind: str, precision: str, digest: str, uint8: bool,
@@ -391,8 +403,9 @@ def export_graph(model: GroupDNet, path: str | os.PathLike, kind: str = "generat
     ``prepared``: an :func:`inference_copy` of ``model`` to reuse across calls. ``metadata``: extra
     ``metadata_props`` (e.g. ``smis.source_sha256``, the hash of the weight files exported from).
     """
-    if kind not in GRAPH_KINDS:
-        raise ValueError(f"kind must be one of {', '.join(GRAPH_KINDS)}, got {kind!r}")
+    if kind not in graph_kinds(model.config):
+        raise ValueError(f"kind must be one of {', '.join(graph_kinds(model.config))}, got {kind!r}"
+                         + (" (the preview is for models with a local enhancer)" if kind in ALL_GRAPH_KINDS else ""))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
@@ -400,7 +413,8 @@ def export_graph(model: GroupDNet, path: str | os.PathLike, kind: str = "generat
     dtype = torch.float16 if fp16 else torch.float32
     if fp16:
         net = _half_copy(net)
-    graph = {"generator": GeneratorGraph, "generator_maps": MapsGraph, "generator_render": RenderGraph}.get(kind)
+    graph = {"generator": GeneratorGraph, "generator_maps": MapsGraph, "generator_render": RenderGraph,
+             "generator_preview": PreviewGraph}.get(kind)
     graph = graph(net, dtype, uint8) if graph is not None else EncoderGraph(net, dtype)
     uint8 = uint8 and kind != "encoder"
     args = _example_inputs(net, kind, dtype)
@@ -448,6 +462,7 @@ def export_model(model: GroupDNet, folder: str | os.PathLike, fp16: bool = False
     result = ExportResult(folder)
     kinds = ["generator"] + (["encoder"] if encoder else [])
     kinds += ["generator_maps", "generator_render"] if split else []
+    kinds += [k for k in graph_kinds(model.config) if k == "generator_preview"]
     for kind in kinds:
         path = folder / graph_file_name(kind, fp16)
         logger.info("exporting the %s%s to %s", kind, " (fp16)" if fp16 else "", path)
@@ -568,6 +583,8 @@ def torch_reference(model: GroupDNet, inputs: dict[str, np.ndarray], kind: str =
     with torch.no_grad():
         if kind in ("generator", "generator_maps"):  # the maps graph's first output is the image
             return (model(torch.from_numpy(inputs["z"]), labels).numpy(),)
+        if kind == "generator_preview":
+            return (model.generator.preview(torch.from_numpy(inputs["z"]), model.label_tensor(labels)).numpy(),)
         mu, logvar = model.encode(torch.from_numpy(inputs["photo"]), labels)
         return mu.numpy(), logvar.numpy()
 

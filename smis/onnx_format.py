@@ -2,12 +2,14 @@
 
 A model folder may hold ``generator.onnx`` / ``encoder.onnx`` and the generator's cached-mask pair
 ``generator-maps.onnx`` (labels, z -> the image *and* every CG-Norm's scale / shift map) /
-``generator-render.onnx`` (z, those maps -> the image) (``*-fp16.onnx`` for float16). Every file is
+``generator-render.onnx`` (z, those maps -> the image), and for a model with a local enhancer
+``generator-preview.onnx`` (labels, z -> the global generator's smaller image) (``*-fp16.onnx`` for
+float16). Every file is
 self-describing: its ``metadata_props`` hold
 
 ==========================  ====================================================================
 ``smis.format``             ``smis-onnx/1``
-``smis.graph``              ``generator``, ``encoder``, ``generator_maps`` or ``generator_render``
+``smis.graph``              ``generator``, ``encoder``, ``generator_maps``, ``generator_render``, ``generator_preview``
 ``smis.config``             ``SMISConfig.to_json()`` (rebuild with :func:`config_from_metadata`)
 ``smis.class_names``        JSON list of class names (class id = index)
 ``smis.palette``            JSON list of [r, g, b], one per class
@@ -39,8 +41,18 @@ ENCODER_FILE = "encoder.onnx"
 MAPS_FILE = "generator-maps.onnx"
 RENDER_FILE = "generator-render.onnx"
 FP16_SUFFIX = "-fp16"
+#: A model with a local enhancer also gets the global generator alone: (labels, z) -> its image at
+#: H / 2^k x W / 2^k, the same codes at a fraction of the work (a quick look while a mask is painted).
+PREVIEW_FILE = "generator-preview.onnx"
 GRAPH_KINDS = ("generator", "encoder", "generator_maps", "generator_render")
-_FILES = dict(zip(GRAPH_KINDS, (GENERATOR_FILE, ENCODER_FILE, MAPS_FILE, RENDER_FILE)))
+ALL_GRAPH_KINDS = (*GRAPH_KINDS, "generator_preview")
+_FILES = dict(zip(ALL_GRAPH_KINDS, (GENERATOR_FILE, ENCODER_FILE, MAPS_FILE, RENDER_FILE, PREVIEW_FILE)))
+
+
+def graph_kinds(config: SMISConfig) -> tuple[str, ...]:
+    """The graphs ``python -m export onnx`` writes for a model: :data:`GRAPH_KINDS`, and the preview
+    when the model has a local enhancer."""
+    return ALL_GRAPH_KINDS if config.generator.enhancer_channels else GRAPH_KINDS
 
 #: Metadata keys (see the table above).
 FORMAT_KEY = "smis.format"

@@ -108,6 +108,8 @@ def test_onnx_export_matches_pytorch_and_the_onnx_backend_caches_the_enhancer(tm
     assert parity(big, result.files["generator"], batch=1) < 1e-4
     assert parity(big, result.files["encoder"], batch=1) < 1e-4
     assert read_metadata(result.files["generator"])["smis.size_multiple"] == "128"
+    assert parity(big, result.files["generator_preview"], batch=1) < 1e-4  # the global generator's image
+    assert read_metadata(result.files["generator_preview"])["smis.graph"] == "generator_preview"
     backend = OnnxBackend.from_pretrained(tmp_path)
     labels = blob_labels(1, 256, 128).numpy()
     z = np.random.default_rng(0).standard_normal((2, *big.config.latent_shape()), dtype=np.float32)
@@ -200,3 +202,26 @@ def test_bench_baseline_compares_a_grown_model_with_the_small_one(tmp_path, caps
     with pytest.raises(SystemExit):
         bench.parse_args(["--baseline", str(tmp_path / "small")])  # no --model
     capsys.readouterr()
+
+
+def test_only_a_model_with_an_enhancer_has_a_preview_graph(tmp_path):
+    from export.onnx import export_graph
+
+    with pytest.raises(ValueError, match="the preview is for models with a local enhancer"):
+        export_graph(GroupDNet(SMALL), tmp_path / "p.onnx", kind="generator_preview")
+
+
+def test_the_page_gets_the_preview_graph_and_its_size(tmp_path):
+    from demo.browser import find_browser_model, ort_web_version
+    from export.onnx import export_model
+    from smis.pipeline import SMISPipeline
+
+    if ort_web_version() is None:
+        pytest.skip("onnxruntime-web is not vendored here")
+    _, big = grown_pair(5)
+    big.save_pretrained(tmp_path)
+    export_model(big, tmp_path)
+    described = find_browser_model(SMISPipeline.from_pretrained(tmp_path, backend="onnx")).describe()
+    assert described["available"] and set(described["graphs"]) == {"generator_maps", "generator_render",
+                                                                   "generator_preview"}
+    assert described["model"]["preview"] == [128, 64] and described["model"]["height"] == 256

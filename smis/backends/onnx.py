@@ -31,13 +31,14 @@ from ..hub import resolve_model_dir
 from ..layers import cgnorm_channels
 from ..model import GroupDNet
 from ..onnx_format import (
+    ALL_GRAPH_KINDS,
     FP16_SUFFIX,
     GENERATOR_FILE,
     GRAPH_KEY,
-    GRAPH_KINDS,
     SOURCE_KEY,
     config_from_metadata,
     graph_file_name,
+    graph_kinds,
     weights_file_digest,
 )
 from .common import LabelBranchCache, parse_dtype
@@ -194,7 +195,7 @@ def _resolve_folder(name_or_path: str | os.PathLike | None, revision: str | None
 
 
 def _graphs_in(folder: Path, fp16: bool) -> dict[str, Path]:
-    found = {k: folder / graph_file_name(k, fp16) for k in GRAPH_KINDS}
+    found = {k: folder / graph_file_name(k, fp16) for k in ALL_GRAPH_KINDS}
     return {k: p for k, p in found.items() if p.is_file()}
 
 
@@ -217,7 +218,7 @@ def ensure_graphs(folder: Path, fp16: bool = False, cache_dir: str | os.PathLike
     digest = weights_file_digest(folder)
     target = (Path(cache_dir) if cache_dir else cache_root() / "onnx") / digest[:24]
     found = _graphs_in(target, fp16)
-    if set(found) != set(GRAPH_KINDS):
+    if set(found) != set(graph_kinds(SMISConfig.load(folder / "config.json"))):
         name = graph_file_name("generator", fp16)
         if exporter is None:
             raise ValueError(

@@ -225,3 +225,18 @@ def test_the_page_gets_the_preview_graph_and_its_size(tmp_path):
     assert described["available"] and set(described["graphs"]) == {"generator_maps", "generator_render",
                                                                    "generator_preview"}
     assert described["model"]["preview"] == [128, 64] and described["model"]["height"] == 256
+
+
+def test_showcase_compare_puts_models_side_by_side_at_the_largest_size(tmp_path):
+    from train.showcase import main
+
+    small, big = grown_pair(6)
+    small.save_pretrained(tmp_path / "small")
+    big.save_pretrained(tmp_path / "big")
+    out = tmp_path / "growth.png"
+    assert main(["--compare", str(tmp_path / "small"), str(tmp_path / "big"), "--rows", "1", "--out", str(out)]) == 0
+    from PIL import Image
+
+    w, h = Image.open(out).size
+    assert w == (2 + 3 * 2) * (128 + 4) + 4  # mask, photo, then (its codes, seed 0, seed 1) x 2 models at 256x128
+    assert h > 256 + 22

@@ -6,6 +6,7 @@ of one class only (the largest clothing class of the mask), everything else kept
 upscaled for display with a Lanczos filter (the factor is written under the grid).
 
     python -m train.showcase --model smis/assets/ccp-demo --out docs/images/showcase.jpg
+    python -m train.showcase --compare ccp-demo ccp-demo-384 --out docs/images/growth.jpg   # models side by side
 """
 
 from __future__ import annotations
@@ -65,16 +66,64 @@ def showcase(pipe: SMISPipeline, examples_dir: Path = EXAMPLES, scale: int = 2, 
     return canvas
 
 
+def comparison(pipes: list[tuple[str, SMISPipeline]], examples_dir: Path = EXAMPLES, seeds: tuple[int, ...] = (0, 1),
+               max_rows: int = 4) -> Image.Image:
+    """Models side by side on the shipped examples, at the largest model's size (smaller ones upscaled with
+    Lanczos, as a visitor would see them): per row the mask, the photo, then for the photo's own codes and
+    each seed one tile per model, with the same codes (one vector per class: the same for every model)."""
+    meta = json.loads((examples_dir / "examples.json").read_text())
+    size = max(((p.config.width, p.config.height) for _, p in pipes), key=lambda s: s[0] * s[1])
+    letters = [chr(ord("A") + i) for i in range(len(pipes))]
+    header = ["mask", "photo"] + [f"{k}: {what}" for what in ("its codes", *[f"seed {s}" for s in seeds])
+                                  for k in letters]
+    rows = []
+    for ex in meta["examples"][:max_rows]:
+        first = pipes[0][1]
+        labels = first.prepare_mask(examples_dir / ex["mask"])
+        row = [first.colorize(labels), Image.open(examples_dir / ex["photo"])]
+        codes = [p.encode(examples_dir / ex["photo"], examples_dir / ex["mask"]) for _, p in pipes]
+        row += [p.generate(examples_dir / ex["mask"], codes=c).image for (_, p), c in zip(pipes, codes)]
+        for seed in seeds:
+            row += [p.generate(examples_dir / ex["mask"], seed=seed).image for _, p in pipes]
+        rows.append([_tile(x, size) for x in row])
+    pad, top = 4, 22
+    legend = ["  ".join(f"{k} = {name} ({p.config.height}x{p.config.width}"
+                        + (", Lanczos-upscaled" if (p.config.width, p.config.height) != size else "") + ")"
+                        for k, (name, p) in zip(letters, pipes)),
+              "Same masks and codes for every model; its codes = encoded from the photo (encoder means); CCP val "
+              "photos (not trained on)."]
+    foot = 16 * len(legend) + 10
+    w = len(header) * (size[0] + pad) + pad
+    h = top + len(rows) * (size[1] + pad) + pad + foot
+    canvas = Image.new("RGB", (w, h), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for j, name in enumerate(header):
+        draw.text((pad + j * (size[0] + pad) + 4, 5), name, fill=(0, 0, 0))
+    for i, tiles in enumerate(rows):
+        for j, t in enumerate(tiles):
+            canvas.paste(t, (pad + j * (size[0] + pad), top + pad + i * (size[1] + pad)))
+    for k, line in enumerate(legend):
+        draw.text((pad, h - foot + 6 + 16 * k), line, fill=(0, 0, 0))
+    return canvas
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m train.showcase", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=None, help="model folder or Hub id (default: the bundled model)")
     p.add_argument("--out", default="docs/images/showcase.jpg")
     p.add_argument("--scale", type=int, default=2, help="display upscaling factor (Lanczos)")
+    p.add_argument("--compare", nargs="+", metavar="MODEL",
+                   help="instead: these models side by side at the largest one's size (e.g. a model and the "
+                        "smaller one it was grown from), same masks and codes")
+    p.add_argument("--rows", type=int, default=4, help="examples in --compare (default 4)")
     a = p.parse_args(argv)
-    pipe = SMISPipeline.from_pretrained(a.model, device="cpu")
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    img = showcase(pipe, scale=a.scale)
+    if a.compare:
+        pipes = [(Path(m).name, SMISPipeline.from_pretrained(m, device="cpu")) for m in a.compare]
+        img = comparison(pipes, max_rows=a.rows)
+    else:
+        img = showcase(SMISPipeline.from_pretrained(a.model, device="cpu"), scale=a.scale)
     img.save(out, **({"quality": 88} if out.suffix.lower() in (".jpg", ".jpeg") else {}))
     print(f"wrote {out}")
     return 0

@@ -136,6 +136,24 @@ class Canvas(gr.ImageEditor, metaclass=_NoStub):
                 "composite": None}
 
 
+class CanvasValue(Canvas):
+    """The canvas' value as the page last read it: a hidden twin that the server's events take instead of the canvas.
+
+    Gradio's page refreshes the loading status of every component that any event has read (or shown progress on)
+    after every status change of every event, and the editor answers each refresh by fetching its images and
+    uploading them again (about 30 uploads per re-roll, though no re-roll reads the canvas). So no server event
+    reads the editor: a page-only step copies the editor's value here first (:func:`demo.ui.reading_canvas`; the
+    editor uploads its images once, for that click), and the server's event reads this. It is the editor on the
+    server (the same payload, checks and API) and a plain JSON value in the page, which has no uploads of its own.
+    """
+
+    def get_block_name(self) -> str:
+        return "json"
+
+    def get_block_class(self) -> str:
+        return "json"
+
+
 class LabelCanvas:
     """Class-id maps <-> editor values for one pipeline; the canvas is ``scale`` times the model size."""
 

@@ -243,14 +243,20 @@ class DemoHandlers:
         labels = self.canvas.mask_labels(open_image(file, "mask", MASK, self.max_upload_bytes))
         return self._edit(self._canvas_or_none(editor), history, labels)
 
+    @staticmethod
+    def fill_point(evt: gr.SelectData) -> list | None:
+        """Where the label-map preview was clicked, ``[x, y]``, for :meth:`fill` (the page's click event)."""
+        return list(evt.index) if isinstance(getattr(evt, "index", None), (list, tuple)) else None
+
     @event
-    def fill(self, editor: Any, fill_class: str, history: list | None, evt: gr.SelectData) -> tuple:
-        """Flood-fill the region under the click on the label-map preview with ``fill_class``."""
+    def fill(self, editor: Any, fill_class: str, history: list | None, point: Any) -> tuple:
+        """Flood-fill the region under the click on the label-map preview (``point``: ``[x, y]`` or the click's
+        :class:`gr.SelectData`) with ``fill_class``."""
         if not fill_class:
             raise UserError("Choose the fill class first.")
         cid = self.config.class_id(fill_class)
         try:
-            x, y = (int(v) for v in evt.index)
+            x, y = (int(v) for v in getattr(point, "index", point))
         except (TypeError, ValueError) as err:
             raise UserError("Click on the label map to fill a region.") from err
         labels = self.canvas.to_labels(editor)

@@ -25,7 +25,7 @@ from smis import SMISPipeline
 from smis.hub import WEAK_CODE_RATIO
 
 from .browser import BrowserJobs, BrowserModel
-from .canvas import Canvas
+from .canvas import Canvas, CanvasValue
 from .handlers import MAX_SEED, MORPH_MAX_FRAMES, MORPH_MIN_FRAMES, DemoHandlers
 from .references import Reference, load_references
 
@@ -202,10 +202,12 @@ class PhotoPanel(NamedTuple):
 
 
 class CanvasPanel(NamedTuple):
-    """1 · The label map: the canvas and its brush class, clear / undo, fill, mask upload."""
+    """1 · The label map: the canvas (and its hidden twin, what the server's events read) and its brush class,
+    clear / undo, fill, mask upload."""
 
     brush_class: gr.Radio
     editor: Canvas
+    value: CanvasValue
     clear: gr.Button
     undo: gr.Button
     load_mask: gr.Button
@@ -376,6 +378,7 @@ def build_demo(pipeline: SMISPipeline, *, references: Sequence[Reference] | None
         _wire_morph(h, gen, reroll, mix, morph, shared)
         _wire_browser(demo, h, switch, canvas, gen, reroll, shared, browser)
         _wire_browser_morph(h, gen, reroll, mix, morph, shared)
+        keep_canvas_quiet(demo, canvas.editor, status)
 
     demo.handlers = h  # for tests and scripts
     return demo
@@ -429,7 +432,8 @@ def _photo_panel(h: DemoHandlers, photo: gr.File) -> PhotoPanel:
     return PhotoPanel(photo, resynthesise, view)
 
 
-def _canvas_panel(h: DemoHandlers) -> tuple[gr.Radio, Canvas, gr.Button, gr.Button, gr.Button, gr.Button]:
+def _canvas_panel(h: DemoHandlers) -> tuple[gr.Radio, Canvas, CanvasValue, gr.Button, gr.Button, gr.Button,
+                                             gr.Button]:
     """1 · The brush class, the canvas and its buttons (the first of :class:`CanvasPanel`'s parts, and
     "Same codes, new mask", which :class:`GeneratePanel` holds)."""
     names = list(h.config.class_names)
@@ -445,6 +449,7 @@ def _canvas_panel(h: DemoHandlers) -> tuple[gr.Radio, Canvas, gr.Button, gr.Butt
             brush=gr.Brush(colors=h.canvas.brush_colors, default_color=h.canvas.brush_colors[default_brush],
                            color_mode="fixed", default_size=max(4, h.canvas.size[0] // 24)),
             eraser=gr.Eraser(default_size=max(6, h.canvas.size[0] // 16)))
+        value = CanvasValue(label="Canvas", visible="hidden", elem_id="canvas-value")
         with gr.Row():
             clear = gr.Button("Clear", size="sm", elem_id="clear-mask", min_width=80)
             undo = gr.Button("Undo fill / upload", size="sm", elem_id="undo-mask", min_width=80)
@@ -453,7 +458,7 @@ def _canvas_panel(h: DemoHandlers) -> tuple[gr.Radio, Canvas, gr.Button, gr.Butt
             regenerate = gr.Button("Same codes, new mask", size="sm", elem_id="apply-mask-edit", min_width=80)
         gr.Markdown("The eraser paints background. Swatches in the colour popup show their class name "
                     "on hover.", elem_id="canvas-help")
-    return brush_class, editor, clear, undo, load_mask, regenerate
+    return brush_class, editor, value, clear, undo, load_mask, regenerate
 
 
 def _fill_panel(h: DemoHandlers) -> tuple[gr.Image, gr.Dropdown, gr.File, gr.Image]:
@@ -634,37 +639,62 @@ def _wire_page(demo: gr.Blocks, h: DemoHandlers, canvas: CanvasPanel, gen: Gener
     gen.seed.input(None, None, gen.randomize, js="() => false")  # a typed seed is used, never replaced
 
 
+def reading_canvas(trigger: Any, canvas: CanvasPanel) -> Any:
+    """``trigger`` (an event listener: ``button.click``, ...) copying the canvas into its hidden twin in the page;
+    chain the server's event on it, reading ``canvas.value`` (see :class:`demo.canvas.CanvasValue`)."""
+    return trigger(None, canvas.editor, canvas.value, js="(value) => value", **PRIVATE)
+
+
+def keep_canvas_quiet(demo: gr.Blocks, editor: Canvas, status: gr.Markdown) -> None:
+    """No server event reads the canvas, or shows its progress on it (Gradio's page would make the canvas upload
+    its images again on every status change of every event after that; see :class:`demo.canvas.CanvasValue`):
+    the events that set it (examples included) show their progress on the status line."""
+    for fn in demo.fns.values():
+        if fn.fn is None:
+            continue
+        if editor in fn.inputs:
+            raise ValueError(f"{fn.name} reads the canvas on the server; read its twin (demo.ui.reading_canvas)")
+        if fn.show_progress_on is None and editor in fn.outputs:
+            fn.show_progress_on = [status]
+
+
 def _wire_canvas(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, s: Shared) -> None:
-    canvas.clear.click(h.clear_mask, [canvas.editor, s.history], s.mask_outputs, api_name="clear_mask", **s.files)
+    reading_canvas(canvas.clear.click, canvas).then(h.clear_mask, [canvas.value, s.history], s.mask_outputs,
+                                                    api_name="clear_mask", **s.files)
     canvas.undo.click(h.undo, s.history, s.mask_outputs, api_name="undo", **QUICK)
-    canvas.load_mask.click(h.edit_result_mask, [gen.file, canvas.editor, s.history], s.mask_outputs,
-                           api_name="edit_result_mask", **s.files)
-    canvas.mask_upload.upload(h.upload_mask, [canvas.mask_upload, canvas.editor, s.history], s.mask_outputs,
-                              api_name="upload_mask", **s.files).failure(  # a refused file goes
-        lambda: None, None, canvas.mask_upload, **PRIVATE)
-    canvas.label_map.select(h.fill, [canvas.editor, canvas.fill_class, s.history], s.mask_outputs, api_name="fill",
-                            **s.files)
+    reading_canvas(canvas.load_mask.click, canvas).then(h.edit_result_mask, [gen.file, canvas.value, s.history],
+                                                        s.mask_outputs, api_name="edit_result_mask", **s.files)
+    reading_canvas(canvas.mask_upload.upload, canvas).then(
+        h.upload_mask, [canvas.mask_upload, canvas.value, s.history], s.mask_outputs, api_name="upload_mask",
+        **s.files).failure(lambda: None, None, canvas.mask_upload, **PRIVATE)  # a refused file goes
+    # a click on the label map: where (only the first event of a chain gets the click), then the canvas, then fill
+    point = gr.State(None)
+    reading_canvas(canvas.label_map.select(h.fill_point, None, point, **PRIVATE).success, canvas).then(
+        h.fill, [canvas.value, canvas.fill_class, s.history, point], s.mask_outputs, api_name="fill", **s.files)
 
 
 def _wire_photo(h: DemoHandlers, photo: PhotoPanel, canvas: CanvasPanel, reroll: RerollPanel, s: Shared) -> None:
     variants = [reroll.strip, reroll.reroll_class, reroll.locked]
-    photo.photo.upload(h.start_from_photo, [photo.photo, canvas.editor, s.history, *variants],
-                       [*s.mask_outputs, photo.view, *s.result_outputs], api_name="start_from_photo",
-                       **s.model).failure(lambda: None, None, photo.photo, **PRIVATE)
-    photo.resynthesise.click(h.resynthesise_photo, [photo.photo, canvas.editor, *variants],
-                             [canvas.label_map, photo.view, *s.result_outputs], api_name="resynthesise_photo",
-                             **s.model)
+    reading_canvas(photo.photo.upload, canvas).then(
+        h.start_from_photo, [photo.photo, canvas.value, s.history, *variants],
+        [*s.mask_outputs, photo.view, *s.result_outputs], api_name="start_from_photo",
+        **s.model).failure(lambda: None, None, photo.photo, **PRIVATE)
+    reading_canvas(photo.resynthesise.click, canvas).then(
+        h.resynthesise_photo, [photo.photo, canvas.value, *variants], [canvas.label_map, photo.view, *s.result_outputs],
+        api_name="resynthesise_photo", **s.model)
 
 
 def _wire_generate(h: DemoHandlers, canvas: CanvasPanel, gen: GeneratePanel, reroll: RerollPanel,
                    s: Shared) -> None:
     variants = [reroll.strip, reroll.reroll_class, reroll.locked]
-    gen.generate.click(h.generate, [canvas.editor, gen.seed, gen.randomize, *variants],
-                       [gen.seed_used, canvas.label_map, *s.result_outputs], api_name="generate", **s.model).success(
+    reading_canvas(gen.generate.click, canvas).then(
+        h.generate, [canvas.value, gen.seed, gen.randomize, *variants],
+        [gen.seed_used, canvas.label_map, *s.result_outputs], api_name="generate", **s.model).success(
         None, [gen.seed, gen.randomize, gen.seed_used], gen.seed, js="(typed, random, used) => random ? used : typed",
         **PRIVATE)
-    gen.regenerate.click(h.apply_mask_edit, [canvas.editor, gen.file, *variants],
-                         [canvas.label_map, *s.result_outputs], api_name="apply_mask_edit", **s.model)
+    reading_canvas(gen.regenerate.click, canvas).then(
+        h.apply_mask_edit, [canvas.value, gen.file, *variants], [canvas.label_map, *s.result_outputs],
+        api_name="apply_mask_edit", **s.model)
     gen.reopen.upload(h.reopen, [gen.reopen, *variants],
                       [canvas.editor, canvas.label_map, *s.result_outputs, gen.seed, gen.randomize],
                       api_name="reopen", **s.files).failure(lambda: None, None, gen.reopen, **PRIVATE)
@@ -733,19 +763,20 @@ def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: Ca
         return dependency.success(None, job, rendered, **render).success(
             jobs.finish, [rendered, *finish], s.result_outputs, **PRIVATE)
 
-    rendered_and_saved(b.generate.click(jobs.generate, [canvas.editor, gen.seed, gen.randomize],
-                                        [gen.seed_used, canvas.label_map, b.job], **PRIVATE)).success(
+    rendered_and_saved(reading_canvas(b.generate.click, canvas).then(
+        jobs.generate, [canvas.value, gen.seed, gen.randomize], [gen.seed_used, canvas.label_map, b.job],
+        **PRIVATE)).success(
         None, [gen.seed, gen.randomize, gen.seed_used], gen.seed, js="(typed, random, used) => random ? used : typed",
         **PRIVATE)
     rendered_and_saved(b.reroll.click(jobs.reroll, [gen.file, reroll.reroll_class, reroll.locked], b.job,
                                       **PRIVATE))
     rendered_and_saved(b.reroll_unlocked.click(jobs.reroll_unlocked, [gen.file, reroll.locked], b.job, **PRIVATE))
-    rendered_and_saved(b.mask_edit.click(jobs.mask_edit, [canvas.editor, gen.file], [canvas.label_map, b.job],
-                                         **PRIVATE))
+    rendered_and_saved(reading_canvas(b.mask_edit.click, canvas).then(
+        jobs.mask_edit, [canvas.value, gen.file], [canvas.label_map, b.job], **PRIVATE))
     # live painting: the page clicks after a stroke, one job at a time (the newest stroke waits, none queue up)
     live_done = {"js": "() => { window.smisBrowser?.liveDone(); return []; }", **PRIVATE}
-    live = b.live_run.click(jobs.live, [canvas.editor, gen.file, gen.seed, gen.randomize],
-                            [canvas.label_map, b.live_job], **PRIVATE)
+    live = reading_canvas(b.live_run.click, canvas).then(
+        jobs.live, [canvas.value, gen.file, gen.seed, gen.randomize], [canvas.label_map, b.live_job], **PRIVATE)
     live.failure(None, None, None, **live_done)
     rendered_and_saved(live, b.live_job, b.live_rendered).then(None, None, None, **live_done)
 

@@ -417,6 +417,63 @@ def test_browser_generates_and_rerolls_in_the_page(app):
     assert np.array_equal(download(server_made).labels, painted.labels)
 
 
+def test_no_server_event_reads_the_canvas(app):
+    """The events that need the canvas read its hidden twin (a JSON value in the page), which the page fills just
+    before; none reads the editor or shows progress on it, or the page would upload its images again on every
+    status change (see test_browser_reroll_uploads_nothing)."""
+    config = app["demo"].get_config_file()
+    ids = {c["props"].get("elem_id"): c["id"] for c in config["components"]}
+    types = {c["id"]: c["type"] for c in config["components"]}
+    editor, twin = ids["canvas"], ids["canvas-value"]
+    assert types[editor] == "imageeditor" and types[twin] == "json"
+    server = [d for d in config["dependencies"] if d["backend_fn"]]
+    assert not [d["api_name"] for d in server if editor in d["inputs"]]
+    assert not [d["api_name"] for d in server if editor in (d["show_progress_on"] or d["outputs"])]
+    readers = {d["api_name"] for d in server if twin in d["inputs"]}
+    assert {"generate", "apply_mask_edit", "fill", "upload_mask", "clear_mask", "generate_1", "live"} <= readers
+    copies = [d for d in config["dependencies"] if d["inputs"] == [editor] and d["outputs"] == [twin]]
+    assert copies and all(not d["backend_fn"] and d["js"] for d in copies)
+
+
+@pytest.mark.browser
+@no_chromium
+def test_browser_reroll_uploads_nothing(app):
+    """A re-roll sends nothing the server already has: no file upload (with Gradio's ImageEditor read by an event,
+    the page re-uploaded its three images on every status change of every event: ~30 uploads per re-roll);
+    Generate uploads the painted canvas once. In the browser and on the server."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = open_page(browser, app["url"], settle_ms=500)
+            wait_for_state(page, "ready")
+            paint_shoes(page)
+            sent: list[str] = []
+            page.on("request", lambda r: sent.append(r.url))
+            uploads = lambda: sum("/gradio_api/upload" in url for url in sent)  # noqa: E731
+            events = lambda: sum("/gradio_api/run/" in url or "/queue/join" in url for url in sent)  # noqa: E731
+            link = page.locator("#result-file a[href]").first
+            page.click("#generate")
+            sync_api.expect(link).to_have_attribute("download", re.compile("generate"), timeout=60_000)
+            page.wait_for_timeout(500)  # the status changes after the result
+            assert 1 <= uploads() <= 3, sent  # the canvas' background, layer and composite, once
+            for mode in ("ready", "server"):
+                if mode == "server":
+                    page.locator("#browser-run input").uncheck()
+                    sync_api.expect(page.locator("#browser-note-text")).to_have_attribute("data-state", "server")
+                for _ in range(2):
+                    before, (n_up, n_ev) = link.get_attribute("href"), (uploads(), events())
+                    page.click("#reroll")
+                    sync_api.expect(link).not_to_have_attribute("href", before, timeout=60_000)
+                    page.wait_for_timeout(500)
+                    assert uploads() == n_up, (mode, [u for u in sent if "/upload" in u])
+                    assert events() - n_ev <= 3, mode  # the job and the PNG back (or the served re-roll), the
+                    # morph tab's choices for the new strip
+            assert "re-roll" in page.locator("#status").text_content()
+        finally:
+            browser.close()
+
+
 @pytest.mark.browser
 @no_chromium
 def test_browser_falls_back_to_the_server_when_the_runtime_cannot_load(app):

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smis.config import NUM_UPSAMPLINGS, PRESETS, SMISConfig, cgnorm_layout, get_config
-from smis.generator import block_channels, block_names
+from smis.generator import block_names
 
 
 @dataclass(frozen=True)
@@ -37,20 +37,19 @@ def generator_costs(config: SMISConfig, height: int | None = None, width: int | 
     c = config.num_classes
     lab = config.label_channels
     costs = [_conv("fc", config.z_channels * c, g.channels[0], c, 3, h * w)]
-    groups = (*g.groups, *(1,) * len(g.enhancer_channels))
-    for i, (name, (fin, fout)) in enumerate(zip(block_names(config), block_channels(config))):
+    for i, (name, (fin, fout, groups)) in enumerate(zip(block_names(config), g.blocks)):
         px = (h << i) * (w << i)  # block i runs after i nearest x2 upsamplings
         fmid = min(fin, fout)
-        hid, shared_groups, mod_groups = cgnorm_layout(g.norm_layout, c, groups[i], g.norm_hidden)
+        hid, shared_groups, mod_groups = cgnorm_layout(g.norm_layout, c, groups, g.norm_hidden)
         norms = [("norm_0", fin), ("norm_1", fmid)] + ([("norm_s", fin)] if fin != fout else [])
         for norm, nch in norms:
             costs.append(_conv(f"{name}.{norm}.shared", lab, hid, shared_groups, 3, px))
             costs.append(_conv(f"{name}.{norm}.gamma", hid, nch, mod_groups, 3, px))
             costs.append(_conv(f"{name}.{norm}.beta", hid, nch, mod_groups, 3, px))
-        costs.append(_conv(f"{name}.conv_0", fin, fmid, groups[i], 3, px))
-        costs.append(_conv(f"{name}.conv_1", fmid, fout, groups[i], 3, px))
+        costs.append(_conv(f"{name}.conv_0", fin, fmid, groups, 3, px))
+        costs.append(_conv(f"{name}.conv_1", fmid, fout, groups, 3, px))
         if fin != fout:
-            costs.append(_conv(f"{name}.conv_s", fin, fout, groups[i], 1, px))
+            costs.append(_conv(f"{name}.conv_s", fin, fout, groups, 1, px))
     small = (h << NUM_UPSAMPLINGS) * (w << NUM_UPSAMPLINGS)  # the global generator's size
     costs.append(_conv("conv_img", g.channels[-1], 3, 1, 3, small))
     if g.enhancer_channels:

@@ -47,7 +47,7 @@ from torch.nn.utils import parametrize
 from smis.backends.onnx import make_session
 from smis.config import SMISConfig
 from smis.functional import fit_label, to_uint8
-from smis.generator import block_channels, block_names
+from smis.generator import block_names
 from smis.layers import CGNorm, cgnorm_channels
 from smis.model import GroupDNet, bake_spectral_norm
 from smis.onnx_format import ALL_GRAPH_KINDS, GRAPH_KEY, graph_file_name, graph_kinds, model_metadata
@@ -194,7 +194,7 @@ def inference_copy(model: GroupDNet) -> GroupDNet:
 
 def feature_names(config: SMISConfig) -> list[str]:
     """Names of the label-branch tensors (every CG-Norm's scale and shift), in forward order."""
-    return [f"{block}.{n}.{part}" for block, (fin, fout) in zip(block_names(config), block_channels(config))
+    return [f"{block}.{n}.{part}" for block, (fin, fout, _) in zip(block_names(config), config.generator.blocks)
             for n in cgnorm_channels(fin, fout) for part in ("scale", "shift")]
 
 
@@ -252,7 +252,7 @@ class RenderGraph(_GeneratorPart):
     def forward(self, z: torch.Tensor, *features: torch.Tensor):
         it = iter(features)
         feats = [{n: (next(it), next(it)) for n in cgnorm_channels(fin, fout)}
-                 for fin, fout in block_channels(self.config)]
+                 for fin, fout, _ in self.config.generator.blocks]
         # The generator reads the label map only for its size check: the last scale map has the
         # output size and stands in for it (no op in the graph).
         return self.outputs(self.generator(z.to(self.dtype), features[-2], feats))

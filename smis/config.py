@@ -79,6 +79,14 @@ class GeneratorConfig:
     #: model grown from a smaller one starts as that model upscaled). Empty: no enhancer.
     enhancer_channels: tuple[int, ...] = ()
 
+    @property
+    def blocks(self) -> tuple[tuple[int, int, int], ...]:
+        """(in channels, out channels, groups) of every CG-Block in forward order: the seven global ones,
+        then the enhancer's (one group each)."""
+        ch = (*self.channels, *self.enhancer_channels)
+        groups = (*self.groups, *(1,) * len(self.enhancer_channels))
+        return tuple(zip(ch[:-1], ch[1:], groups))
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -275,9 +283,7 @@ def validate(cfg: SMISConfig) -> None:
     if g.channels[0] % c:
         raise ValueError(f"fc width {g.channels[0]} must be a multiple of {c} classes")
     lab = cfg.label_channels
-    channels = (*g.channels, *g.enhancer_channels)
-    for i, grp in enumerate((*g.groups, *(1,) * len(g.enhancer_channels))):
-        fin, fout = channels[i], channels[i + 1]
+    for i, (fin, fout, grp) in enumerate(g.blocks):
         fmid = min(fin, fout)
         hid, sg, mg = cgnorm_layout(g.norm_layout, c, grp, g.norm_hidden)
         checks = {"block in": (fin, grp), "block out": (fout, grp), "block mid": (fmid, grp),

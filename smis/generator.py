@@ -15,15 +15,10 @@ BLOCK_NAMES = ("head_0", "G_middle_0", "G_middle_1", "up_0", "up_1", "up_2", "up
 
 
 def block_names(config: SMISConfig) -> tuple[str, ...]:
-    """Every CG-Block of the generator in forward order: the seven above, then ``up_4``... of the enhancer."""
+    """Every CG-Block of the generator in forward order (``generator.blocks``): the seven above, then
+    ``up_4``... of the enhancer."""
     k = len(config.generator.enhancer_channels)
     return BLOCK_NAMES + tuple(f"up_{4 + i}" for i in range(k))
-
-
-def block_channels(config: SMISConfig) -> list[tuple[int, int]]:
-    """(in, out) channels of every CG-Block, in :func:`block_names` order."""
-    ch = (*config.generator.channels, *config.generator.enhancer_channels)
-    return list(zip(ch[:-1], ch[1:]))
 
 
 class Generator(nn.Module):
@@ -51,8 +46,7 @@ class Generator(nn.Module):
         self.fc = nn.Conv2d(config.z_channels * c, ch[0], 3, padding=1, groups=c)
         # Block names follow the reference code so official checkpoints map one-to-one.
         self.block_names = block_names(config)
-        groups = (*g.groups, *(1,) * len(g.enhancer_channels))
-        for name, (fin, fout), grp in zip(self.block_names, block_channels(config), groups):
+        for name, (fin, fout, grp) in zip(self.block_names, g.blocks):
             self.add_module(name, CGBlock(
                 fin, fout, grp, config.label_channels, c,
                 g.norm_layout, g.norm_hidden, g.param_free_norm, g.spectral_norm))

@@ -245,10 +245,9 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
             raise TrainingStateError(str(err)) from err
     for name, module, tensors in parts:
         hub.load_into(module, tensors, f"{source} ({name})", hint)
-    own = own_config
-    if source_config is not None and own is not None:
+    if source_config is not None and own_config is not None:
         ignore = ("name:", "discriminator.") + (("height:", "width:", "generator.enhancer_channels:") if grown else ())
-        changed = [d for d in source_config.differences(own) if not d.startswith(ignore)]
+        changed = [d for d in source_config.differences(own_config) if not d.startswith(ignore)]
         if changed:  # same shapes, other behaviour (e.g. label pooling): fine-tuning adapts to it
             what += "; the run's config differs from the source's in " + "; ".join(changed)
     return what

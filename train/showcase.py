@@ -49,20 +49,33 @@ def showcase(pipe: SMISPipeline, examples_dir: Path = EXAMPLES, scale: int = 2, 
         rerolls = [pipe.reroll(labels, samples[0].codes, [cls], seed=100 + k) for k in range(2)]
         row = [pipe.colorize(labels), photo, rec.image, *[s.image for s in samples], *[r.image for r in rerolls]]
         rows.append(([_tile(x, size) for x in row], cls))
-    pad, top, foot = 4, 22, 30
-    w = len(header) * (size[0] + pad) + pad
-    h = top + len(rows) * (size[1] + pad) + pad + foot
+    legend = [f"{cfg.name} model, {cfg.height}x{cfg.width} output upscaled x{scale} (Lanczos) for display; masks "
+              "and photos: CCP val images (not trained on)."]
+    canvas = _sheet(header, [tiles for tiles, _ in rows], size, legend)
+    draw = ImageDraw.Draw(canvas)
+    for i, (_, cls) in enumerate(rows):
+        x, y = _PAD + (len(header) - 2) * (size[0] + _PAD), _TOP + _PAD + i * (size[1] + _PAD)
+        draw.text((x + 4, y + 4), f"only {cls}", fill=(255, 255, 255))
+    return canvas
+
+
+_PAD, _TOP = 4, 22
+
+
+def _sheet(header: list[str], rows: list[list[Image.Image]], size: tuple[int, int], legend: list[str]) -> Image.Image:
+    """Tiles of ``size`` in rows under a header of column names, with legend lines at the foot."""
+    foot = 16 * len(legend) + 14
+    w = len(header) * (size[0] + _PAD) + _PAD
+    h = _TOP + len(rows) * (size[1] + _PAD) + _PAD + foot
     canvas = Image.new("RGB", (w, h), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for j, name in enumerate(header):
-        draw.text((pad + j * (size[0] + pad) + 4, 5), name, fill=(0, 0, 0))
-    for i, (tiles, cls) in enumerate(rows):
-        y = top + pad + i * (size[1] + pad)
+        draw.text((_PAD + j * (size[0] + _PAD) + 4, 5), name, fill=(0, 0, 0))
+    for i, tiles in enumerate(rows):
         for j, t in enumerate(tiles):
-            canvas.paste(t, (pad + j * (size[0] + pad), y))
-        draw.text((pad + (len(header) - 2) * (size[0] + pad) + 4, y + 4), f"only {cls}", fill=(255, 255, 255))
-    draw.text((pad, h - foot + 8), f"{cfg.name} model, {cfg.height}x{cfg.width} output upscaled x{scale} (Lanczos) "
-              "for display; masks and photos: CCP val images (not trained on).", fill=(0, 0, 0))
+            canvas.paste(t, (_PAD + j * (size[0] + _PAD), _TOP + _PAD + i * (size[1] + _PAD)))
+    for k, line in enumerate(legend):
+        draw.text((_PAD, h - foot + 8 + 16 * k), line, fill=(0, 0, 0))
     return canvas
 
 
@@ -86,25 +99,12 @@ def comparison(pipes: list[tuple[str, SMISPipeline]], examples_dir: Path = EXAMP
         for seed in seeds:
             row += [p.generate(examples_dir / ex["mask"], seed=seed).image for _, p in pipes]
         rows.append([_tile(x, size) for x in row])
-    pad, top = 4, 22
     legend = ["  ".join(f"{k} = {name} ({p.config.height}x{p.config.width}"
                         + (", Lanczos-upscaled" if (p.config.width, p.config.height) != size else "") + ")"
                         for k, (name, p) in zip(letters, pipes)),
               "Same masks and codes for every model; its codes = encoded from the photo (encoder means); CCP val "
               "photos (not trained on)."]
-    foot = 16 * len(legend) + 10
-    w = len(header) * (size[0] + pad) + pad
-    h = top + len(rows) * (size[1] + pad) + pad + foot
-    canvas = Image.new("RGB", (w, h), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for j, name in enumerate(header):
-        draw.text((pad + j * (size[0] + pad) + 4, 5), name, fill=(0, 0, 0))
-    for i, tiles in enumerate(rows):
-        for j, t in enumerate(tiles):
-            canvas.paste(t, (pad + j * (size[0] + pad), top + pad + i * (size[1] + pad)))
-    for k, line in enumerate(legend):
-        draw.text((pad, h - foot + 6 + 16 * k), line, fill=(0, 0, 0))
-    return canvas
+    return _sheet(header, rows, size, legend)
 
 
 def main(argv: list[str] | None = None) -> int:

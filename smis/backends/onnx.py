@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from ..config import SMISConfig
-from ..generator import block_channels
 from ..hub import resolve_model_dir
 from ..layers import cgnorm_channels
 from ..model import GroupDNet
@@ -235,7 +234,7 @@ def label_branch_bytes(config: SMISConfig, height: int, width: int, fp16: bool =
     """Memory of one mask's label-branch maps (every CG-Norm's scale and shift), in bytes."""
     h, w = config.base_grid(height, width)
     total = 0
-    for i, (fin, fout) in enumerate(block_channels(config)):  # block i runs after i x2 upsamplings
+    for i, (fin, fout, _) in enumerate(config.generator.blocks):  # block i runs after i x2 upsamplings
         total += 2 * sum(cgnorm_channels(fin, fout).values()) * (h << i) * (w << i)
     return total * (2 if fp16 else 4)
 

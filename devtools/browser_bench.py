@@ -7,7 +7,9 @@ The page's own code (``demo/static/js/runtime.js``: the vendored onnxruntime-web
 headless Chromium, loaded from the demo's routes (``demo.browser.routes``) on 127.0.0.1, on the same
 fp32 graphs the server's ONNX Runtime backend runs (``generator-maps`` / ``generator-render``). A
 *generate* is a new mask (the maps graph: image + every CG-Norm's maps), a *re-roll* the same mask
-with other codes (the render graph alone) — the two calls of the demo. Rows: ONNX Runtime (CPU) at
+with other codes (the render graph alone) — the two calls of the demo; for a model with a local
+enhancer also a *preview* (``generator-preview``: the global generator's smaller image, what live
+painting draws while the brush moves; the full image follows when it rests). Rows: ONNX Runtime (CPU) at
 1 thread and at every core, the browser on a plain page (1 thread) and on a cross-origin isolated
 one (COOP/COEP: onnxruntime-web may use several threads). They run round-robin, one round of each
 in turn after warm-up rounds, so load from other processes hits all alike: compare ratios, not
@@ -37,15 +39,15 @@ from demo.launch import load_pipeline
 from demo.references import DEFAULT_EXAMPLES_DIR
 from devtools.common import free_port
 from export.onnx import export_model
-from smis.backends.onnx import OnnxBackend, cpu_cores
+from smis.backends.onnx import OnnxBackend, cpu_cores, make_session
 from smis.hub import CheckpointError
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
-#: A round: () -> (generate ms, re-roll ms).
-Round = Callable[[], tuple[float, float]]
+#: A round: () -> (generate ms, re-roll ms) or (generate ms, re-roll ms, preview ms or None).
+Round = Callable[[], tuple[float, ...]]
 
 
 @contextlib.contextmanager
@@ -97,51 +99,68 @@ LOAD_JS = """async ([infoUrl, labels, codes]) => {
 ROUND_JS = """async (image) => {
   const b = window.bench;
   const r = await b.rt.timeRound(b.runtime, b.labels, b.codes);
-  return { generate: r.generate, reroll: r.reroll, image: image ? Array.from(r.image) : null };
+  return { generate: r.generate, reroll: r.reroll, preview: r.preview, image: image ? Array.from(r.image) : null };
 }"""
 
 
 def browser_round(page) -> Round:
-    return lambda: tuple(page.evaluate(ROUND_JS, False)[k] for k in ("generate", "reroll"))
+    return lambda: tuple(page.evaluate(ROUND_JS, False)[k] for k in ("generate", "reroll", "preview"))
 
 
-def server_round(backend: OnnxBackend, labels: np.ndarray, z: np.ndarray) -> Round:
+def server_round(backend: OnnxBackend, labels: np.ndarray, z: np.ndarray, preview=None) -> Round:
+    """The server's round; ``preview``: an ONNX Runtime session of the preview graph (or None)."""
     other = -z
 
-    def run() -> tuple[float, float]:
+    def run() -> tuple[float, float, float | None]:
         backend.label_cache.clear()  # a new mask
         t0 = time.perf_counter()
         backend.generate_uint8(labels, z)
         t1 = time.perf_counter()
         backend.generate_uint8(labels, other)  # the same mask, other codes
-        return (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+        t2 = time.perf_counter()
+        if preview is None:
+            return (t1 - t0) * 1e3, (t2 - t1) * 1e3, None
+        preview.run(["image_uint8"], {"labels": labels[:, None], "z": z})
+        return (t1 - t0) * 1e3, (t2 - t1) * 1e3, (time.perf_counter() - t2) * 1e3
 
     return run
 
 
 def run_rounds(rounds: dict[str, Round], repeats: int, warmup: int = 2,
                progress: bool = True) -> dict[str, dict[str, list[float]]]:
-    """``warmup`` untimed rounds of each, then ``repeats`` rounds of each in turn: ms per row and call."""
+    """``warmup`` untimed rounds of each, then ``repeats`` rounds of each in turn: ms per row and call
+    (``preview`` only for rows that time one)."""
     times = {name: {"generate": [], "reroll": []} for name in rounds}
     for i in tqdm(range(warmup + repeats), disable=not progress, desc="rounds"):
         for name, run in rounds.items():
-            generate, reroll = run()
+            generate, reroll, *rest = run()
             if i >= warmup:
                 times[name]["generate"].append(generate)
                 times[name]["reroll"].append(reroll)
+                if rest and rest[0] is not None:
+                    times[name].setdefault("preview", []).append(rest[0])
     return times
 
 
 def markdown(times: dict[str, dict[str, list[float]]], rows: dict[str, str], baseline: str,
              model: str, repeats: int, pixel_diff: int | None = None) -> str:
-    """The table: per row its runtime, median ms per generate and re-roll, and their ratios to ``baseline``."""
-    base = {k: statistics.median(times[baseline][k]) for k in ("generate", "reroll")}
-    out = [f"| {model}, median of {repeats} rounds | runtime | generate (new mask), ms | re-roll (same mask), ms "
-           f"| × {baseline} (generate / re-roll) |", "|---|---|---:|---:|---:|"]
+    """The table: per row its runtime, median ms per generate and re-roll (and preview, where timed), and their
+    ratios to ``baseline``; with previews also each row's preview / generate."""
+    calls = ["generate", "reroll"] + (["preview"] if all("preview" in times[n] for n in rows) else [])
+    base = {k: statistics.median(times[baseline][k]) for k in calls}
+    if len(calls) == 2:
+        out = [f"| {model}, median of {repeats} rounds | runtime | generate (new mask), ms | re-roll (same mask), ms "
+               f"| × {baseline} (generate / re-roll) |", "|---|---|---:|---:|---:|"]
+    else:
+        out = [f"| {model}, median of {repeats} rounds | runtime | generate (new mask), ms | re-roll (same mask), ms "
+               f"| preview (live painting), ms | × {baseline} (generate / re-roll / preview) | preview / generate |",
+               "|---|---|---:|---:|---:|---:|---:|"]
     for name, runtime in rows.items():
-        g, r = (statistics.median(times[name][k]) for k in ("generate", "reroll"))
-        ratio = f"{g / base['generate']:.2f} / {r / base['reroll']:.2f}"
-        out.append(f"| {name} | {runtime} | {g:.0f} | {r:.0f} | {ratio} |")
+        m = {k: statistics.median(times[name][k]) for k in calls}
+        ratio = " / ".join(f"{m[k] / base[k]:.2f}" for k in calls)
+        cells = " | ".join(f"{m[k]:.0f}" for k in calls)
+        own = f" {m['preview'] / m['generate']:.2f} |" if "preview" in m else ""
+        out.append(f"| {name} | {runtime} | {cells} | {ratio} |{own}")
     if pixel_diff is not None:
         out.append("")
         out.append(f"Largest difference between the browser's and the server's image (same mask and codes): "
@@ -193,13 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     cores = cpu_cores()
     backends = {t: OnnxBackend.from_pretrained(pipe.model_dir, device="cpu", threads=t, exporter=export_model)
                 for t in sorted({1, cores})}
+    preview_graph = model.graphs.get("generator_preview")
+    previews = {t: make_session(preview_graph, providers=["CPUExecutionProvider"], threads=t) if preview_graph else None
+                for t in backends}
     ort_version = __import__("onnxruntime").__version__
     rows: dict[str, str] = {}
     rounds: dict[str, Round] = {}
     for t, backend in backends.items():
         name = f"server, {t} thread{'s' if t > 1 else ''}"
         rows[name] = f"ONNX Runtime {ort_version} (CPU)"
-        rounds[name] = server_round(backend, lab, z)
+        rounds[name] = server_round(backend, lab, z, previews[t])
     with serve(model) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
         try:

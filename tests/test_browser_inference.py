@@ -507,3 +507,124 @@ def test_browser_falls_back_to_the_server_when_the_runtime_cannot_load(app):
                 page.close()
         finally:
             browser.close()
+
+
+# -- live painting with a preview graph (a model with a local enhancer) ------------------------------------
+
+@pytest.fixture(scope="module")
+def enhancer_app(tmp_path_factory):
+    """``create_app`` on a tiny model grown to 256x128 with a local enhancer (its graphs include
+    generator-preview.onnx: the 128x64 global generator's image), launched."""
+    import dataclasses
+
+    import torch
+    from conftest import calibrate_batchnorm
+
+    from demo import CSS
+    from demo.launch import app_kwargs, create_app
+    from export.onnx import export_model
+    from smis import GroupDNet
+
+    tmp = tmp_path_factory.mktemp("browser-enhancer")
+    small = get_config("demo", tiny=True)
+    cfg = small.replace(height=small.height * 2, width=small.width * 2,
+                        generator=dataclasses.replace(small.generator, enhancer_channels=(8,)))
+    torch.manual_seed(0)
+    model = GroupDNet(cfg)
+    calibrate_batchnorm(model)
+    with torch.no_grad():  # the enhancer draws something of its own: the full image is not the preview upscaled
+        model.generator.conv_img_hd.weight.normal_(0, 0.1)
+    model.save_pretrained(tmp / "model")
+    saved = {k: os.environ.get(k) for k in ("SMIS_CACHE", "GRADIO_TEMP_DIR")}
+    os.environ.update(SMIS_CACHE=str(tmp / "cache"), GRADIO_TEMP_DIR=str(tmp / "gradio"))
+    demo = create_app(str(tmp / "model"), backend="onnx", device="cpu", parser="none", examples=str(tmp / "none"),
+                      cache_examples=False, exporter=export_model)
+    counter = Counter(demo.handlers.pipe.backend)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
+                ssr_mode=False, app_kwargs=app_kwargs(demo))
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "demo": demo, "counter": counter}
+    finally:
+        demo.close()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+#: Logs the page's model calls in order (``window.liveOrder``) and keeps the last preview's RGB bytes.
+SPY_JS = """() => {
+  const rt = window.smisBrowser.runtime;
+  window.liveOrder = [];
+  for (const name of ['preview', 'run']) {
+    const fn = rt[name].bind(rt);
+    rt[name] = (labels, codes) => {
+      window.liveOrder.push(name);
+      return fn(labels, codes).then((rgb) => {
+        if (name === 'preview') window.lastPreview = Array.from(rgb);
+        return rgb;
+      });
+    };
+  }
+}"""
+
+
+@pytest.mark.browser
+@no_chromium
+def test_live_painting_previews_then_renders_the_full_image(enhancer_app):
+    """With a preview graph a stroke draws the preview (the global generator's image, scaled up over the result)
+    and, once the brush rests, the full image, which the server keeps; a burst of strokes previews the first and
+    renders only the newest in full. Same codes in both, no model call on the server."""
+    import onnxruntime as ort
+
+    sync_api = pytest.importorskip("playwright.sync_api")
+    demo, counter = enhancer_app["demo"], enhancer_app["counter"]
+    pipe = demo.handlers.pipe
+    assert pipe.config.height == 256 and "generator_preview" in demo.browser_model.graphs
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        try:
+            page = open_page(browser, enhancer_app["url"], settle_ms=500)
+            wait_for_state(page, "ready")
+            assert "a 128×64 preview while you paint" in page.locator("#browser-note-text").text_content()
+            page.evaluate(SPY_JS)
+            before = counter.calls
+            page.locator("#browser-live input").check()
+            link = page.locator("#result-file a[href]").first
+            paint_shoes(page)
+            sync_api.expect(link).to_have_attribute("download", re.compile("live"), timeout=60_000)
+            page.wait_for_function("!window.smisBrowser.liveBusy", timeout=60_000)
+            assert page.evaluate("window.liveOrder") == ["preview", "run"]
+            assert page.evaluate("[window.smisBrowser.previews, window.smisBrowser.renders]") == [1, 1]
+            # the preview was drawn over the result; it goes once the full image is on show
+            page.wait_for_function("document.querySelector('#browser-live-preview')?.style.display === 'none'",
+                                   timeout=10_000)
+            first = link.get_attribute("href")
+
+            # a burst: the first job previews, sees a newer stroke and stops; the newest previews, then renders
+            done = page.evaluate("window.smisBrowser.lives")
+            page.evaluate("window.liveOrder = []; for (let i = 0; i < 5; i++) window.smisBrowser.strokeEnded()")
+            page.wait_for_function(f"window.smisBrowser.lives >= {done + 2} && !window.smisBrowser.liveBusy",
+                                   timeout=60_000)
+            page.wait_for_timeout(500)
+            assert page.evaluate("window.smisBrowser.lives") == done + 2
+            assert page.evaluate("window.liveOrder") == ["preview", "preview", "run"]
+            sync_api.expect(link).not_to_have_attribute("href", first, timeout=30_000)
+            preview = np.asarray(page.evaluate("window.lastPreview"), np.int16)
+            live = link.get_attribute("href")
+            assert counter.calls == before, "the server ran the model for live painting"
+        finally:
+            browser.close()
+    painted = download(live)
+    assert painted.image.size == (128, 256) and (painted.labels == SHOES).sum() > 20
+    assert painted.codes == pipe.sample_codes(painted.seed)[0]  # before any result: the seed's codes
+    assert max_pixel_difference(pipe, painted) <= PIXEL_TOLERANCE  # the full image, as the server renders it
+    # the preview: the same mask and codes through the preview graph, 128x64
+    session = ort.InferenceSession(str(demo.browser_model.graphs["generator_preview"]),
+                                   providers=["CPUExecutionProvider"])
+    server = session.run(["image_uint8"], {"labels": painted.labels[None, None].astype(np.int64),
+                                           "z": painted.codes.latent()[None]})[0][0]
+    assert server.shape == (128, 64, 3) and preview.size == server.size
+    assert int(np.abs(preview - server.reshape(-1).astype(np.int16)).max()) <= PIXEL_TOLERANCE

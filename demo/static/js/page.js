@@ -10,14 +10,22 @@
 // Live painting ("Live: the result follows the brush"): after each stroke on the canvas the page
 // clicks #browser-live-run (the canvas with the current result's codes, rendered here). One live job
 // runs at a time; strokes made meanwhile leave one pending job that reads the canvas when it starts,
-// so the newest stroke wins and nothing queues up.
+// so the newest stroke wins and nothing queues up. A model with a local enhancer (the preview graph)
+// keeps the brush live at its larger size: each live job first draws the preview (the global
+// generator's smaller image, scaled up over the result), and only once the brush has rested for
+// LIVE_QUIET_MS renders the full image, which the server keeps; a stroke meanwhile skips the full
+// image, and its own job (the pending one) previews next.
 //
 // Drag to morph (Style morphing tab): "Load A and B" hands the page the mask and both ends' codes;
 // every position of the slider is then rendered here (the render graph alone: the mask is kept) and
 // drawn on #browser-morph-canvas, the newest position winning while a frame renders.
 
 import { ModelRuntime, missingFeature } from './runtime.js';
-import { codesToDict, jobCodes, jobLabels, lerpCodes, rgbToImageData, rgbToPngBase64 } from './tensors.js';
+import { codesToDict, jobCodes, jobLabels, lerpCodes, rgbToCanvas, rgbToImageData, rgbToPngBase64 } from './tensors.js';
+
+/** How long the brush must rest (no stroke under way or pending) before live painting renders the full image
+ * of a model with a preview graph. */
+const LIVE_QUIET_MS = 400;
 
 /** Server button -> the hidden button of its browser job. */
 const BROWSER_BUTTONS = {
@@ -43,6 +51,10 @@ class BrowserInference {
     this.liveBusy = false;
     this.livePending = false;
     this.liveTimer = null;
+    this.lastEdit = 0;  // performance.now() of the last pointer down / up on the canvas
+    this.previews = 0;  // live preview frames drawn (models with a preview graph)
+    this.previewMs = null;  // the last one's model time
+    this.liveFull = false;  // the running live job rendered the full image
     this.morph = null;  // { labels, a, b, t, rgb, job } once A and B are loaded
     this.morphBusy = false;
     this.morphNext = null;
@@ -54,16 +66,19 @@ class BrowserInference {
     document.addEventListener('click', (event) => this.intercept(event), true);
     document.addEventListener('change', (event) => {
       if (event.target.closest && event.target.closest('#browser-run')) this.show();
+      if (event.target.closest && event.target.closest('#browser-run, #browser-live')) this.hidePreview();
     }, true);
     document.addEventListener('input', (event) => {
       if (event.target.closest && event.target.closest('#browser-morph-t')) this.morphTo(Number(event.target.value));
     }, true);
     document.addEventListener('pointerdown', (event) => {
       this.drawing = Boolean(event.target.closest && event.target.closest(CANVAS_EDITS));
+      if (this.drawing) this.lastEdit = performance.now();
     }, true);
     document.addEventListener('pointerup', () => {
       if (this.drawing) {
         this.drawing = false;
+        this.lastEdit = performance.now();
         this.strokeEnded();
       }
     }, true);
@@ -122,10 +137,72 @@ class BrowserInference {
     clearTimeout(this.liveTimer);
     this.liveBusy = false;
     this.lives = (this.lives || 0) + 1;
+    const shown = this.overlay && this.overlay.style.display !== 'none';
+    if (this.liveFull || (shown && !this.livePending && !this.drawing)) {
+      // the result shows the full image now (or nothing follows the preview): it goes once that is drawn
+      this.hidePreviewWhenShown();
+    }
+    this.liveFull = false;
     if (this.livePending) {
       this.livePending = false;
       this.strokeEnded();
     }
+  }
+
+  /** Whether the brush rests: no stroke under way or pending for LIVE_QUIET_MS (false as soon as one comes). */
+  async brushRests() {
+    for (;;) {
+      if (this.livePending || this.drawing || !this.liveWanted()) return false;
+      const quiet = performance.now() - this.lastEdit;
+      if (quiet >= LIVE_QUIET_MS) return true;
+      await new Promise((resolve) => setTimeout(resolve, Math.min(50, LIVE_QUIET_MS - quiet)));
+    }
+  }
+
+  /** The canvas drawn over the result image (same box, same object-fit): live previews, scaled up to the
+   * model's size. Made on first use. */
+  previewOverlay() {
+    const host = document.getElementById('result');
+    if (!host) return null;
+    const { height, width } = this.runtime.model;
+    if (!this.overlay || !this.overlay.isConnected) {
+      this.overlay = Object.assign(document.createElement('canvas'), { id: 'browser-live-preview', width, height });
+      this.overlay.style.cssText = 'position:absolute;z-index:5;pointer-events:none;object-fit:contain;display:none';
+      if (getComputedStyle(host).position === 'static') host.style.position = 'relative';
+      host.appendChild(this.overlay);
+    }
+    const target = host.querySelector('img') || host.querySelector('.image-container, .empty') || host;
+    const r = target.getBoundingClientRect(), b = host.getBoundingClientRect();
+    Object.assign(this.overlay.style, { left: `${r.left - b.left - host.clientLeft}px`,
+      top: `${r.top - b.top - host.clientTop}px`, width: `${r.width}px`, height: `${r.height}px`, display: 'block' });
+    return this.overlay;
+  }
+
+  /** Draw RGB bytes of ``size`` ([h, w]) over the result, scaled to the model's size (smoothly). */
+  drawPreview(rgb, size) {
+    const overlay = this.previewOverlay();
+    if (!overlay) return;
+    const ctx = overlay.getContext('2d');
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(rgbToCanvas(rgb, size[0], size[1]), 0, 0, overlay.width, overlay.height);
+  }
+
+  hidePreview() {
+    clearInterval(this.hideTimer);
+    if (this.overlay) this.overlay.style.display = 'none';
+  }
+
+  /** Hide the preview once the result image has changed and loaded (or after 3 s), so nothing flashes back. */
+  hidePreviewWhenShown() {
+    const img = () => document.querySelector('#result img');
+    const before = this.overlaySrc;
+    const t0 = performance.now();
+    clearInterval(this.hideTimer);
+    this.hideTimer = setInterval(() => {
+      const shown = img() && img().getAttribute('src') !== before && img().complete;
+      if (shown || performance.now() - t0 > 3000) this.hidePreview();
+    }, 50);
   }
 
   off(reason) {
@@ -147,7 +224,9 @@ class BrowserInference {
       text = `⏳ Loading the model into your browser${this.version ? ` (${runtime})` : ''}… until then the server runs it.`;
     } else if (this.wanted()) {
       const threads = this.runtime.threads;
-      text = `✅ Generate, re-roll, live painting and drag-to-morph run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
+      const [ph, pw] = this.runtime.model.preview || [];
+      const live = this.runtime.hasPreview ? ` (a ${ph}×${pw} preview while you paint, the full image when you pause)` : '';
+      text = `✅ Generate, re-roll, live painting${live} and drag-to-morph run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
         + 'the server reads your canvas, makes the codes and keeps the PNG. Mixing and photos run on the server.';
     } else {
       state = 'server';
@@ -178,9 +257,26 @@ class BrowserInference {
       const model = this.runtime.model;
       const labels = jobLabels(job, model);
       const codes = jobCodes(job, model);
+      const preview = job.op === 'live' && this.runtime.hasPreview;
+      if (preview) {  // the quick look first; the full image only once the brush rests
+        clearInterval(this.hideTimer);
+        const t0 = performance.now();
+        const small = await this.runtime.preview(labels, codes);
+        this.previewMs = performance.now() - t0;
+        this.drawPreview(small, model.preview);
+        this.previews += 1;
+        if (!(await this.brushRests())) return '';  // a newer stroke's job previews next
+      } else if (job.op !== 'live') {
+        this.hidePreview();
+      }
       const t0 = performance.now();
       const rgb = await this.runtime.run(labels, codes);
       const ms = performance.now() - t0;
+      if (preview) {  // over the preview until the server's copy of it is on show
+        this.drawPreview(rgb, [model.height, model.width]);
+        this.overlaySrc = document.querySelector('#result img')?.getAttribute('src');
+        this.liveFull = true;
+      }
       const image = await rgbToPngBase64(rgb, model.height, model.width);
       this.renders += 1;
       return JSON.stringify({ ...job, image, ms, threads: this.runtime.threads });

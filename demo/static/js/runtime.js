@@ -3,7 +3,9 @@
 // The graphs are the ones the server's ONNX backend runs (smis/onnx_format.py): with the pair
 // generator-maps.onnx (labels, z -> image and every CG-Norm's scale / shift map) and
 // generator-render.onnx (z, those maps -> image), a new mask runs the first and keeps its maps, and a
-// re-roll on the same mask runs only the second; with generator.onnx alone every call runs it.
+// re-roll on the same mask runs only the second; with generator.onnx alone every call runs it. A model
+// with a local enhancer also has generator-preview.onnx: the same inputs (the full-size labels, the same
+// codes) -> the global generator's smaller image (model.preview), what live painting draws while the brush moves.
 
 // The smallest module with a SIMD instruction (i8x16.splat): onnxruntime-web's WASM build needs SIMD.
 const SIMD_PROBE = new Uint8Array([0, 97, 115, 109, 1, 0, 0, 0, 1, 5, 1, 96, 0, 1, 123, 3, 2, 1, 0, 10, 10,
@@ -69,6 +71,11 @@ export class ModelRuntime {
     return Boolean(this.sessions.generator_maps && this.sessions.generator_render);
   }
 
+  /** Whether the model has the preview graph (a local enhancer's global generator). */
+  get hasPreview() {
+    return Boolean(this.sessions.generator_preview);
+  }
+
   /** labels: Uint8Array (H * W class ids), codes: Float32Array (C * z * h * w) -> Uint8Array (H * W * 3) RGB.
    * Calls run one after the other (a session runs one call at a time). */
   run(labels, codes) {
@@ -78,8 +85,7 @@ export class ModelRuntime {
   }
 
   async _run(labels, codes) {
-    const { num_classes: c, z_channels: zc, grid } = this.model;
-    const z = new this.ort.Tensor('float32', codes, [1, c * zc, grid[0], grid[1]]);
+    const z = this.latent(codes);
     if (!this.cachesMasks) {
       const out = await this.sessions.generator.run({ labels: this.labelTensor(labels), z }, ['image_uint8']);
       return out.image_uint8.data;
@@ -96,6 +102,25 @@ export class ModelRuntime {
     return out.image_uint8.data;
   }
 
+  /** The preview: the same labels (full size) and codes as ``run`` -> Uint8Array (h * w * 3) RGB at
+   * ``model.preview`` ([h, w]), the global generator's image. Queued with ``run`` (one call at a time); it
+   * leaves the kept maps alone. */
+  preview(labels, codes) {
+    if (!this.hasPreview) return Promise.reject(new Error('this model has no preview graph'));
+    const next = this.busy.then(async () => {
+      const out = await this.sessions.generator_preview.run({ labels: this.labelTensor(labels), z: this.latent(codes) },
+        ['image_uint8']);
+      return out.image_uint8.data;
+    });
+    this.busy = next.catch(() => {});
+    return next;
+  }
+
+  latent(codes) {
+    const { num_classes: c, z_channels: zc, grid } = this.model;
+    return new this.ort.Tensor('float32', codes, [1, c * zc, grid[0], grid[1]]);
+  }
+
   labelTensor(labels) {
     const ids = new BigInt64Array(labels.length);
     for (let i = 0; i < labels.length; i++) ids[i] = BigInt(labels[i]);
@@ -109,9 +134,10 @@ export class ModelRuntime {
   }
 }
 
-/** One timed round, in ms: a generate (a new mask: the maps graph, or the generator) and a re-roll (the
- * same mask, other codes: the render graph); with the generated image (RGB bytes). For
- * python -m devtools.browser_bench, which runs warm-up rounds first and alternates with the server. */
+/** One timed round, in ms: a generate (a new mask: the maps graph, or the generator), a re-roll (the
+ * same mask, other codes: the render graph) and, where the model has one, a preview frame (the preview
+ * graph: what live painting draws while the brush moves; else null); with the generated image (RGB bytes).
+ * For python -m devtools.browser_bench, which runs warm-up rounds first and alternates with the server. */
 export async function timeRound(runtime, labels, codes) {
   runtime.forgetMask();
   let t0 = performance.now();
@@ -120,5 +146,11 @@ export async function timeRound(runtime, labels, codes) {
   t0 = performance.now();
   await runtime.run(labels, codes.map((v) => -v));
   const reroll = performance.now() - t0;
-  return { generate, reroll, image };
+  let preview = null;
+  if (runtime.hasPreview) {
+    t0 = performance.now();
+    await runtime.preview(labels, codes);
+    preview = performance.now() - t0;
+  }
+  return { generate, reroll, preview, image };
 }

@@ -53,11 +53,17 @@ export function rgbToImageData(rgb, height, width) {
   return new ImageData(rgba, width, height);
 }
 
-/** RGB bytes (H * W * 3, the graph's image_uint8) -> a PNG, base64 (lossless: the server gets these pixels). */
-export async function rgbToPngBase64(rgb, height, width) {
+/** RGB bytes (H * W * 3, the graph's image_uint8) -> a canvas of that size holding them (to draw or encode). */
+export function rgbToCanvas(rgb, height, width) {
   const canvas = typeof OffscreenCanvas === 'function'
     ? new OffscreenCanvas(width, height) : Object.assign(document.createElement('canvas'), { width, height });
   canvas.getContext('2d').putImageData(rgbToImageData(rgb, height, width), 0, 0);
+  return canvas;
+}
+
+/** RGB bytes (H * W * 3, the graph's image_uint8) -> a PNG, base64 (lossless: the server gets these pixels). */
+export async function rgbToPngBase64(rgb, height, width) {
+  const canvas = rgbToCanvas(rgb, height, width);
   const blob = canvas.convertToBlob ? await canvas.convertToBlob({ type: 'image/png' })
     : await new Promise((resolve) => canvas.toBlob(resolve, 'image/png'));
   return toBase64(new Uint8Array(await blob.arrayBuffer()));

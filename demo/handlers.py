@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import json
 import logging
 import os
 import secrets
@@ -631,21 +632,38 @@ class DemoHandlers:
                 + [(caption or f"variant {i + 1}", f"strip:{i}") for i, (_, caption) in enumerate(items)]
                 + self.references.choices() + [("your photo (Appearance mixture tab)", "user")])
 
+    def _morph_default_b(self) -> str:
+        """B's default with fewer than two variants: the first reference, else the current result."""
+        return f"ref:{next(iter(self.references)).id}" if len(self.references) else "current"
+
     @event
     def update_morph_choices(self, strip: Any, a: str | None, b: str | None) -> tuple:
         """Morph ends: the current result, every variant of the strip, the references, your photo."""
         choices = self.morph_choices(strip)
         values = [v for _, v in choices]
         n = len(strip_items(strip))
-        if n >= 2:
-            default_b = f"strip:{n - 2}"  # the previous variant
-        elif len(self.references):
-            default_b = f"ref:{next(iter(self.references)).id}"
-        else:
-            default_b = "current"
+        default_b = f"strip:{n - 2}" if n >= 2 else self._morph_default_b()  # the previous variant
         a = a if a in values else "current"
         b = b if b in values else default_b
         return gr.update(choices=choices, value=a), gr.update(choices=choices, value=b)
+
+    def morph_choices_js(self) -> str:
+        """:meth:`update_morph_choices` as a page-only function ``(strip, a, b) -> [update of A, update of B]``
+        for the strip's change: the same choices and defaults with no server round trip per new variant (20
+        visitors re-rolling in their browsers would otherwise each still call the server for it). The parts
+        that do not depend on the strip (references, your photo) come from here; a strip item in the page is
+        ``{image: {path, url, ...}, caption}``, and like :func:`strip_items` one without a file is left out."""
+        fixed = self.morph_choices([])
+        head, tail = json.dumps([list(c) for c in fixed[:1]]), json.dumps([list(c) for c in fixed[1:]])
+        return f"""(strip, a, b) => {{
+  const items = (strip || []).filter((it) => it && (it.image?.path || it.image?.url));
+  const variants = items.map((it, i) => [it.caption || `variant ${{i + 1}}`, `strip:${{i}}`]);
+  const choices = [...{head}, ...variants, ...{tail}], values = choices.map((c) => c[1]);
+  const n = variants.length;
+  const update = (value, fallback) => ({{ __type__: 'update', choices,
+    value: values.includes(value) ? value : fallback }});
+  return [update(a, 'current'), update(b, n >= 2 ? `strip:${{n - 2}}` : {json.dumps(self._morph_default_b())})];
+}}"""
 
     @event(model=True)
     def morph(self, result_file: Any, source_a: str, source_b: str, frames: Any, strip: Any,

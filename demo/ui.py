@@ -568,8 +568,12 @@ def _morph_tab(h: DemoHandlers, browser: BrowserModel | None) -> MorphTab:
                     "two states of your own result (see the variant strip), references, or your photo.")
         a0, b0 = h.update_morph_choices([], None, None)
         with gr.Row():
-            a = gr.Dropdown(a0["choices"], value=a0["value"], label="From (A)", elem_id="morph-a")
-            b = gr.Dropdown(b0["choices"], value=b0["value"], label="To (B)", elem_id="morph-b")
+            # the page sets the choices (DemoHandlers.morph_choices_js), so the server's copy of them lags: a
+            # value is checked by the handlers (an unknown one is refused with a message), not by the dropdown
+            a = gr.Dropdown(a0["choices"], value=a0["value"], label="From (A)", elem_id="morph-a",
+                            allow_custom_value=True)
+            b = gr.Dropdown(b0["choices"], value=b0["value"], label="To (B)", elem_id="morph-b",
+                            allow_custom_value=True)
             frames = gr.Slider(MORPH_MIN_FRAMES, MORPH_MAX_FRAMES, value=8, step=1, label="Frames",
                                elem_id="morph-frames")
         morph = gr.Button("Morph", variant="primary", elem_id="morph")
@@ -707,8 +711,12 @@ def _wire_variants(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mor
                             s.result_outputs, api_name="reroll_unlocked", **s.model)
     reroll.strip.select(h.select_variant, [reroll.strip, reroll.reroll_class, reroll.locked], s.result_outputs,
                         api_name="select_variant", **s.files)
-    reroll.strip.change(h.update_morph_choices, [reroll.strip, morph.a, morph.b], [morph.a, morph.b],
-                        api_name="morph_choices", **QUICK)
+    # a new strip -> the morph ends' choices, computed in the page (no server call per re-roll); the same
+    # handler stays in the API with no trigger of its own
+    reroll.strip.change(None, [reroll.strip, morph.a, morph.b], [morph.a, morph.b], js=h.morph_choices_js(),
+                        **PRIVATE)
+    gr.on([], h.update_morph_choices, [reroll.strip, morph.a, morph.b], [morph.a, morph.b],
+          api_name="morph_choices", **QUICK)
 
 
 def _wire_mix(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mix: MixTab, s: Shared) -> None:

@@ -220,7 +220,7 @@ def test_api_mix_morph_scrub_keep(client, canvas_files, server):
     assert changed == [SKIN, UPPER]
     assert "upper clothes←example ex1" in mixed[2][-1]["caption"]
 
-    a, b = client.predict(gallery_value(mixed[2]), None, None, api_name="/morph_choices")  # as strip.change does
+    a, b = client.predict(gallery_value(mixed[2]), None, None, api_name="/morph_choices")  # the page makes these itself
     assert a["value"] == "current" and b["value"] == "strip:0"
     frames, slider, frame0, gif, status = client.predict(
         handle_file(mixed[1]), "current", "strip:0", 4, gallery_value(mixed[2]), None, None, api_name="/morph")

@@ -216,6 +216,21 @@ def test_a_refused_run_leaves_its_folder_as_it_was(straight, tmp_path):
     assert {p: p.stat().st_mtime_ns for p in straight.run_dir.rglob("*")} == before
 
 
+def test_a_checkpoint_written_before_a_config_field_existed_still_resumes(straight, tmp_path):
+    """Configs compare by value: a state whose config lacks a field added later (at its default, here
+    ``generator.enhancer_channels``) resumes; the refusal of a real change names the field."""
+    state = ckpt.load_state(ckpt.state_path(straight.run_dir, 2))
+    old = json.loads(state["config"])
+    del old["generator"]["enhancer_channels"]
+    state["config"] = json.dumps(old)
+    out = tmp_path / "old"
+    ckpt.atomic_save(state, ckpt.state_path(out, 2))
+    result = train(tiny_options(outdir=str(out), resume="auto", **OBJECTIVE), dataset=BlobDataset(8))
+    assert result.status == "finished" and result.step == 4
+    with pytest.raises(ValueError, match=r"generator\.channels: \(160, .*\) -> \(320, "):
+        train(tiny_options(outdir=str(out), widths={"nf": 20}, resume="auto"), dataset=BlobDataset(8))
+
+
 def test_bf16_autocast_double_fm_and_diffaug_run_on_cpu(tmp_path):
     result = train(tiny_options(outdir=str(tmp_path), steps=1, amp="bf16", vgg="double-fm",
                                 diffaug="color,translation,cutout"), dataset=BlobDataset(2))

@@ -14,6 +14,7 @@ checkpoints and snapshots: :mod:`train.checkpoint`.
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import math
 import os
@@ -251,6 +252,18 @@ def _inherit_history(source: str | Path, run_dir: Path) -> None:
         logger.info("history up to epoch %.1f copied into %s", inherited.last_epoch, run_dir / history.HISTORY_DIR)
 
 
+
+def _config_changes(state: dict[str, Any], config: SMISConfig) -> list[str]:
+    """What differs between a training state's model config and this run's (``"field: theirs -> ours"``).
+    Compared by value, so a field added to the config later, at its default, is no change: checkpoints
+    written before it still resume."""
+    try:
+        saved = SMISConfig.from_dict(json.loads(state.get("config") or "null") or {})
+    except (ValueError, TypeError) as err:
+        return [f"its config does not read: {err}"]
+    return saved.differences(config)
+
+
 def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps: int, device: torch.device,
             objective: GroupDNetObjective | None = None) -> tuple[int, Path | None, str | None, str | None]:
     """``--resume`` (a training state: weights, optimisers, position, RNG streams, the objective's own
@@ -273,9 +286,10 @@ def restore(opts: TrainOptions, nets: Networks, config: SMISConfig, total_steps:
     if resume and path is None:
         logger.info("--resume auto: no checkpoint in %s yet, starting a new run", run_dir)
     if state is not None:
-        if state.get("config") != config.to_json():
-            raise ValueError(f"{path} was trained with another model config (preset, size, classes "
-                             "or widths differ); use the options it was started with")
+        changed = _config_changes(state, config)
+        if changed:
+            raise ValueError(f"{path} was trained with another model config ({'; '.join(changed)}); "
+                             "use the options it was started with")
         nets.load_state_dict(state)
         if objective is not None:
             objective.load_state_dict(state.get("objective", {}))

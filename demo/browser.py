@@ -1,4 +1,4 @@
-"""Inference in the visitor's browser: onnxruntime-web (WebAssembly) runs the exported generator.
+"""Inference in the visitor's browser: onnxruntime-web (WebGPU or WebAssembly) runs the exported generator.
 
 The server keeps everything that is not the network, so both paths give the same results:
 
@@ -8,7 +8,8 @@ The server keeps everything that is not the network, so both paths give the same
    code as the server path) and makes the codes (:func:`smis.codes.class_noise`: the same seed gives
    the same codes in both paths, bit for bit), but runs no model (:meth:`BrowserJobs.generate` ...);
 2. the page renders the job with the ``generator-maps`` / ``generator-render`` graphs (a re-roll on
-   an unchanged mask runs only the render graph) and sends the PNG back;
+   an unchanged mask runs only the render graph) and sends the PNG back: on WebGPU where the browser
+   offers an adapter (the first run of each graph checked against the CPU kernels), else WebAssembly;
 3. the server checks it and saves it as every result is saved: a PNG with its mask and codes
    (:meth:`BrowserJobs.finish`), so downloads, re-opening, the variant strip, mixing and morphing
    work unchanged. A browser that cannot run the model (no WebAssembly SIMD, a runtime or graph that
@@ -17,7 +18,9 @@ The server keeps everything that is not the network, so both paths give the same
 The routes under ``/smis/`` serve only a fixed list of files, read when the app starts: the page's
 modules and the vendored runtime (``demo/static``) and the model's fp32 graphs. A request names a
 key of that list; nothing in it is ever joined to a path, so ``..``, absolute paths and links lead
-nowhere (404).
+nowhere (404). A vendored file stored gzip-compressed (``NAME.gz``, above the vendoring script's size
+limit) is listed as ``NAME`` and sent with ``Content-Encoding: gzip`` (decompressed for a client that
+does not accept gzip).
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import Mapping
+import zlib
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +41,7 @@ from typing import Any
 import gradio as gr
 import numpy as np
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from smis import ClassCodes, SMISConfig, SMISPipeline, SMISResult
@@ -60,6 +64,10 @@ BROWSER_GRAPHS = ("generator_maps", "generator_render", "generator", "generator_
 #: The server button each browser job stands in for (the page falls back to it).
 SERVER_BUTTONS = {"generate": "generate", "reroll": "reroll", "reroll_unlocked": "reroll-unlocked",
                   "mask_edit": "apply-mask-edit", "live": "", "morph": ""}
+#: The WebGPU build of the vendored runtime (devtools/vendor_ort_web.py: WEBGPU_FILES): its module; the page
+#: tries it where the browser offers a WebGPU adapter.
+WEBGPU_MODULE = "ort.jspi.min.mjs"
+WEBGPU_WASM = "ort-wasm-simd-threaded.jspi.wasm"
 MEDIA_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm",
                ".onnx": "application/octet-stream", ".json": "application/json", ".md": "text/markdown",
                ".css": "text/css"}
@@ -72,6 +80,12 @@ def ort_web_version() -> str | None:
     version = ORT_WEB_DIR / "VERSION"
     wasm = ORT_WEB_DIR / "ort-wasm-simd-threaded.wasm"
     return version.read_text().strip() if version.is_file() and wasm.is_file() else None
+
+
+def ort_web_webgpu() -> bool:
+    """Whether the vendored runtime has its WebGPU build (the module and its WebAssembly, plain or gzipped)."""
+    wasm = ORT_WEB_DIR / WEBGPU_WASM
+    return (ORT_WEB_DIR / WEBGPU_MODULE).is_file() and (wasm.is_file() or wasm.with_name(wasm.name + ".gz").is_file())
 
 
 @dataclass(frozen=True)
@@ -104,6 +118,7 @@ class BrowserModel:
             "reason": self.reason,
             "runtime": {"name": "onnxruntime-web", "version": ort_web_version(),
                         "module": "static/vendor/onnxruntime-web/ort.wasm.min.mjs",
+                        "webgpu": f"static/vendor/onnxruntime-web/{WEBGPU_MODULE}" if ort_web_webgpu() else None,
                         "folder": "static/vendor/onnxruntime-web/"},
             "graphs": {k: f"model/{self.tag}/{p.name}" for k, p in self.graphs.items()},
             "model": {"name": cfg.name, "height": cfg.height, "width": cfg.width,
@@ -179,7 +194,7 @@ def _checked(cfg: SMISConfig, graphs: dict[str, Path], check: bool) -> BrowserMo
 
 def static_files(root: Path = STATIC_DIR) -> dict[str, Path]:
     """Every plain file under ``root`` by its relative POSIX path; links (and what lies behind them)
-    are left out."""
+    are left out. A vendored ``NAME.gz`` is listed as ``NAME`` (see :func:`_gzipped`)."""
     root = root.resolve()
     files: dict[str, Path] = {}
     for folder, dirs, names in os.walk(root, followlinks=False):
@@ -190,12 +205,49 @@ def static_files(root: Path = STATIC_DIR) -> dict[str, Path]:
                 continue
             if path.resolve().is_relative_to(root):
                 files[path.relative_to(root).as_posix()] = path
+    for key in [k for k in files if k.startswith("vendor/") and k.endswith(".gz")]:
+        if key[:-3] not in files:
+            files[key[:-3]] = files.pop(key)
     return files
 
 
-def _file(path: Path, cache: str) -> Response:
-    media = MEDIA_TYPES.get(path.suffix, "text/plain; charset=utf-8")
-    return FileResponse(path, media_type=media, headers={"Cache-Control": cache, "X-Content-Type-Options": "nosniff"})
+def _gzipped(key: str, path: Path) -> bool:
+    """Whether ``path`` holds the gzip-compressed bytes of the file ``key`` names."""
+    return path.suffix == ".gz" and not key.endswith(".gz")
+
+
+def _accepts_gzip(request: Request) -> bool:
+    for part in request.headers.get("accept-encoding", "").lower().split(","):
+        coding, _, params = part.partition(";")
+        if coding.strip() in ("gzip", "*"):
+            q = params.strip().removeprefix("q=")
+            try:
+                return params.strip() == "" or float(q) > 0
+            except ValueError:
+                return False
+    return False
+
+
+def _gunzipped(path: Path, chunk: int = 1 << 20) -> Iterator[bytes]:
+    inflate = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            yield inflate.decompress(block)
+    yield inflate.flush()
+
+
+def _file(path: Path, cache: str, key: str | None = None, request: Request | None = None) -> Response:
+    """``path`` as the file ``key`` (default: its own name) names; a gzipped one is sent gzip-encoded, or
+    decompressed for a client that does not accept gzip."""
+    name = Path(key or path.name)
+    media = MEDIA_TYPES.get(name.suffix, "text/plain; charset=utf-8")
+    headers = {"Cache-Control": cache, "X-Content-Type-Options": "nosniff"}
+    if not _gzipped(name.as_posix(), path):
+        return FileResponse(path, media_type=media, headers=headers)
+    headers["Vary"] = "Accept-Encoding"
+    if request is not None and _accepts_gzip(request):
+        return FileResponse(path, media_type=media, headers=headers | {"Content-Encoding": "gzip"})
+    return StreamingResponse(_gunzipped(path), media_type=media, headers=headers)
 
 
 def routes(model: BrowserModel, static_root: Path = STATIC_DIR) -> list[BaseRoute]:
@@ -211,8 +263,9 @@ def routes(model: BrowserModel, static_root: Path = STATIC_DIR) -> list[BaseRout
         return JSONResponse(info, headers={"Cache-Control": "no-cache"})
 
     async def static(request: Request) -> Response:
-        path = statics.get(request.path_params["path"])
-        return _file(path, "no-cache") if path is not None else not_found
+        key = request.path_params["path"]
+        path = statics.get(key)
+        return _file(path, "no-cache", key, request) if path is not None else not_found
 
     async def graph(request: Request) -> Response:
         path = graphs.get(request.path_params["name"])
@@ -353,7 +406,9 @@ class BrowserJobs:
                             f"{cfg.width}x{cfg.height}; generate again.")
         labels = raw.reshape(cfg.height, cfg.width).astype(np.int64)
         result = SMISResult(image.convert("RGB"), labels, codes, seed, cfg.name)
-        return result, {"op": op, "classes": classes, "ms": ms, "threads": d.get("threads"), "t": t}
+        runtime = "webgpu" if d.get("runtime") == "webgpu" else "wasm"
+        return result, {"op": op, "classes": classes, "ms": ms, "threads": d.get("threads"), "t": t,
+                        "runtime": runtime}
 
     @event
     def finish(self, rendered: str, strip: Any, chosen: str | None = None,
@@ -367,7 +422,9 @@ class BrowserJobs:
         result, info = self.read_rendered(rendered)
         op, classes = info["op"], info["classes"]
         seed = result.seed
-        where = f"in your browser (WASM, {info['threads'] or 1} thread{'s' if (info['threads'] or 1) > 1 else ''})"
+        threads = info["threads"] or 1
+        where = "in your browser (WebGPU)" if info["runtime"] == "webgpu" else \
+            f"in your browser (WASM, {threads} thread{'s' if threads > 1 else ''})"
         note = ""
         if op == "live":  # the current result (and download), not a new variant of the strip
             path = self.h.files.save(result, "smis-live")

@@ -2,6 +2,7 @@
 
     python -m devtools.browser_bench                     # the bundled model, 20 rounds
     python -m devtools.browser_bench --model M --rounds 50 --out runs/bench-browser
+    python -m devtools.browser_bench --webgpu swiftshader --rounds 3   # and a WebGPU row (see below)
 
 The page's own code (``demo/static/js/runtime.js``: the vendored onnxruntime-web, WASM SIMD) runs in
 headless Chromium, loaded from the demo's routes (``demo.browser.routes``) on 127.0.0.1, on the same
@@ -16,6 +17,11 @@ in turn after warm-up rounds, so load from other processes hits all alike: compa
 absolute times. Times are the model calls alone (the page's PNG encoding and the server round trips
 are not in them). Prints a Markdown table (median ms) with the largest pixel difference between the
 browser's and the server's image, and writes it with the raw times to ``--out``.
+
+``--webgpu swiftshader`` adds a row for the page on WebGPU (the runtime asked for it, ``runtime: 'webgpu'``)
+in a second Chromium whose WebGPU adapter is SwiftShader: Vulkan emulated on the CPU, so the row shows that
+WebGPU runs and matches, not a GPU's speed (on a 2-core machine it is far slower than WebAssembly).
+``--webgpu hardware`` asks Chromium for the machine's own GPU instead (where it has one and drivers for it).
 """
 
 from __future__ import annotations
@@ -45,6 +51,10 @@ from smis.hub import CheckpointError
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
+#: Chromium flags for a WebGPU adapter: the machine's GPU, or SwiftShader (WebGPU on the CPU).
+WEBGPU_FLAGS = {"hardware": ["--enable-unsafe-webgpu", "--enable-features=Vulkan"],
+                "swiftshader": ["--enable-unsafe-webgpu", "--enable-features=Vulkan",
+                                "--use-webgpu-adapter=swiftshader"]}
 ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 #: A round: () -> (generate ms, re-roll ms) or (generate ms, re-roll ms, preview ms or None).
 Round = Callable[[], tuple[float, ...]]
@@ -88,13 +98,19 @@ def serve(model: BrowserModel) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-LOAD_JS = """async ([infoUrl, labels, codes]) => {
+LOAD_JS = """async ([infoUrl, labels, codes, runtimeName]) => {
   const rt = await import(new URL('static/js/runtime.js', infoUrl).href);
   const t = await import(new URL('static/js/tensors.js', infoUrl).href);
   const info = await (await fetch(infoUrl)).json();
-  const runtime = await rt.ModelRuntime.load(info, infoUrl);
+  const runtime = await rt.ModelRuntime.load(info, infoUrl, { runtime: runtimeName });
   window.bench = { rt, runtime, labels: t.fromBase64(labels), codes: t.jobCodes({ codes }, info.model) };
-  return { threads: runtime.threads, isolated: globalThis.crossOriginIsolated, agent: navigator.userAgent };
+  let adapter = null;
+  if (runtime.backend === 'webgpu') {
+    const a = await navigator.gpu.requestAdapter();
+    adapter = a.info ? [a.info.vendor, a.info.architecture, a.info.description].filter(Boolean).join(' ') : '?';
+  }
+  return { threads: runtime.threads, isolated: globalThis.crossOriginIsolated, agent: navigator.userAgent,
+           backend: runtime.backend, why: runtime.webgpuReason, adapter };
 }"""
 ROUND_JS = """async (image) => {
   const b = window.bench;
@@ -143,9 +159,10 @@ def run_rounds(rounds: dict[str, Round], repeats: int, warmup: int = 2,
 
 
 def markdown(times: dict[str, dict[str, list[float]]], rows: dict[str, str], baseline: str,
-             model: str, repeats: int, pixel_diff: int | None = None) -> str:
+             model: str, repeats: int, pixel_diff: int | dict[str, int] | None = None) -> str:
     """The table: per row its runtime, median ms per generate and re-roll (and preview, where timed), and their
-    ratios to ``baseline``; with previews also each row's preview / generate."""
+    ratios to ``baseline``; with previews also each row's preview / generate. ``pixel_diff``: one figure, or one
+    per browser row."""
     calls = ["generate", "reroll"] + (["preview"] if all("preview" in times[n] for n in rows) else [])
     base = {k: statistics.median(times[baseline][k]) for k in calls}
     if len(calls) == 2:
@@ -161,10 +178,14 @@ def markdown(times: dict[str, dict[str, list[float]]], rows: dict[str, str], bas
         cells = " | ".join(f"{m[k]:.0f}" for k in calls)
         own = f" {m['preview'] / m['generate']:.2f} |" if "preview" in m else ""
         out.append(f"| {name} | {runtime} | {cells} | {ratio} |{own}")
+    if isinstance(pixel_diff, dict):
+        pixel_diff = ", ".join(f"{d} of 255 ({name})" for name, d in pixel_diff.items()).removesuffix(".")
+    elif pixel_diff is not None:
+        pixel_diff = f"{pixel_diff} of 255"
     if pixel_diff is not None:
         out.append("")
         out.append(f"Largest difference between the browser's and the server's image (same mask and codes): "
-                   f"{pixel_diff} of 255.")
+                   f"{pixel_diff}.")
     return "\n".join(out)
 
 
@@ -183,6 +204,9 @@ def build_arg_parser() -> argparse.ArgumentParser:
     cli.add_argument("--warmup", type=int, default=2, help="untimed rounds first (default 2)")
     cli.add_argument("--seed", type=int, default=0, help="the codes' seed")
     cli.add_argument("--chromium", default=CHROMIUM, help=f"Chromium executable (default {CHROMIUM})")
+    cli.add_argument("--webgpu", choices=sorted(WEBGPU_FLAGS), default=None,
+                     help="add a row for the page on WebGPU, in a Chromium whose adapter is SwiftShader (WebGPU "
+                          "emulated on the CPU: it shows WebGPU works, not a GPU's speed) or the machine's GPU")
     cli.add_argument("--out", type=Path, default=None, help="folder for table.md and times.json")
     return cli
 
@@ -222,28 +246,49 @@ def main(argv: list[str] | None = None) -> None:
         name = f"server, {t} thread{'s' if t > 1 else ''}"
         rows[name] = f"ONNX Runtime {ort_version} (CPU)"
         rounds[name] = server_round(backend, lab, z, previews[t])
+    server = backends[1].generate_uint8(lab, z)[0].astype(np.int16).reshape(-1)
+    pixel_diff: dict[str, int] = {}
     with serve(model) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
+        job = [url + "smis/model.json", base64.b64encode(labels.astype(np.uint8)).decode(), codes.to_dict()]
+        browsers = [p.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)]
         try:
-            first_page = None
+            pages = {}
             for path in ("", "isolated"):
-                page = browser.new_page()
+                page = browsers[0].new_page()
                 page.goto(url + path)
-                job = [url + "smis/model.json", base64.b64encode(labels.astype(np.uint8)).decode(), codes.to_dict()]
-                info = page.evaluate(LOAD_JS, job)
+                info = page.evaluate(LOAD_JS, [*job, "wasm"])
                 t = info["threads"]
                 agent = info["agent"].split("HeadlessChrome/")[-1].split(" ")[0]
                 isolated = ", cross-origin isolated" if info["isolated"] else ""
                 name = f"browser{isolated}, {t} thread{'s' if t > 1 else ''}"
                 rows[name] = f"onnxruntime-web {ort_web_version()} (WASM SIMD), Chromium {agent}"
                 rounds[name] = browser_round(page)
-                first_page = first_page or page
-            image = np.asarray(first_page.evaluate(ROUND_JS, True)["image"], np.int16)
-            server = backends[1].generate_uint8(lab, z)[0].astype(np.int16).reshape(-1)
-            pixel_diff = int(np.abs(image - server).max())
+                pages[name] = page
+            if args.webgpu:
+                flags = [f for f in CHROMIUM_FLAGS if f != "--disable-gpu"] + WEBGPU_FLAGS[args.webgpu]
+                browsers.append(p.chromium.launch(executable_path=args.chromium, args=flags))
+                page = browsers[-1].new_page()
+                page.goto(url)
+                info = page.evaluate(LOAD_JS, [*job, "webgpu"])
+                if info["backend"] != "webgpu":
+                    sys.exit(f"error: the page does not run WebGPU here: {info['why']}")
+                agent = info["agent"].split("HeadlessChrome/")[-1].split(" ")[0]
+                name = f"browser, WebGPU ({info['adapter']})"
+                rows[name] = f"onnxruntime-web {ort_web_version()} (WebGPU), Chromium {agent}"
+                rounds[name] = browser_round(page)
+                pages[name] = page
+            for name in (n for n in pages if "isolated" not in n):
+                image = np.asarray(pages[name].evaluate(ROUND_JS, True)["image"], np.int16)
+                pixel_diff[name] = int(np.abs(image - server).max())
+                backend = pages[name].evaluate("[window.bench.runtime.backend, window.bench.runtime.webgpuReason]")
+                if "WebGPU" in name and backend[0] != "webgpu":  # its first run disagreed with the CPU kernels
+                    sys.exit(f"error: the page left WebGPU: {backend[1]}")
             times = run_rounds(rounds, args.rounds, args.warmup)
         finally:
-            browser.close()
+            for browser in browsers:
+                browser.close()
+    if len(pixel_diff) == 1:
+        pixel_diff = next(iter(pixel_diff.values()))
     name = args.model or "the bundled model"
     table = markdown(times, rows, "server, 1 thread", f"{name} ({cfg.height}×{cfg.width})", args.rounds, pixel_diff)
     print(table)

@@ -5,18 +5,32 @@
 
 Runs ``npm pack onnxruntime-web@VERSION`` (the npm registry through npm itself), checks the
 tarball against the integrity npm reports, and copies only what the page loads into
-``demo/static/vendor/onnxruntime-web/``: the WASM-only ES module build (``ort.wasm.min.mjs``, no
-WebGL / WebGPU / JSEP code) and the plain SIMD WebAssembly runtime with its loader
-(``ort-wasm-simd-threaded.mjs`` / ``.wasm``: it runs on one thread, or on several where the page is
-cross-origin isolated). Beside them it writes ``VERSION``, ``SHA256SUMS`` (``sha256sum -c`` checks
-them; so does ``tests/test_browser_inference.py``), ``LICENSE`` (MIT; the npm package ships the
-licence in its files' headers only) and a ``README.md`` naming the source. Nothing is fetched at
-run time: the page loads these files from the app's own route.
+``demo/static/vendor/onnxruntime-web/``, two builds:
+
+- WASM (every browser with WebAssembly SIMD): the WASM-only ES module (``ort.wasm.min.mjs``, no WebGL /
+  WebGPU / JSEP code) and the plain SIMD WebAssembly runtime with its loader
+  (``ort-wasm-simd-threaded.mjs`` / ``.wasm``: one thread, or several where the page is cross-origin
+  isolated);
+- WebGPU (tried first where the browser offers a WebGPU adapter): the smallest of the package's builds
+  with the ``webgpu`` execution provider, ``ort.jspi.min.mjs`` with ``ort-wasm-simd-threaded.jspi.mjs`` /
+  ``.wasm`` (ONNX Runtime's native WebGPU provider, which waits on the GPU through WebAssembly JSPI;
+  its CPU kernels also run the nodes WebGPU does not take). The other builds with it are larger: the
+  Asyncify one (``ort.webgpu.min.mjs``, for browsers without JSPI) and the JSEP one (``ort.min.mjs``).
+
+A file above :data:`MAX_FILE_BYTES` (the JSPI ``.wasm``: 17.1 MiB) is stored gzip-compressed as
+``NAME.gz`` (4.2 MiB); the app serves it as ``NAME`` with ``Content-Encoding: gzip``
+(``demo/browser.py``), so the browser gets the same bytes. Beside them it writes ``VERSION``,
+``SHA256SUMS`` of the stored files (``sha256sum -c`` checks them; so does
+``tests/test_browser_inference.py``), ``LICENSE`` (MIT; the npm package ships the licence in its
+files' headers only) and a ``README.md`` naming the source, with each file's size and, for a
+compressed one, the SHA-256 of the npm file itself. Nothing is fetched at run time: the page loads
+these files from the app's own route.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
 import json
 import shutil
@@ -30,8 +44,14 @@ from pathlib import Path
 #: The version the page is built and tested against.
 ORT_WEB_VERSION = "1.31.1"
 PACKAGE = "onnxruntime-web"
-#: What the page loads, from the package's dist/ folder.
-FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+#: What the page loads, from the package's dist/ folder: the WASM build ...
+WASM_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+#: ... and the WebGPU one (JSPI: the smallest build with the webgpu execution provider).
+WEBGPU_FILES = ("ort.jspi.min.mjs", "ort-wasm-simd-threaded.jspi.mjs", "ort-wasm-simd-threaded.jspi.wasm")
+FILES = WASM_FILES + WEBGPU_FILES
+#: A vendored file stays at most this large: a larger one is stored as NAME.gz (served as NAME, gzip-encoded).
+MAX_FILE_BYTES = 15 * 2**20
+GZIP_SUFFIX = ".gz"
 VENDOR_DIR = Path(__file__).resolve().parents[1] / "demo" / "static" / "vendor" / "onnxruntime-web"
 
 MIT = """MIT License
@@ -63,14 +83,21 @@ The files the demo page needs to run GroupDNet in the visitor's browser (`demo/s
 copied unchanged from the npm package [`{package}@{version}`](https://www.npmjs.com/package/{package}/v/{version})
 (tarball integrity `{integrity}`), folder `dist/`:
 
-| file | bytes | what it is |
-|---|---|---|
+| file | bytes | stored as | what it is |
+|---|---:|---|---|
 {rows}
 
-The page imports `ort.wasm.min.mjs` (the WASM-only build: no WebGL, WebGPU or JSEP code) and
-points `ort.env.wasm.wasmPaths` at this folder's route, so nothing is fetched from a CDN.
-The `.wasm` is SIMD WebAssembly that runs on one thread, or on several where the page is
-cross-origin isolated (`crossOriginIsolated`).
+Where the browser offers a WebGPU adapter (and WebAssembly JSPI), the page imports `ort.jspi.min.mjs`
+(ONNX Runtime's WebGPU execution provider; the smallest build that has it) and checks its first run of
+each graph against the CPU kernels of the same runtime; otherwise, or when that fails, it imports
+`ort.wasm.min.mjs` (the WASM-only build: no WebGL, WebGPU or JSEP code). It points
+`ort.env.wasm.wasmPaths` at this folder's route, so nothing is fetched from a CDN. The `.wasm` files
+are SIMD WebAssembly that runs on one thread, or on several where the page is cross-origin isolated
+(`crossOriginIsolated`).
+
+A file above {limit} MiB is stored gzip-compressed as `NAME.gz` (`SHA256SUMS` lists the stored files;
+the table gives the SHA-256 of the npm file too); the app serves it as `NAME` with
+`Content-Encoding: gzip`, so the browser receives the npm file unchanged (`gunzip -k` restores it).
 
 Licence: MIT, Copyright (c) Microsoft Corporation (`LICENSE`; the package states it in each file's
 header). The compiled runtime includes third-party code listed in ONNX Runtime's
@@ -84,7 +111,16 @@ DESCRIPTIONS = {
     "ort.wasm.min.mjs": "the JavaScript API, WASM execution provider only (ES module)",
     "ort-wasm-simd-threaded.mjs": "the loader of the WebAssembly runtime (ES module)",
     "ort-wasm-simd-threaded.wasm": "the ONNX Runtime CPU kernels, WebAssembly with SIMD",
+    "ort.jspi.min.mjs": "the JavaScript API with the WebGPU execution provider (JSPI build, ES module)",
+    "ort-wasm-simd-threaded.jspi.mjs": "the loader of the WebGPU build's runtime (ES module)",
+    "ort-wasm-simd-threaded.jspi.wasm": "ONNX Runtime with its WebGPU execution provider and CPU kernels, "
+                                        "WebAssembly with SIMD and JSPI",
 }
+
+
+def stored_name(name: str, size: int) -> str:
+    """How a file of ``size`` bytes is stored in the vendor folder: itself, or gzip-compressed above the limit."""
+    return name + GZIP_SUFFIX if size > MAX_FILE_BYTES else name
 
 
 def sha256(path: Path) -> str:
@@ -116,7 +152,7 @@ def npm_pack(version: str, dest: Path) -> tuple[Path, str]:
 
 
 def vendor(version: str = ORT_WEB_VERSION, target: Path = VENDOR_DIR) -> dict[str, int]:
-    """Replace ``target`` with the files of ``onnxruntime-web@version``; returns their sizes in bytes."""
+    """Replace ``target`` with the files of ``onnxruntime-web@version``; returns the stored files' sizes in bytes."""
     with tempfile.TemporaryDirectory(prefix="ort-web-") as tmp:
         tarball, integrity = npm_pack(version, Path(tmp))
         with tarfile.open(tarball) as tar:
@@ -127,20 +163,32 @@ def vendor(version: str = ORT_WEB_VERSION, target: Path = VENDOR_DIR) -> dict[st
             if target.exists():
                 shutil.rmtree(target)
             target.mkdir(parents=True)
+            sizes, stored, digests = {}, {}, {}
             for name in FILES:
                 member = tar.getmember(f"package/dist/{name}")
                 if not member.isfile():
                     raise SystemExit(f"error: dist/{name} is not a plain file in the tarball")
-                with tar.extractfile(member) as src, open(target / name, "wb") as dst:
-                    shutil.copyfileobj(src, dst)
-    sizes = {name: (target / name).stat().st_size for name in FILES}
+                data = tar.extractfile(member).read()
+                sizes[name], stored[name] = len(data), stored_name(name, len(data))
+                if stored[name] != name:  # mtime=0: the same bytes on every refresh
+                    digests[name] = hashlib.sha256(data).hexdigest()
+                    data = gzip.compress(data, compresslevel=9, mtime=0)
+                    if len(data) > MAX_FILE_BYTES:
+                        raise SystemExit(f"error: dist/{name} is {len(data) / 2**20:.1f} MiB even gzip-compressed")
+                (target / stored[name]).write_bytes(data)
     (target / "VERSION").write_text(version + "\n")
     (target / "LICENSE").write_text(MIT)
-    (target / "SHA256SUMS").write_text("".join(f"{sha256(target / n)}  {n}\n" for n in FILES))
-    rows = "\n".join(f"| `{n}` | {sizes[n]:,} | {DESCRIPTIONS[n]} |" for n in FILES)
+    (target / "SHA256SUMS").write_text("".join(f"{sha256(target / stored[n])}  {stored[n]}\n" for n in FILES))
+
+    def kept(n: str) -> str:
+        if n not in digests:
+            return "itself"
+        return f"`{stored[n]}`, {(target / stored[n]).stat().st_size:,} bytes (npm file's SHA-256 `{digests[n]}`)"
+
+    rows = "\n".join(f"| `{n}` | {sizes[n]:,} | {kept(n)} | {DESCRIPTIONS[n]} |" for n in FILES)
     (target / "README.md").write_text(README.format(version=version, package=PACKAGE, integrity=integrity,
-                                                    rows=rows))
-    return sizes
+                                                    rows=rows, limit=MAX_FILE_BYTES // 2**20))
+    return {stored[n]: (target / stored[n]).stat().st_size for n in FILES}
 
 
 def build_arg_parser() -> argparse.ArgumentParser:

@@ -26,9 +26,15 @@ def test_round_robin_and_table():
     assert rows["server, 1 thread"].endswith("| 200 | 50 | 1.00 / 1.00 |")
     assert rows["browser, 1 thread"].endswith("| 600 | 150 | 3.00 / 3.00 |")
     assert table.endswith("(same mask and codes): 0 of 255.")
+    table = bb.markdown(times, {"server, 1 thread": "ONNX Runtime", "browser, 1 thread": "onnxruntime-web"},
+                        "server, 1 thread", "tiny (128×64)", 3, pixel_diff={"browser, 1 thread": 0, "WebGPU": 1})
+    assert table.endswith("(same mask and codes): 0 of 255 (browser, 1 thread), 1 of 255 (WebGPU).")
 
 
 def test_cli_refuses_bad_rounds_and_a_missing_chromium(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        bb.main(["--webgpu", "cuda"])  # swiftshader or hardware
+    assert "invalid choice" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="--rounds must be at least 1"):
         bb.main(["--rounds", "0"])
     with pytest.raises(SystemExit, match="no Chromium at"):

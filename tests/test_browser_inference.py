@@ -8,6 +8,7 @@ The Chromium tests are skipped without Debian's /usr/bin/chromium.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import http.client
 import json
@@ -22,12 +23,15 @@ from test_demo_app import CHROMIUM, CHROMIUM_FLAGS, SHOES, free_port, open_page
 from test_demo_handlers import make_examples
 
 from demo import browser as B
-from devtools.vendor_ort_web import FILES, ORT_WEB_VERSION
+from devtools.vendor_ort_web import FILES, MAX_FILE_BYTES, ORT_WEB_VERSION, WEBGPU_FILES
 from smis import ClassCodes, SMISResult, get_config
 
 #: Largest difference (uint8 levels) allowed between the browser's and the server's image for the same mask
 #: and codes: the same graphs on onnxruntime-web WASM and ONNX Runtime CPU (measured: 0 on the tiny model).
 PIXEL_TOLERANCE = 2
+#: Chromium with WebGPU on SwiftShader (Vulkan on the CPU: it shows WebGPU works, not how fast a GPU is).
+WEBGPU_FLAGS = [f for f in CHROMIUM_FLAGS if f != "--disable-gpu"] + [
+    "--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-webgpu-adapter=swiftshader"]
 no_chromium = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                  reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)")
 
@@ -40,13 +44,21 @@ def test_vendored_runtime_is_pinned_licensed_and_intact():
     assert (folder / "LICENSE").read_text().startswith("MIT License")
     assert f"onnxruntime-web@{ORT_WEB_VERSION}" in (folder / "README.md").read_text()
     sums = dict(line.split()[::-1] for line in (folder / "SHA256SUMS").read_text().splitlines())
-    assert sorted(sums) == sorted(FILES)
+    # each file as itself, or gzip-compressed when it is larger than the limit (the JSPI build's .wasm)
+    stored = {n: n if (folder / n).is_file() else n + ".gz" for n in FILES}
+    assert sorted(sums) == sorted(stored.values())
+    assert stored["ort-wasm-simd-threaded.jspi.wasm"].endswith(".gz") and set(WEBGPU_FILES) < set(FILES)
     for name, digest in sums.items():
         assert hashlib.sha256((folder / name).read_bytes()).hexdigest() == digest, name
-    assert (folder / "ort-wasm-simd-threaded.wasm").stat().st_size < 15 * 2**20
+        assert (folder / name).stat().st_size <= MAX_FILE_BYTES, name
+    readme = (folder / "README.md").read_text()
+    for name in (n for n, s in stored.items() if s != n):  # the npm file's own digest, in the README
+        original = gzip.decompress((folder / stored[name]).read_bytes())
+        assert original[:4] == b"\0asm" and len(original) > MAX_FILE_BYTES
+        assert f"{hashlib.sha256(original).hexdigest()}" in readme and f"{len(original):,}" in readme
     # only what the page loads: no other build of the runtime
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*FILES, "LICENSE", "README.md", "SHA256SUMS",
-                                                               "VERSION"])
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*stored.values(), "LICENSE", "README.md",
+                                                               "SHA256SUMS", "VERSION"])
     # no CDN at run time: the page's modules load only relative or app-given URLs
     for js in (B.STATIC_DIR / "js").glob("*.js"):
         assert not re.search(r"https?://", js.read_text()), js.name
@@ -72,6 +84,7 @@ def test_browser_model_from_the_backend_or_why_not(tiny_model_dir, tmp_path, mon
     assert info["model"]["palette"] == [list(c) for c in onnx_pipe.config.palette]
     assert info["model"]["grid"] == list(onnx_pipe.config.latent_grid())
     assert info["runtime"]["version"] == ORT_WEB_VERSION
+    assert info["runtime"]["webgpu"] == "static/vendor/onnxruntime-web/ort.jspi.min.mjs"
     # the graphs now in the cache serve PyTorch's page too (checked against the config)
     assert sorted(B.find_browser_model(torch_pipe).graphs) == ["generator_maps", "generator_render"]
 
@@ -220,11 +233,13 @@ def app(tiny_model_dir, tmp_path_factory):
                 os.environ[k] = v
 
 
-def raw_get(port: int, path: str) -> tuple[int, bytes, dict]:
+def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
     """GET ``path`` exactly as written (no client-side normalisation of ``..`` or ``%2e``)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     try:
         conn.putrequest("GET", path, skip_accept_encoding=True)
+        for key, value in (headers or {}).items():
+            conn.putheader(key, value)
         conn.endheaders()
         r = conn.getresponse()
         return r.status, r.read(), dict(r.getheaders())
@@ -239,6 +254,17 @@ def test_routes_serve_the_runtime_and_graphs_and_nothing_else(app, tiny_model_di
     assert status == 200 and info["available"]
     status, body, headers = raw_get(port, "/smis/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.wasm")
     assert status == 200 and headers["content-type"] == "application/wasm" and body[:4] == b"\0asm"
+    # the WebGPU build's .wasm, stored gzipped: sent gzip-encoded to a browser, decompressed to other clients
+    jspi = "/smis/static/vendor/onnxruntime-web/ort-wasm-simd-threaded.jspi.wasm"
+    status, body, headers = raw_get(port, jspi, {"Accept-Encoding": "gzip, deflate, br"})
+    assert status == 200 and headers["content-type"] == "application/wasm" and headers["content-encoding"] == "gzip"
+    assert int(headers["content-length"]) == len(body) < 5 * 2**20 and headers["vary"] == "Accept-Encoding"
+    original = gzip.decompress(body)
+    assert original[:4] == b"\0asm"
+    for accept in ({}, {"Accept-Encoding": "gzip;q=0, identity"}):
+        status, body, headers = raw_get(port, jspi, accept)
+        assert status == 200 and "content-encoding" not in headers and body == original, accept
+    assert raw_get(port, jspi + ".gz")[0] == 404  # one name only
     status, _, headers = raw_get(port, "/smis/static/js/page.js")
     assert status == 200 and headers["content-type"].startswith("text/javascript")
     graph = app["demo"].browser_model.graphs["generator_maps"]
@@ -331,7 +357,8 @@ def max_pixel_difference(pipe, result: SMISResult) -> int:
 def test_browser_generates_and_rerolls_in_the_page(app):
     """Paint a stroke, Generate, Re-roll that class, paint live, drag a morph: the page runs the model, the
     server runs none; the PNGs carry the mask and the seed's codes, and the image equals the server's within the
-    tolerance. With the switch off the same click runs on the server as before."""
+    tolerance. With the switch off the same click runs on the server as before. This Chromium offers no WebGPU
+    adapter (--disable-gpu): the page runs WebAssembly and says why not WebGPU."""
     sync_api = pytest.importorskip("playwright.sync_api")
     counter, pipe = app["counter"], app["demo"].handlers.pipe
     with sync_api.sync_playwright() as p:
@@ -339,7 +366,10 @@ def test_browser_generates_and_rerolls_in_the_page(app):
         try:
             page = open_page(browser, app["url"], settle_ms=500)
             wait_for_state(page, "ready")
-            assert "run in your browser" in page.locator("#browser-note-text").text_content()
+            note = page.locator("#browser-note-text")
+            assert "run in your browser" in note.text_content()
+            assert note.get_attribute("data-runtime") == "wasm"
+            assert "WebAssembly, 1 thread; not WebGPU: this browser offers no WebGPU adapter" in note.text_content()
             paint_shoes(page)
             before = counter.calls
             link = page.locator("#result-file a[href]").first
@@ -351,7 +381,7 @@ def test_browser_generates_and_rerolls_in_the_page(app):
             page.click("#reroll")
             sync_api.expect(link).to_have_attribute("download", re.compile("re-roll-shoes"), timeout=60_000)
             rerolled = link.get_attribute("href")
-            sync_api.expect(page.locator("#status")).to_contain_text("re-roll in your browser")
+            sync_api.expect(page.locator("#status")).to_contain_text("re-roll in your browser (WASM, 1 thread)")
             assert counter.calls == before, "the server ran the model while the browser was on"
             assert page.evaluate("window.smisBrowser.renders") == 2
             seed_box = int(page.locator("#seed input").input_value())
@@ -449,6 +479,69 @@ def test_new_variants_update_the_morph_choices_in_the_page(app):
     assert on_strip and all(not d["backend_fn"] and d["js"] for d in on_strip)
     api = [d for d in config["dependencies"] if d["api_name"] == "morph_choices"]
     assert len(api) == 1 and api[0]["backend_fn"] and not api[0]["targets"]
+
+
+#: The page's WebGPU render graph answers a wrong image (a broken kernel as the check sees it: the CPU kernels'
+#: image, 40 levels off; it stands in for a SwiftShader run, which takes seconds).
+BREAK_RENDER_JS = """() => {
+  const rt = window.smisBrowser.runtime;
+  rt.sessions.generator_render.run = async (feeds, names) => {
+    const cpu = await rt.ort.InferenceSession.create(rt.graphs.generator_render, { executionProviders: ['wasm'] });
+    const out = await cpu.run(feeds, names);
+    const data = out.image_uint8.data;
+    for (let i = 0; i < data.length; i++) data[i] = data[i] > 127 ? data[i] - 40 : data[i] + 40;
+    return out;
+  };
+}"""
+
+
+@pytest.mark.browser
+@no_chromium
+def test_browser_runs_webgpu_where_the_browser_offers_it(app):
+    """Chromium with WebGPU on SwiftShader (a software adapter, so the page is asked for WebGPU: ?runtime=webgpu;
+    left to choose, it keeps WebAssembly and says so): the page runs Generate on WebGPU, checked against the CPU
+    kernels on the first run, and says so; the image equals the server's within the tolerance, with no model call
+    on the server. A WebGPU run that disagrees with the CPU kernels moves the page to WebAssembly, which says why,
+    and the result is the CPU kernels' (still the server's image)."""
+    sync_api = pytest.importorskip("playwright.sync_api")
+    counter, pipe = app["counter"], app["demo"].handlers.pipe
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=WEBGPU_FLAGS)
+        try:
+            page = open_page(browser, app["url"] + "?runtime=webgpu", settle_ms=500)
+            if not page.evaluate("async () => Boolean(navigator.gpu && await navigator.gpu.requestAdapter())"):
+                pytest.skip("this Chromium offers no WebGPU adapter on SwiftShader")
+            wait_for_state(page, "ready", timeout=120_000)
+            note = page.locator("#browser-note-text")
+            assert note.get_attribute("data-runtime") == "webgpu", note.text_content()
+            assert f"(onnxruntime-web {ORT_WEB_VERSION}, WebGPU)" in note.text_content()
+            auto = page.evaluate("async () => (await import('/smis/static/js/runtime.js')).webgpuAdapter()")
+            assert auto == {"reason": "its only WebGPU adapter is a software one (slower than WebAssembly)"}
+            paint_shoes(page)
+            before = counter.calls
+            link = page.locator("#result-file a[href]").first
+            page.click("#generate")
+            sync_api.expect(link).to_have_attribute("download", re.compile("generate"), timeout=120_000)
+            sync_api.expect(page.locator("#status")).to_contain_text("generate in your browser (WebGPU)")
+            generated = link.get_attribute("href")
+            checks = page.evaluate("window.smisBrowser.runtime.checks")
+            assert list(checks) == ["generator_maps"] and checks["generator_maps"] <= PIXEL_TOLERANCE
+
+            page.evaluate(BREAK_RENDER_JS)
+            page.click("#reroll")
+            sync_api.expect(link).to_have_attribute("download", re.compile("re-roll"), timeout=120_000)
+            sync_api.expect(note).to_have_attribute("data-runtime", "wasm")
+            assert "not WebGPU: WebGPU's image differed from WebAssembly's by 40 of 255" in note.text_content()
+            sync_api.expect(page.locator("#status")).to_contain_text("in your browser (WASM, 1 thread)")
+            rerolled = link.get_attribute("href")
+            assert counter.calls == before, "the server ran the model while the browser was on"
+        finally:
+            browser.close()
+    first, second = download(generated), download(rerolled)
+    assert (first.labels == SHOES).sum() > 20 and np.array_equal(first.labels, second.labels)
+    assert first.codes == pipe.sample_codes(first.seed)[0] and first.codes != second.codes
+    assert max_pixel_difference(pipe, first) <= PIXEL_TOLERANCE
+    assert max_pixel_difference(pipe, second) <= PIXEL_TOLERANCE
 
 
 @pytest.mark.browser

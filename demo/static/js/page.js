@@ -16,11 +16,15 @@
 // LIVE_QUIET_MS renders the full image, which the server keeps; a stroke meanwhile skips the full
 // image, and its own job (the pending one) previews next.
 //
+// The runtime (runtime.js): WebGPU where the browser offers an adapter (its first run of each graph checked against
+// WebAssembly), else WebAssembly; the note names the one in use and, on WebAssembly, why not WebGPU. The page's
+// address may ask for one: ?runtime=wasm, or ?runtime=webgpu (a software adapter too, for tests).
+//
 // Drag to morph (Style morphing tab): "Load A and B" hands the page the mask and both ends' codes;
 // every position of the slider is then rendered here (the render graph alone: the mask is kept) and
 // drawn on #browser-morph-canvas, the newest position winning while a frame renders.
 
-import { ModelRuntime, missingFeature } from './runtime.js';
+import { ModelRuntime, RUNTIMES, missingFeature } from './runtime.js';
 import { codesToDict, jobCodes, jobLabels, lerpCodes, rgbToCanvas, rgbToImageData, rgbToPngBase64 } from './tensors.js';
 
 /** How long the brush must rest (no stroke under way or pending) before live painting renders the full image
@@ -95,8 +99,11 @@ class BrowserInference {
     if (!info.available) return this.off(info.reason);
     this.version = info.runtime.version;
     this.show();
+    const asked = new URLSearchParams(globalThis.location ? location.search : '').get('runtime');
     try {
-      this.runtime = await ModelRuntime.load(info, this.infoUrl);
+      const runtime = RUNTIMES.includes(asked) ? asked : 'auto';
+      this.runtime = await ModelRuntime.load(info, this.infoUrl, { runtime });
+      this.runtime.onchange = () => this.show();  // WebGPU gave way to WebAssembly
     } catch (err) {
       return this.off(`the runtime or the model did not load here (${String(err.message || err).slice(0, 200)})`);
     }
@@ -216,17 +223,20 @@ class BrowserInference {
   show() {
     const note = document.querySelector('#browser-note-text');
     if (!note) return;
-    const runtime = `onnxruntime-web ${this.version}, WebAssembly`;
     let state = this.state, text;
     if (this.state === 'off') {
       text = `⚠️ Not running in your browser: ${this.reason}. Everything runs on the server.`;
     } else if (this.state === 'loading') {
-      text = `⏳ Loading the model into your browser${this.version ? ` (${runtime})` : ''}… until then the server runs it.`;
+      const runtime = this.version ? ` (onnxruntime-web ${this.version})` : '';
+      text = `⏳ Loading the model into your browser${runtime}… until then the server runs it.`;
     } else if (this.wanted()) {
-      const threads = this.runtime.threads;
+      const { threads, backend, webgpuReason } = this.runtime;
+      const runtime = backend === 'webgpu' ? `onnxruntime-web ${this.version}, WebGPU`
+        : `onnxruntime-web ${this.version}, WebAssembly, ${threads} thread${threads > 1 ? 's' : ''}; `
+          + `not WebGPU: ${webgpuReason}`;
       const [ph, pw] = this.runtime.model.preview || [];
       const live = this.runtime.hasPreview ? ` (a ${ph}×${pw} preview while you paint, the full image when you pause)` : '';
-      text = `✅ Generate, re-roll, live painting${live} and drag-to-morph run in your browser (${runtime}, ${threads} thread${threads > 1 ? 's' : ''}); `
+      text = `✅ Generate, re-roll, live painting${live} and drag-to-morph run in your browser (${runtime}); `
         + 'the server reads your canvas, makes the codes and keeps the PNG. Mixing and photos run on the server.';
     } else {
       state = 'server';
@@ -234,6 +244,7 @@ class BrowserInference {
     }
     note.textContent = text;
     note.dataset.state = state;
+    note.dataset.runtime = this.state === 'ready' ? this.runtime.backend : '';
   }
 
   intercept(event) {
@@ -279,7 +290,7 @@ class BrowserInference {
       }
       const image = await rgbToPngBase64(rgb, model.height, model.width);
       this.renders += 1;
-      return JSON.stringify({ ...job, image, ms, threads: this.runtime.threads });
+      return JSON.stringify({ ...job, image, ms, threads: this.runtime.threads, runtime: this.runtime.backend });
     } catch (err) {
       this.off(`running the model failed here (${String(err.message || err).slice(0, 200)})`);
       const server = document.getElementById(job.server_button);
@@ -340,7 +351,8 @@ Object.assign(BrowserInference.prototype, {
     const { height, width } = this.runtime.model;
     const image = await rgbToPngBase64(m.rgb, height, width);
     return JSON.stringify({ op: 'morph', seed: null, classes: [], height, width, labels: m.job.labels, t: m.t,
-      codes: codesToDict(m.codes, m.job.a), image, ms: m.ms, threads: this.runtime.threads });
+      codes: codesToDict(m.codes, m.job.a), image, ms: m.ms, threads: this.runtime.threads,
+      runtime: this.runtime.backend });
   },
 });
 

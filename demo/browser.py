@@ -10,10 +10,11 @@ The server keeps everything that is not the network, so both paths give the same
 2. the page renders the job with the ``generator-maps`` / ``generator-render`` graphs (a re-roll on
    an unchanged mask runs only the render graph) and sends the PNG back: on WebGPU where the browser
    offers an adapter (the first run of each graph checked against the CPU kernels), else WebAssembly;
-3. the server checks it and saves it as every result is saved: a PNG with its mask and codes
-   (:meth:`BrowserJobs.finish`), so downloads, re-opening, the variant strip, mixing and morphing
-   work unchanged. A browser that cannot run the model (no WebAssembly SIMD, a runtime or graph that
-   does not load, an error while running) says why and the server path takes over.
+3. the server checks it (decoded once) and saves it as every result is saved: a PNG with its mask and
+   codes (:meth:`BrowserJobs.finish`; the page's compressed pixels kept as they are, not encoded again), so
+   downloads, re-opening, the variant strip, mixing and morphing work unchanged. A browser that cannot
+   run the model (no WebAssembly SIMD, a runtime or graph that does not load, an error while running)
+   says why and the server path takes over.
 
 The routes under ``/smis/`` serve only a fixed list of files, read when the app starts: the page's
 modules and the vendored runtime (``demo/static``) and the model's fp32 graphs. A request names a
@@ -407,8 +408,11 @@ class BrowserJobs:
         labels = raw.reshape(cfg.height, cfg.width).astype(np.int64)
         result = SMISResult(image.convert("RGB"), labels, codes, seed, cfg.name)
         runtime = "webgpu" if d.get("runtime") == "webgpu" else "wasm"
+        # the page's PNG is kept as the result's file (with the metadata added) when it shows just that image:
+        # RGB, or RGBA with every pixel opaque (a canvas' PNG)
+        opaque = image.mode == "RGB" or (image.mode == "RGBA" and image.getchannel("A").getextrema() == (255, 255))
         return result, {"op": op, "classes": classes, "ms": ms, "threads": d.get("threads"), "t": t,
-                        "runtime": runtime}
+                        "runtime": runtime, "png": png if opaque else None}
 
     @event
     def finish(self, rendered: str, strip: Any, chosen: str | None = None,
@@ -427,7 +431,7 @@ class BrowserJobs:
             f"in your browser (WASM, {threads} thread{'s' if threads > 1 else ''})"
         note = ""
         if op == "live":  # the current result (and download), not a new variant of the strip
-            path = self.h.files.save(result, "smis-live")
+            path = self.h.files.save(result, "smis-live", info["png"])
             return self.h._outputs(result, strip, "live", f"live edit {where}", info["ms"] / 1000.0, chosen,
                                    locked, path=path)
         if op == "generate":
@@ -445,4 +449,4 @@ class BrowserJobs:
         else:
             caption, label = "mask edit · same codes", "mask edit"
         return self.h._outputs(result, strip, caption, f"{label} {where}", info["ms"] / 1000.0, chosen, locked,
-                               note=note)
+                               note=note, encoded=info["png"])

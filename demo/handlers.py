@@ -202,16 +202,16 @@ class DemoHandlers:
 
     def _outputs(self, result: SMISResult, strip: Any, caption: str, op: str, seconds: float | None,
                  chosen: str | None = None, locked: Sequence[str] | None = None,
-                 path: str | None = None, note: str = "") -> tuple:
+                 path: str | None = None, note: str = "", encoded: bytes | None = None) -> tuple:
         """(image, file, strip, re-roll class, locked classes, status) for a new current result.
 
         A new result is saved and joins the strip; ``path`` (a variant of the strip) does neither. The
-        image shown, the download and the strip's new variant are that one file (one PNG encode; the
-        page scales the image up).
+        image shown, the download and the strip's new variant are that one file (one PNG encode, or none
+        for the browser's checked PNG, ``encoded``: :meth:`ResultFiles.save`; the page scales the image up).
         """
         if path is None:
             path = self.files.save(result, f"smis-{caption.split(' · ')[0]}"
-                                   + (f"-seed{result.seed}" if result.seed is not None else ""))
+                                   + (f"-seed{result.seed}" if result.seed is not None else ""), encoded)
             strip_out = add_variant(strip, path, caption)
         else:
             strip_out = gr.update()

@@ -6,6 +6,10 @@ per-visitor model state, and a click reads the PNG once. The page scales the ima
 server makes no display copy. By default the files live in Gradio's upload folder, so Gradio serves
 them where they are instead of hashing and copying every output file (the strip's too) on every
 call. Per-request folders older than ``KEEP_FILES_S`` are deleted.
+
+A result rendered in the visitor's browser arrives as the page's own PNG: the server checks it (decoded
+once, demo/browser.py) and keeps its compressed pixels as they are, adding the mask and codes
+(:func:`png_with_metadata`) instead of encoding the image again.
 """
 
 from __future__ import annotations
@@ -13,15 +17,18 @@ from __future__ import annotations
 import atexit
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from gradio.utils import get_upload_folder
+from PIL import PngImagePlugin
 
 from smis import SMISConfig, SMISPipeline, SMISResult
 
@@ -37,6 +44,8 @@ DISPLAY_MIN_HEIGHT = 384
 PNG_COMPRESS_LEVEL = 1
 #: Variants kept in the strip (oldest dropped first).
 MAX_STRIP = 24
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 NO_RESULT = "Generate an image first (button 'Generate'), or re-open a PNG saved by this demo."
 EXPIRED = ("This result has expired on the server (results are kept about two hours); "
@@ -82,10 +91,18 @@ class ResultFiles:
             except OSError:
                 pass
 
-    def save(self, result: SMISResult, stem: str) -> str:
-        """The result as a PNG with its mask and codes (:meth:`smis.SMISResult.pnginfo`), in a new folder."""
+    def save(self, result: SMISResult, stem: str, encoded: bytes | None = None) -> str:
+        """The result as a PNG with its mask and codes (:meth:`smis.SMISResult.pnginfo`), in a new folder.
+
+        ``encoded``: a PNG of exactly ``result.image`` already made (the browser's, checked): its pixels are
+        kept as they are with the metadata added, when :func:`png_with_metadata` takes it; else encoded here.
+        """
         path = self.new_dir() / f"{slug(stem)}.png"
-        result.image.save(path, format="PNG", pnginfo=result.pnginfo(), compress_level=PNG_COMPRESS_LEVEL)
+        data = png_with_metadata(encoded, result.pnginfo()) if encoded is not None else None
+        if data is not None:
+            path.write_bytes(data)
+        else:
+            result.image.save(path, format="PNG", pnginfo=result.pnginfo(), compress_level=PNG_COMPRESS_LEVEL)
         return str(path)
 
     @property
@@ -113,6 +130,45 @@ class ResultFiles:
                 f"{self.pipe.codes_shape}. Open a PNG saved by this demo.")
         result.labels = self.pipe.prepare_mask(result.labels)
         return result
+
+
+def _chunk(cid: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + cid + body + struct.pack(">I", zlib.crc32(cid + body))
+
+
+def png_with_metadata(png: bytes, info: PngImagePlugin.PngInfo) -> bytes | None:
+    """An 8-bit RGB or RGBA PNG with ``info``'s chunks (the result's mask and codes) after its header, its
+    compressed pixels (IDAT) as they are: what :meth:`ResultFiles.save` writes without encoding them again.
+
+    Only IHDR, IDAT and IEND are kept: every other chunk of ``png`` is left out (a text chunk of its own never
+    stands beside the server's mask and codes). ``None`` when it is anything else: another depth or colour type,
+    a palette or another critical chunk, a bad CRC, bytes after IEND. It does not decode the pixels: the caller
+    checked that they decode to the result's image.
+    """
+    if not png.startswith(PNG_SIGNATURE):
+        return None
+    pos, header, data = len(PNG_SIGNATURE), None, []
+    while pos + 12 <= len(png):
+        size, cid = struct.unpack(">I4s", png[pos:pos + 8])
+        end = pos + 12 + size
+        body = png[pos + 8:end - 4]
+        if end > len(png) or zlib.crc32(cid + body) != struct.unpack(">I", png[end - 4:end])[0]:
+            return None
+        chunk, pos = png[pos:end], end
+        if header is None:
+            if cid != b"IHDR" or size != 13 or body[8] != 8 or body[9] not in (2, 6):  # 8 bits, RGB or RGBA
+                return None
+            header = chunk
+        elif cid == b"IDAT":
+            data.append(chunk)
+        elif cid == b"IEND":
+            if pos != len(png) or not data:
+                return None
+            meta = b"".join(_chunk(cid, body) for cid, body, *_ in info.chunks)
+            return PNG_SIGNATURE + header + meta + b"".join(data) + chunk
+        elif not cid[0] & 0x20:  # a critical chunk (PLTE, ...): not for an RGB image as this one
+            return None
+    return None
 
 
 def _reason(err: ValueError) -> str:

@@ -188,6 +188,74 @@ def test_jobs_run_no_model_and_their_results_match_the_server_path(tiny_model_di
     assert all(not isinstance(v, str) for v in jobs.finish("", [], None, []))
 
 
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    """(type, body) of every chunk of a PNG file."""
+    import struct
+
+    chunks, pos = [], 8
+    while pos < len(data):
+        size, cid = struct.unpack(">I4s", data[pos:pos + 8])
+        chunks.append((cid, data[pos + 8:pos + 8 + size]))
+        pos += 12 + size
+    return chunks
+
+
+def test_the_pages_png_is_kept_with_the_metadata_added(tiny_model_dir, tmp_path, monkeypatch):
+    """The server keeps the page's PNG (a canvas' RGBA, opaque) as the result's file: its compressed pixels as they
+    are, the mask and codes added, its own other chunks (a forged code chunk too) left out; it re-opens as the
+    result. A PNG that is not just the image (a transparent pixel, a palette) is encoded again, as before."""
+    import base64
+    import io
+    import zlib
+
+    from PIL import Image, PngImagePlugin
+    from test_demo_handlers import blocky_labels
+
+    from demo.handlers import DemoHandlers
+    from demo.results import png_with_metadata
+    from export.onnx import export_model
+    from smis import SMISPipeline
+
+    monkeypatch.setenv("SMIS_CACHE", str(tmp_path / "cache"))
+    pipe = SMISPipeline.from_pretrained(tiny_model_dir, backend="onnx", device="cpu", exporter=export_model)
+    h = DemoHandlers(pipe, [], tmp_path / "work")
+    jobs = B.BrowserJobs(h)
+    job = json.loads(jobs.generate(h.canvas.to_editor(blocky_labels(pipe.config)), 3, False)[2])
+    rgb = np.asarray(SMISResult.load(h.generate(h.canvas.to_editor(blocky_labels(pipe.config)), 3, False, [])[3])
+                     .image)
+    forged = PngImagePlugin.PngInfo()
+    forged.add_text("smis-codes", "forged")
+
+    def answer(image: Image.Image, **save) -> tuple[str, bytes]:
+        buf = io.BytesIO()
+        image.save(buf, format="PNG", **save)
+        return json.dumps({**job, "image": base64.b64encode(buf.getvalue()).decode(), "ms": 1.0}), buf.getvalue()
+
+    rgba = np.dstack([rgb, np.full(rgb.shape[:2], 255, np.uint8)])
+    rendered, png = answer(Image.fromarray(rgba, "RGBA"), pnginfo=forged)  # a canvas' PNG, with a chunk of its own
+    path = jobs.finish(rendered, [], None, [])[1]
+    kept = Path(path).read_bytes()
+    idat = lambda data: [c for c in png_chunks(data) if c[0] == b"IDAT"]  # noqa: E731
+    assert idat(kept) == idat(png) and len(kept) < len(png) + 2000  # not encoded again
+    assert [c for c, _ in png_chunks(kept)][0] == b"IHDR" and b"forged" not in kept
+    result = SMISResult.load(path)  # re-opens with the server's mask and codes
+    assert result.seed == 3 and result.codes == pipe.sample_codes(3)[0]
+    assert np.array_equal(result.labels, blocky_labels(pipe.config)) and np.array_equal(np.asarray(result.image), rgb)
+    assert h.files.load(path).codes == result.codes
+
+    rgba[0, 0, 3] = 128  # not just the image: encoded again (RGB), as the server path does
+    path = jobs.finish(answer(Image.fromarray(rgba, "RGBA"))[0], [], None, [])[1]
+    assert Image.open(path).mode == "RGB" and SMISResult.load(path).codes == result.codes
+    info = result.pnginfo()
+    assert png_with_metadata(answer(Image.fromarray(rgb).quantize(16))[1], info) is None  # a palette
+    assert png_with_metadata(png + b"trailing", info) is None
+    broken = bytearray(png)
+    broken[-20] ^= 1  # in the last IDAT: its CRC no longer holds
+    assert png_with_metadata(bytes(broken), info) is None
+    assert png_with_metadata(png[:-12], info) is None  # no IEND
+    assert zlib.crc32(kept[12:29]) == int.from_bytes(kept[29:33], "big")  # the header as it was
+
+
 # -- the app, in this process -------------------------------------------------------------------------------
 
 class Counter:

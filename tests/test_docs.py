@@ -147,27 +147,20 @@ RUN: dict[str, list[Run]] = {
             check=_status("runs/ccp-cpu-next"), process=True),
         Run("python -m train.prepare --format ccp --src ../shared/datasets/ccp --out .data/ccp384 --height 384 "
             "--width 256", check=_prepared(".data/ccp384")),
-        Run("python -m train --preset ccp-cpu --height 384 --width 256 --data .data/ccp384 --batch-size 8 --epochs 10 "
-            "--decay-fraction 0.5 --vgg partial --channels-last true --reuse-fake --kl-free-bits 2 --kl-per-image true "
-            "--lambda-rec 10 --lambda-latent 5 --lambda-mode-seek 5 --mode-seek-target 0.1 --mode-seek-images 4 "
-            "--augment false --init-from smis/assets/ccp-demo-384 --init-step auto --outdir runs/ccp384 --resume auto "
-            "--log-every 5 --sample-every 50 --ckpt-minutes 15 --keep 20 --max-minutes 115 --no-tensorboard "
-            "--no-progress --device cpu",  # the shipped snapshot's step is past a tiny run's end: start it at 0
-            append="--init-step 0 --steps 1 --batch-size 2 --workers 0 --sample-every 0",
-            check=_status("runs/ccp384"), process=True),
         Run("python -m train --preset ccp-cpu --height 384 --width 256 --enhancer-channels 20 --train-only enhancer "
             "--data .data/ccp384 --batch-size 8 --epochs 6 --decay-fraction 0.5 --vgg partial --channels-last true "
             "--reuse-fake --kl-free-bits 2 --kl-per-image true --lambda-rec 10 --lambda-latent 5 --lambda-mode-seek 5 "
-            "--mode-seek-target 0.1 --mode-seek-images 4 --augment false --init-from smis/assets/ccp-grow-enhancer "
+            "--mode-seek-target 0.1 --mode-seek-images 4 --augment false --init-from smis/assets/ccp-demo-384 "
             "--init-step auto --outdir runs/ccp384-enh --resume auto --log-every 5 --sample-every 50 --ckpt-minutes 15 "
             "--keep 20 --max-minutes 90 --no-tensorboard --no-progress --device cpu",
             append="--init-step 0 --steps 1 --batch-size 2 --workers 0 --sample-every 0",
             check=_status("runs/ccp384-enh"), process=True),
-        Run("python -m train.evaluate --model runs/ccp384/snapshots/model-00000050 --baseline smis/assets/ccp-demo "
-            "--data .data/ccp384 --split val --n 2 --m 1 --num-masks 1 --fid-samples 5 --out runs/ccp384/evals/fid5",
+        Run("python -m train.evaluate --model runs/ccp384-enh/snapshots/model-00000050 --baseline smis/assets/ccp-demo "
+            "--data .data/ccp384 --split val --n 2 --m 1 --num-masks 1 --fid-samples 5 "
+            "--out runs/ccp384-enh/evals/fid5",
             append="--fid-samples 1 --no-reconstruction",
-            stand_in=("smis/assets/ccp-demo-384", "runs/ccp384/snapshots/model-00000050"),
-            check=_files("runs/ccp384/evals/fid5/metrics.json")),
+            stand_in=("smis/assets/ccp-demo-384", "runs/ccp384-enh/snapshots/model-00000050"),
+            check=_files("runs/ccp384-enh/evals/fid5/metrics.json")),
         Run("python -m train.monitor --model smis/assets/ccp-demo --data .data/ccp192 --images 24",
             append="--images 2"),
         Run("python -m train.evaluate --model runs/demo/snapshots/model-00005000 --data .gpu/ccp384 --format generic "

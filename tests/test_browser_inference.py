@@ -563,6 +563,9 @@ BREAK_RENDER_JS = """() => {
 }"""
 
 
+# Slow (-m slow): WebGPU on SwiftShader emulates the GPU on the CPU (30-40 s here, far more on a loaded 2-core
+# machine, where it once ran past its waits); the default run keeps the no-WebGPU path (WASM, and the reason said).
+@pytest.mark.slow
 @pytest.mark.browser
 @no_chromium
 def test_browser_runs_webgpu_where_the_browser_offers_it(app):

@@ -8,6 +8,7 @@ The Chromium tests are skipped without Debian's /usr/bin/chromium.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import http.client
@@ -276,22 +277,31 @@ class Counter:
 @pytest.fixture(scope="module")
 def app(tiny_model_dir, tmp_path_factory):
     """``create_app`` on the tiny model (ONNX backend, graphs exported into a temporary cache), launched."""
+
+    tmp = tmp_path_factory.mktemp("browser-app")
+    make_examples(tmp / "examples")
+    with _launched(tiny_model_dir, tmp, tmp / "examples") as info:
+        yield {**info, "tmp": tmp}
+
+
+@contextlib.contextmanager
+def _launched(model_dir: Path, tmp: Path, examples: Path):
+    """``create_app`` on ``model_dir`` (ONNX backend, graphs exported into ``tmp/cache``), launched on a free port;
+    yields url, port, demo and the backend's call counter, and restores the environment after."""
     from demo import CSS
     from demo.launch import app_kwargs, create_app
     from export.onnx import export_model
 
-    tmp = tmp_path_factory.mktemp("browser-app")
-    make_examples(tmp / "examples")
     saved = {k: os.environ.get(k) for k in ("SMIS_CACHE", "GRADIO_TEMP_DIR")}
     os.environ.update(SMIS_CACHE=str(tmp / "cache"), GRADIO_TEMP_DIR=str(tmp / "gradio"))
-    demo = create_app(str(tiny_model_dir), backend="onnx", device="cpu", parser="none",
-                      examples=str(tmp / "examples"), cache_examples=False, exporter=export_model)
+    demo = create_app(str(model_dir), backend="onnx", device="cpu", parser="none", examples=str(examples),
+                      cache_examples=False, exporter=export_model)
     counter = Counter(demo.handlers.pipe.backend)
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
                 ssr_mode=False, app_kwargs=app_kwargs(demo))
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "demo": demo, "counter": counter, "tmp": tmp}
+        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "demo": demo, "counter": counter}
     finally:
         demo.close()
         for k, v in saved.items():
@@ -701,9 +711,6 @@ def enhancer_app(tmp_path_factory):
     import torch
     from conftest import calibrate_batchnorm
 
-    from demo import CSS
-    from demo.launch import app_kwargs, create_app
-    from export.onnx import export_model
     from smis import GroupDNet
 
     tmp = tmp_path_factory.mktemp("browser-enhancer")
@@ -716,23 +723,8 @@ def enhancer_app(tmp_path_factory):
     with torch.no_grad():  # the enhancer draws something of its own: the full image is not the preview upscaled
         model.generator.conv_img_hd.weight.normal_(0, 0.1)
     model.save_pretrained(tmp / "model")
-    saved = {k: os.environ.get(k) for k in ("SMIS_CACHE", "GRADIO_TEMP_DIR")}
-    os.environ.update(SMIS_CACHE=str(tmp / "cache"), GRADIO_TEMP_DIR=str(tmp / "gradio"))
-    demo = create_app(str(tmp / "model"), backend="onnx", device="cpu", parser="none", examples=str(tmp / "none"),
-                      cache_examples=False, exporter=export_model)
-    counter = Counter(demo.handlers.pipe.backend)
-    port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS,
-                ssr_mode=False, app_kwargs=app_kwargs(demo))
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "demo": demo, "counter": counter}
-    finally:
-        demo.close()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    with _launched(tmp / "model", tmp, tmp / "none") as info:
+        yield info
 
 
 #: Logs the page's model calls in order (``window.liveOrder``) and keeps the last preview's RGB bytes.

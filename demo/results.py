@@ -98,11 +98,12 @@ class ResultFiles:
         kept as they are with the metadata added, when :func:`png_with_metadata` takes it; else encoded here.
         """
         path = self.new_dir() / f"{slug(stem)}.png"
-        data = png_with_metadata(encoded, result.pnginfo()) if encoded is not None else None
+        info = result.pnginfo()  # the mask and codes, packed once
+        data = png_with_metadata(encoded, info) if encoded is not None else None
         if data is not None:
             path.write_bytes(data)
         else:
-            result.image.save(path, format="PNG", pnginfo=result.pnginfo(), compress_level=PNG_COMPRESS_LEVEL)
+            result.image.save(path, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
         return str(path)
 
     @property

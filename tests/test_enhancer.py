@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -240,3 +241,52 @@ def test_showcase_compare_puts_models_side_by_side_at_the_largest_size(tmp_path)
     w, h = Image.open(out).size
     assert w == (2 + 3 * 2) * (128 + 4) + 4  # mask, photo, then (its codes, seed 0, seed 1) x 2 models at 256x128
     assert h > 256 + 22
+
+
+def test_graft_puts_a_retrained_global_generator_under_the_enhancer_and_refuses_misfits(tmp_path, capsys):
+    """``python -m train.graft``: global generator + encoder from the small model, enhancer and D from the grown
+    one; the result's preview is the small model's image, its enhancer the grown model's, and --init-from reads it."""
+    from safetensors.torch import save_file
+
+    from train import graft
+
+    torch.manual_seed(1)
+    retrained, big = GroupDNet(SMALL).eval(), GroupDNet(grown_config()).eval()
+    with torch.no_grad():  # an enhancer that draws something (its RGB residual starts at zero)
+        for p in big.generator.conv_img_hd.parameters():
+            p.normal_(0, 0.1)
+    retrained.save_pretrained(tmp_path / "small")
+    big.save_pretrained(tmp_path / "big")
+    disc = MultiscaleDiscriminator(big.config)
+    save_file(disc.state_dict(), str(tmp_path / "big" / ckpt.DISCRIMINATOR_NAME))
+
+    assert graft.main(["--global", str(tmp_path / "small"), "--enhancer", str(tmp_path / "big"),
+                       "--out", str(tmp_path / "graft")]) == 0
+    assert "D from it too" in capsys.readouterr().out
+    grafted = GroupDNet.from_pretrained(tmp_path / "graft").eval()
+    prefixes = ckpt.enhancer_prefixes(big.config)
+    assert prefixes and grafted.config == big.config
+    for k, v in grafted.state_dict().items():
+        torch.testing.assert_close(v, (big if k.startswith(prefixes) else retrained).state_dict()[k], rtol=0, atol=0)
+    labels = blob_labels(2, 256, 128)
+    z = torch.randn(2, *big.config.latent_shape())
+    with torch.no_grad():
+        torch.testing.assert_close(grafted.generator.preview(z, grafted.label_tensor(labels)),
+                                   retrained(z, labels[:, ::2, ::2]), rtol=0, atol=1e-6)
+        assert not torch.allclose(grafted(z, labels), big(z, labels), atol=1e-3)  # other global generator
+    record = json.loads((tmp_path / "graft" / "graft.json").read_text())
+    assert record["tensors"]["from_enhancer"] == sum(k.startswith(prefixes) for k in big.state_dict())
+    what = ckpt.load_init(str(tmp_path / "graft"), GroupDNet(big.config), MultiscaleDiscriminator(big.config), None)
+    assert "and D (discriminator.safetensors)" in what
+
+    with pytest.raises(graft.GraftError, match="has no local enhancer"):  # the two swapped
+        graft.graft(str(tmp_path / "big"), str(tmp_path / "small"), tmp_path / "x")
+    wide = SMALL.replace(width=SMALL.width * 2)
+    GroupDNet(wide).save_pretrained(tmp_path / "wide")
+    with pytest.raises(graft.GraftError, match="global generator runs at 128x64"):
+        graft.graft(str(tmp_path / "wide"), str(tmp_path / "big"), tmp_path / "x")
+    other = SMALL.replace(z_channels=SMALL.z_channels * 2)
+    GroupDNet(other).save_pretrained(tmp_path / "other")
+    with pytest.raises(graft.GraftError, match="differ beyond the size: z_channels"):
+        graft.graft(str(tmp_path / "other"), str(tmp_path / "big"), tmp_path / "x")
+    assert not (tmp_path / "x").exists()  # refused before anything is written

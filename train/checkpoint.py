@@ -253,11 +253,19 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
     return what
 
 
+def enhancer_prefixes(config: SMISConfig) -> tuple[str, ...]:
+    """Name prefixes of a coarse-to-fine model's enhancer tensors (the rest is the global generator and
+    the encoder); () for a model without an enhancer."""
+    if not config.generator.enhancer_channels:
+        return ()
+    return tuple(f"generator.{n}." for n in block_names(config)[len(BLOCK_NAMES):]) + ("generator.conv_img_hd.",)
+
+
 def _enhancer_keys(source: SMISConfig | None, own: SMISConfig | None) -> tuple[str, ...]:
     """Name prefixes of ``own``'s enhancer tensors when it is grown from ``source``, a model without one; or ()."""
-    if source is None or own is None or source.generator.enhancer_channels or not own.generator.enhancer_channels:
+    if source is None or own is None or source.generator.enhancer_channels:
         return ()
-    return tuple(f"generator.{n}." for n in block_names(own)[len(BLOCK_NAMES):]) + ("generator.conv_img_hd.",)
+    return enhancer_prefixes(own)
 
 
 # ---------------------------------------------------------------------------------------------

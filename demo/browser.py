@@ -19,8 +19,8 @@ The server keeps everything that is not the network, so both paths give the same
 The routes under ``/smis/`` serve only a fixed list of files, read when the app starts: the page's
 modules and the vendored runtime (``demo/static``) and the model's fp32 graphs. A request names a
 key of that list; nothing in it is ever joined to a path, so ``..``, absolute paths and links lead
-nowhere (404). A vendored file stored gzip-compressed (``NAME.gz``, above the vendoring script's size
-limit) is listed as ``NAME`` and sent with ``Content-Encoding: gzip`` (decompressed for a client that
+nowhere (404). A vendored file stored gzip-compressed (``NAME.gz``: the WebAssembly files, a quarter of
+their size) is listed as ``NAME`` and sent with ``Content-Encoding: gzip`` (decompressed for a client that
 does not accept gzip).
 """
 
@@ -76,17 +76,20 @@ MEDIA_TYPES = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "ap
 MAX_RENDERED_BYTES = 16 * 2**20
 
 
+def _vendored(name: str) -> bool:
+    """Whether the vendored runtime has the file ``name``, stored as itself or gzip-compressed (``NAME.gz``)."""
+    return (ORT_WEB_DIR / name).is_file() or (ORT_WEB_DIR / (name + ".gz")).is_file()
+
+
 def ort_web_version() -> str | None:
     """The vendored onnxruntime-web version (``None`` when the files are missing)."""
     version = ORT_WEB_DIR / "VERSION"
-    wasm = ORT_WEB_DIR / "ort-wasm-simd-threaded.wasm"
-    return version.read_text().strip() if version.is_file() and wasm.is_file() else None
+    return version.read_text().strip() if version.is_file() and _vendored("ort-wasm-simd-threaded.wasm") else None
 
 
 def ort_web_webgpu() -> bool:
-    """Whether the vendored runtime has its WebGPU build (the module and its WebAssembly, plain or gzipped)."""
-    wasm = ORT_WEB_DIR / WEBGPU_WASM
-    return (ORT_WEB_DIR / WEBGPU_MODULE).is_file() and (wasm.is_file() or wasm.with_name(wasm.name + ".gz").is_file())
+    """Whether the vendored runtime has its WebGPU build (the module and its WebAssembly)."""
+    return _vendored(WEBGPU_MODULE) and _vendored(WEBGPU_WASM)
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
-from smis import ClassCodes, SMISConfig, SMISPipeline, SMISResult
+from smis import ClassCodes, ResultMetadata, SMISConfig, SMISPipeline, SMISResult
 from smis.backends.onnx import ensure_graphs, make_session
 from smis.onnx_format import GRAPH_KEY, SOURCE_KEY, config_from_metadata, graph_file_name, weights_file_digest
 
@@ -326,19 +326,19 @@ class BrowserJobs:
 
     @event
     def reroll(self, result_file: Any, class_name: str | None, locked: list[str] | None) -> str:
-        result = self.h.files.load(result_file)
+        result = self.h.files.load_metadata(result_file)
         name = self.h._class_to_reroll(result, class_name, locked)
         return self._reroll_job("reroll", result, [name])
 
     @event
     def reroll_unlocked(self, result_file: Any, locked: list[str] | None) -> str:
-        result = self.h.files.load(result_file)
+        result = self.h.files.load_metadata(result_file)
         classes = [n for n in self.h.present(result.labels) if n not in (locked or [])]
         if not classes:
             raise UserError("Every class in this mask is locked; untick one under 'Locked classes'.")
         return self._reroll_job("reroll_unlocked", result, classes)
 
-    def _reroll_job(self, op: str, result: SMISResult, classes: list[str]) -> str:
+    def _reroll_job(self, op: str, result: ResultMetadata, classes: list[str]) -> str:
         seed = secrets.randbelow(MAX_SEED + 1)
         codes = result.codes.resample(self.h.pipe.class_ids(classes), seed)
         return self._job(op, result.labels, codes, seed, classes)
@@ -346,7 +346,7 @@ class BrowserJobs:
     @event
     def mask_edit(self, editor: Any, result_file: Any) -> tuple:
         """*Same codes, new mask*: the canvas with the current result's codes. Returns (label map, job)."""
-        result = self.h.files.load(result_file)
+        result = self.h.files.load_metadata(result_file)
         labels = self.h.canvas.to_labels(editor)
         return self.h.canvas.colorize(labels), self._job("mask_edit", labels, result.codes, result.seed)
 
@@ -356,7 +356,7 @@ class BrowserJobs:
         result: the seed's). Returns (label map, job)."""
         labels = self.h.canvas.to_labels(editor)
         try:
-            current = self.h.files.load(result_file) if result_file else None
+            current = self.h.files.load_metadata(result_file) if result_file else None
         except UserError:  # expired or foreign: start again from the seed
             current = None
         if current is not None:
@@ -373,7 +373,7 @@ class BrowserJobs:
         ``a`` and ``b`` (codes as :meth:`ClassCodes.to_dict`)."""
         if not source_a or not source_b:
             raise UserError("Choose both ends of the morph (A and B).")
-        current = self.h.files.load(result_file)
+        current = self.h.files.load_metadata(result_file)
         a, b = (self.h._source(s, current, strip, photo, mask).codes() for s in (source_a, source_b))
         if a == b:
             gr.Warning("A and B have the same codes, so every frame is the same; choose two different states.")

@@ -32,7 +32,7 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from smis import ClassCodes, SMISPipeline, SMISResult
+from smis import ClassCodes, ResultMetadata, SMISPipeline, SMISResult
 from smis.hub import WEAK_CODE_RATIO
 from smis.labels import Box, letterbox_box, letterbox_labels, load_photo
 from smis.parsing import NotAPersonError
@@ -280,7 +280,7 @@ class DemoHandlers:
     @event
     def edit_result_mask(self, result_file: Any, editor: Any, history: list | None) -> tuple:
         """Semantic manipulation, step 1: the current result's mask onto the canvas."""
-        labels = self.files.load(result_file).labels
+        labels = self.files.load_metadata(result_file).labels
         return self._edit(self._canvas_or_none(editor), history, labels)
 
     # -- generate, re-roll, variants ---------------------------------------------------------
@@ -310,7 +310,7 @@ class DemoHandlers:
         return (seed, self.canvas.colorize(labels),
                 *self._outputs(result, strip, f"generate · seed {seed}", "generate", dt, chosen, locked))
 
-    def _class_to_reroll(self, result: SMISResult, name: str | None, locked: Sequence[str] | None) -> str:
+    def _class_to_reroll(self, result: ResultMetadata, name: str | None, locked: Sequence[str] | None) -> str:
         if not name:
             raise UserError("Pick the class to re-roll.")
         name = self.class_names[self.config.class_id(name)]
@@ -324,7 +324,7 @@ class DemoHandlers:
     @event(model=True)
     def reroll(self, result_file: Any, class_name: str | None, locked: Sequence[str] | None, strip: Any) -> tuple:
         """New code for one class; every other class (and so every other region) stays the same."""
-        result = self.files.load(result_file)
+        result = self.files.load_metadata(result_file)
         name = self._class_to_reroll(result, class_name, locked)
         seed = secrets.randbelow(MAX_SEED + 1)
         t0 = time.perf_counter()
@@ -339,7 +339,7 @@ class DemoHandlers:
     def reroll_unlocked(self, result_file: Any, locked: Sequence[str] | None, strip: Any,
                         chosen: str | None = None) -> tuple:
         """New codes for every class in the mask except the locked ones."""
-        result = self.files.load(result_file)
+        result = self.files.load_metadata(result_file)
         classes = [n for n in self.present(result.labels) if n not in (locked or [])]
         if not classes:
             raise UserError("Every class in this mask is locked; untick one under 'Locked classes'.")
@@ -369,7 +369,7 @@ class DemoHandlers:
 
         Returns (label map, *result outputs).
         """
-        result = self.files.load(result_file)
+        result = self.files.load_metadata(result_file)
         labels = self.canvas.to_labels(editor)
         t0 = time.perf_counter()
         new = self.pipe.generate(labels, codes=result.codes)
@@ -555,7 +555,7 @@ class DemoHandlers:
         pair.paste(self.canvas.colorize(letterbox_labels(labels, h, w)), (w, 0))
         return pair
 
-    def _source(self, source: str | None, current: SMISResult, strip: Any, photo: Any, mask: Any) -> Source:
+    def _source(self, source: str | None, current: ResultMetadata, strip: Any, photo: Any, mask: Any) -> Source:
         """A source choice, checked: ``"current"``, ``"strip:i"`` (a variant), ``"ref:<id>"``, ``"user"``."""
         if not source:
             raise UserError("Choose a source from the list.")
@@ -567,7 +567,7 @@ class DemoHandlers:
             i = int(arg) if arg.isdigit() else -1
             if not 0 <= i < len(items):
                 raise UserError("That variant is no longer in the strip; choose again.")
-            res = self.files.load(items[i][0], "variant")
+            res = self.files.load_metadata(items[i][0], "variant")
             return Source(items[i][1].split(" ")[0], self.present(res.labels), lambda: res.codes)
         if kind == "ref":
             present = self.present(self.references.labels(arg))
@@ -592,7 +592,7 @@ class DemoHandlers:
         """
         if len(sources) != len(self.class_names):
             raise UserError(f"Expected one source per class ({len(self.class_names)}), got {len(sources)}.")
-        current = self.files.load(result_file)
+        current = self.files.load_metadata(result_file)
         wanted = {c: s for c, s in enumerate(sources) if s and s != "keep"}
         if not wanted:
             raise UserError("Choose, for at least one class, the photo its appearance comes from.")
@@ -678,7 +678,7 @@ class DemoHandlers:
             raise UserError(f"Frames must be from {MORPH_MIN_FRAMES} to {MORPH_MAX_FRAMES}, got {steps}.")
         if not source_a or not source_b:
             raise UserError("Choose both ends of the morph (A and B).")
-        current = self.files.load(result_file)
+        current = self.files.load_metadata(result_file)
         src_a, src_b = (self._source(s, current, strip, photo, mask) for s in (source_a, source_b))
         a, b = src_a.codes(), src_b.codes()
         if a == b:

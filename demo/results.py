@@ -30,10 +30,10 @@ from typing import Any
 from gradio.utils import get_upload_folder
 from PIL import PngImagePlugin
 
-from smis import SMISConfig, SMISPipeline, SMISResult
+from smis import ResultMetadata, SMISConfig, SMISPipeline, SMISResult
 
 from .references import slug
-from .uploads import MAX_UPLOAD_BYTES, RESULT, UserError, file_path, open_image
+from .uploads import MAX_UPLOAD_BYTES, RESULT, UserError, file_path, open_image, open_image_header
 
 #: Per-request files (results, frames, GIFs) older than this are deleted.
 KEEP_FILES_S = 2 * 3600
@@ -113,14 +113,27 @@ class ResultFiles:
 
     def load(self, value: Any, what: str = "result PNG") -> SMISResult:
         """A result PNG (path or Gradio file value) made by this model, with its mask at model size."""
+        return self._checked(value, what, pixels=True)
+
+    def load_metadata(self, value: Any, what: str = "result PNG") -> ResultMetadata:
+        """Like :meth:`load` (the same checks), for the mask, codes and seed only: the pixels are not decoded
+        (what a re-roll, a mask edit or a browser job needs)."""
+        return self._checked(value, what, pixels=False)
+
+    def _checked(self, value: Any, what: str, pixels: bool) -> SMISResult | ResultMetadata:
         path = file_path(value)
         if path is None:
             raise UserError(NO_RESULT)
         if not Path(path).is_file():
             raise UserError(EXPIRED)
-        img = open_image(path, what, RESULT, self.max_upload_bytes)
         try:
-            result = SMISResult.load(img)
+            if pixels:
+                result = SMISResult.load(open_image(path, what, RESULT, self.max_upload_bytes))
+            else:
+                with open_image_header(path, what, RESULT, self.max_upload_bytes) as img:
+                    result = ResultMetadata.read(img)
+        except UserError:  # the upload's own checks (a UserError is a ValueError too)
+            raise
         except ValueError as err:
             raise UserError(f"This PNG {_reason(err)}. Open a PNG saved by this demo; metadata is lost when "
                             "a PNG is re-encoded (e.g. by some chat apps).") from err

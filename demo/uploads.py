@@ -96,7 +96,12 @@ def open_image_bytes(data: bytes, what: str, kind: Kind, max_bytes: int = MAX_UP
     return _decode(io.BytesIO(data), what, kind)
 
 
-def _decode(src: str | io.BytesIO, what: str, kind: Kind) -> Image.Image:
+def open_image_header(value: Any, what: str, kind: Kind, max_bytes: int = MAX_UPLOAD_BYTES) -> Image.Image:
+    """Like :func:`open_image`, with the same checks, but the pixels are not decoded (for the metadata only)."""
+    return _decode(check_file(value, what, kind, max_bytes), what, kind, pixels=False)
+
+
+def _decode(src: str | io.BytesIO, what: str, kind: Kind, pixels: bool = True) -> Image.Image:
     try:
         with warnings.catch_warnings():  # sides are checked below, with a message for the visitor
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -112,6 +117,8 @@ def _decode(src: str | io.BytesIO, what: str, kind: Kind) -> Image.Image:
         check_side(img.size[::-1], what)  # from the header: nothing is decoded yet
     except ValueError as err:
         raise UserError(f"The {err}.") from None
+    if not pixels:
+        return img
     try:
         img.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):

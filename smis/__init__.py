@@ -10,10 +10,10 @@ from .discriminator import MultiscaleDiscriminator
 from .encoder import Encoder
 from .generator import Generator
 from .model import GroupDNet
-from .pipeline import SMISPipeline, SMISResult
+from .pipeline import ResultMetadata, SMISPipeline, SMISResult
 
 __all__ = [
     "PRESETS", "ClassCodes", "Encoder", "Generator", "GroupDNet", "MultiscaleDiscriminator",
-    "SMISConfig", "SMISPipeline", "SMISResult", "get_config",
+    "ResultMetadata", "SMISConfig", "SMISPipeline", "SMISResult", "get_config",
 ]
 __version__ = "0.1.0"

@@ -82,14 +82,40 @@ class SMISResult:
                 img.load()
             except (OSError, ValueError) as err:
                 raise ValueError(f"could not read the result image: {err}") from err
-        text = getattr(img, "text", None) or {}
+        meta = ResultMetadata.read(img)
+        return cls(img.convert("RGB"), meta.labels, meta.codes, meta.seed, meta.model)
+
+
+@dataclass
+class ResultMetadata:
+    """What a result PNG carries besides its pixels: enough to re-roll, re-draw or morph it."""
+
+    labels: np.ndarray
+    codes: ClassCodes
+    seed: int | None = None
+    model: str = ""
+
+    @classmethod
+    def read(cls, source: str | os.PathLike | bytes | Image.Image) -> ResultMetadata:
+        """The mask, codes and seed of a PNG saved by :meth:`SMISResult.save`, without decoding its pixels
+        when they follow the metadata (as :meth:`SMISResult.save` writes them); else the file is read whole."""
+        def chunks(img: Image.Image) -> dict:  # text chunks before the pixels are read with the header
+            return img.info if META_CODES in img.info else (getattr(img, "text", None) or {})
+
+        try:
+            if isinstance(source, Image.Image):
+                text = chunks(source)
+            else:
+                with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
+                    text = chunks(img)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"could not read the result image: {err}") from err
         if META_CODES not in text or META_LABELS not in text:
             raise ValueError(
                 "this image carries no SMIS metadata (codes and mask); open a PNG saved by the "
                 "SMIS demo or SMISResult.save — metadata is lost if the PNG was re-encoded")
         seed = text.get(META_SEED)
-        return cls(img.convert("RGB"), _labels_from_b64(text[META_LABELS]),
-                   ClassCodes.from_json(text[META_CODES]),
+        return cls(_labels_from_b64(text[META_LABELS]), ClassCodes.from_json(text[META_CODES]),
                    int(seed) if seed not in (None, "") else None, text.get(META_MODEL, ""))
 
 

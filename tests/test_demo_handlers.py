@@ -346,6 +346,17 @@ def test_reopen_and_foreign_results(h, first, labels, tmp_path):
     res.save(tmp_path / "foreign.png")
     with pytest.raises(gr.Error, match="made by another model"):
         h.reopen(str(tmp_path / "foreign.png"), [])
+    # what needs only the mask and codes (re-roll, mask edit, mix, morph, browser jobs) reads the metadata
+    # alone, with the same checks
+    meta = h.files.load_metadata(first[3])
+    assert meta.codes == SMISResult.load(first[3]).codes and meta.seed == 7
+    for path, refusal in ((plain, "no SMIS metadata"), (tmp_path / "foreign.png", "made by another model"),
+                          (tmp_path / "gone.png", "has expired")):
+        with pytest.raises(gr.Error, match=refusal):
+            h.files.load_metadata(str(path))
+    with pytest.raises(gr.Error, match="not a PNG|JPEG|format"):
+        Image.new("RGB", (64, 128)).save(tmp_path / "photo.jpg")
+        h.files.load_metadata(str(tmp_path / "photo.jpg"))
 
 
 # -- appearance mixture and morphing --------------------------------------------------------------

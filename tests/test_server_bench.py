@@ -31,3 +31,12 @@ def test_tiny_run(tmp_path, capsys, monkeypatch):
         assert set(data["seconds"][op]) == {"API", "handler", "model", "floor"}
         assert all(len(v) == 2 and min(v) > 0 for v in data["seconds"][op].values())
     assert data["load"]["served"] == 2 and data["load"]["errors"] == 0
+
+
+def test_result_read_bench_times_both_reads(tiny_model_dir, capsys):
+    from devtools import result_read_bench
+
+    assert result_read_bench.main(["--model", str(tiny_model_dir), "--calls", "3"]) == 0
+    row = capsys.readouterr().out.strip().splitlines()[-1].split("|")
+    assert row[1].strip() == str(tiny_model_dir) and row[2].strip().startswith("128x64, PNG")
+    assert float(row[3]) > 0 and float(row[4]) > 0 and row[5].strip().endswith("x")

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from export.onnx import export_model
-from smis import ClassCodes, GroupDNet, SMISPipeline, SMISResult, get_config
+from smis import ClassCodes, GroupDNet, ResultMetadata, SMISPipeline, SMISResult, get_config
 from smis.convert import convert, rename_official
 from smis.convert import main as convert_main
 from smis.hub import CheckpointError
@@ -112,6 +112,33 @@ def test_result_png_round_trip(pipe, mask, tmp_path):
     out.image.save(plain, format="PNG")
     with pytest.raises(ValueError, match="no SMIS metadata"):
         SMISResult.load(plain.getvalue())
+
+
+def test_result_metadata_is_read_without_decoding_the_pixels(pipe, mask, tmp_path):
+    """ResultMetadata.read takes the mask, codes and seed from the chunks before the pixels: a file whose pixel
+    data is damaged still gives them (SMISResult.load cannot decode it); metadata after the pixels is read too."""
+    out = pipe.generate(mask, seed=3)
+    data = bytearray(out.to_png_bytes())
+    idat = data.index(b"IDAT") + 4
+    data[idat + 10: idat + 40] = bytes(30)  # the compressed pixels broken, the chunks before them intact
+    meta = ResultMetadata.read(bytes(data))
+    assert meta.codes == out.codes and meta.seed == 3 and np.array_equal(meta.labels, out.labels)
+    with pytest.raises(ValueError, match="could not read the result image"):
+        SMISResult.load(bytes(data))
+    # a PNG whose text chunks follow the pixels (another writer): read whole, same metadata
+    png = out.to_png_bytes()
+    chunks, pos = [], 8
+    while pos < len(png):
+        n = int.from_bytes(png[pos:pos + 4], "big")
+        chunks.append(png[pos:pos + 12 + n])
+        pos += 12 + n
+    text = [c for c in chunks if c[4:8] in (b"tEXt", b"zTXt", b"iTXt")]
+    rest = [c for c in chunks if c not in text]
+    moved = png[:8] + b"".join(rest[:-1] + text + rest[-1:])  # ... IDAT, text, IEND
+    path = tmp_path / "late.png"
+    path.write_bytes(moved)
+    late = ResultMetadata.read(path)
+    assert late.codes == out.codes and late.seed == 3 and np.array_equal(late.labels, out.labels)
 
 
 def test_codes_json_round_trip_and_validation():

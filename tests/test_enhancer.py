@@ -167,8 +167,8 @@ def test_train_only_enhancer_needs_an_enhancer():
 
 
 def test_fit_codes_fits_the_global_generator_at_its_size():
-    """With an enhancer the codes are fitted on the preview: the same codes as the small model fits on the
-    box-filtered photo, while the enhancer is still "no change"."""
+    """With an enhancer the codes are fitted on the preview first: the same codes as the small model fits on the
+    box-filtered photo, while the enhancer is still "no change"; the last steps fit the full image."""
     small, big = grown_pair(3)
     labels = blob_labels(1, 256, 128)
     photo = torch.rand(1, 3, 256, 128) * 2 - 1
@@ -181,9 +181,13 @@ def test_fit_codes_fits_the_global_generator_at_its_size():
         for m in (small, big):
             m.generator.conv_img.weight.mul_(scale)
             m.generator.conv_img.bias.mul_(scale)
-    fitted = big.fit_codes(photo, labels, z, steps=3)
+    fitted = big.fit_codes(photo, labels, z, steps=3, full_steps=0)
     assert not torch.equal(fitted, z)
     torch.testing.assert_close(fitted, small.fit_codes(F.avg_pool2d(photo, 2), labels[:, ::2, ::2], z, steps=3))
+    # by default the last quarter of the steps fit the full image (what the enhancer adds included)
+    four = big.fit_codes(photo, labels, z, steps=4)
+    assert not torch.allclose(four, big.fit_codes(photo, labels, z, steps=4, full_steps=0))
+    assert not torch.allclose(four, fitted)
 
 
 def test_bench_baseline_compares_a_grown_model_with_the_small_one(tmp_path, capsys):

@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(discriminator_table(probe))
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(probe, indent=2) + "\n")
     return 0
 

@@ -33,8 +33,9 @@ WEAK_CODE_RATIO = 2.0
 
 #: The folder of the models shipped inside the package; each is loadable by its folder name ("ccp-demo").
 ASSETS_DIR = Path(__file__).parent / "assets"
-#: The bundled default model (trained on CCP), shipped inside the package.
-BUNDLED_MODEL_DIR = ASSETS_DIR / "ccp-demo"
+#: The bundled default model (trained on CCP at 384x256, grown from the 192x128 "ccp-demo", which stays
+#: loadable by name), shipped inside the package.
+BUNDLED_MODEL_DIR = ASSETS_DIR / "ccp-demo-384"
 #: Environment variable that overrides the default model (a folder or a Hub repo id).
 MODEL_ENV = "SMIS_MODEL"
 

@@ -407,9 +407,10 @@ def test_bundled_models_load_by_name(tmp_path, monkeypatch):
     from smis import hub
 
     names = hub.bundled_model_names()
-    assert "ccp-demo" in names and "ccp-parser" in names and "examples" not in names
+    assert {"ccp-demo", "ccp-demo-384", "ccp-parser"} <= set(names) and "examples" not in names
     monkeypatch.chdir(tmp_path)
-    assert hub.resolve_model_dir("ccp-demo") == hub.BUNDLED_MODEL_DIR
+    assert hub.resolve_model_dir("ccp-demo-384") == hub.BUNDLED_MODEL_DIR  # the default
+    assert hub.resolve_model_dir("ccp-demo") == hub.ASSETS_DIR / "ccp-demo"  # the 192 x 128 one it grew from
     local = tmp_path / "ccp-demo"
     local.mkdir()
     (local / hub.CONFIG_NAME).write_text("{}")

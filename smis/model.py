@@ -67,6 +67,8 @@ class GroupDNet(nn.Module):
         if steps <= 0:
             return z
         label = self.label_tensor(labels)  # full size: preview() pools it as forward() does
+        with torch.no_grad():  # the part of G that ignores z: once, not at every step
+            features = self.generator.label_features(label)
         f = self.config.enhancer_factor
         full_steps = 0 if f == 1 else min(int(steps), int(steps) // 4 if full_steps is None else max(0, full_steps))
 
@@ -87,7 +89,8 @@ class GroupDNet(nn.Module):
                 for i in range(int(steps)):
                     at_full = i >= steps - full_steps
                     onehot, area, target_means, present, target = full if at_full else small
-                    fake = (self.generator(z, label) if at_full else self.generator.preview(z, label)).float()
+                    render = self.generator if at_full else self.generator.preview
+                    fake = render(z, label, label_features=features).float()
                     means = torch.einsum("nchw,nkhw->nck", onehot, fake) / area
                     colour = ((means - target_means).abs() * present).sum() / (3 * present.sum()).clamp_min(1.0)
                     loss = colour + 0.5 * (fake - target).abs().mean()

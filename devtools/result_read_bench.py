@@ -20,16 +20,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from demo.references import DEFAULT_EXAMPLES_DIR as EXAMPLES
 from demo.results import ResultFiles
 from smis import SMISPipeline
-from smis.hub import ASSETS_DIR
-
-EXAMPLES = ASSETS_DIR / "examples" / "ccp"
 
 
 def bench(model: str, calls: int) -> tuple[str, float, float]:
     pipe = SMISPipeline.from_pretrained(model, device="cpu")
-    files = ResultFiles(pipe, workdir=tempfile.mkdtemp(prefix="smis-read-bench-"))
+    with tempfile.TemporaryDirectory(prefix="smis-read-bench-") as workdir:
+        return _bench(pipe, ResultFiles(pipe, workdir=workdir), calls)
+
+
+def _bench(pipe: SMISPipeline, files: ResultFiles, calls: int) -> tuple[str, float, float]:
     example = json.loads((EXAMPLES / "examples.json").read_text())["examples"][0]
     out = pipe.generate(pipe.prepare_mask(EXAMPLES / example["mask"]), seed=1)
     path = files.save(out, "result")

@@ -49,7 +49,7 @@ MAX_SEED = 2**31 - 1
 MAX_HISTORY = 20
 #: Gradient steps that fit a visitor's photo's codes so its re-synthesis keeps the photo's colours
 #: (:meth:`smis.SMISPipeline.encode` ``refine``; CCP val, the bundled 384x256 model: colour error 15.4 -> 6.7 at
-#: 20 steps, about 7 s at one thread; the 192x128 model: 16.6 -> 6.0, ~2-3 s on 2 CPU cores). ``$SMIS_REFINE_STEPS``
+#: 20 steps, about 2.4 s on 2 threads; the 192x128 model: 16.6 -> 6.0, ~2-3 s on 2 CPU cores). ``$SMIS_REFINE_STEPS``
 #: overrides it (0: the encoder's means only).
 REFINE_STEPS = 20
 MORPH_MIN_FRAMES, MORPH_MAX_FRAMES = 2, 48

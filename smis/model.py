@@ -60,8 +60,9 @@ class GroupDNet(nn.Module):
         With a local enhancer the codes are the global generator's: the first steps fit them on its image
         (``Generator.preview``, at its size: about half the work of a full step), the last ``full_steps``
         (default: a quarter of ``steps``) on the full image, so what the enhancer adds to the colours is
-        fitted too (CCP examples at 384x256: colour error 9.2 with none, 7.9 with 5 of 20, 6.3 with all,
-        at 1.0, 1.24 and 2.1x the time). ``image`` (N, 3, H, W) in [-1, 1], ``labels`` (N, H, W) class ids,
+        fitted too (CCP examples at 384x256: colour error 9.2 with none, 7.9 with 5 of 20, 6.3 with all, at
+        1.0, 1.24 and 2.1x the time when every step still recomputed the label branch, which is now computed
+        once). ``image`` (N, 3, H, W) in [-1, 1], ``labels`` (N, H, W) class ids,
         ``z`` like ``encode``'s mu.
         """
         if steps <= 0:

@@ -39,6 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--browser", default=env.get("SMIS_BROWSER", "auto"), choices=["auto", "off"],
                    help="in-browser inference (env SMIS_BROWSER): auto lets the page run generate and re-roll "
                         "with onnxruntime-web where it can (the model's ONNX graphs), off keeps it on the server")
+    p.add_argument("--browser-threads", default=env.get("SMIS_BROWSER_THREADS", "auto"), choices=["auto", "1"],
+                   help="WebAssembly threads of in-browser inference (env SMIS_BROWSER_THREADS): auto makes the "
+                        "page cross-origin isolated (COOP/COEP headers) so it may use up to 4; 1 sends no such "
+                        "headers (for a page that must load other sites' resources)")
     p.add_argument("--host", default=env.get("GRADIO_SERVER_NAME") or ("0.0.0.0" if on_space else "127.0.0.1"),
                    help="address to serve on (env GRADIO_SERVER_NAME; 0.0.0.0 on a Space)")
     p.add_argument("--port", type=int, default=int(env.get("GRADIO_SERVER_PORT", 7860)),
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     except ValueError as err:  # CheckpointError and friends: say what to do, no traceback
         sys.exit(f"error: {err}")
     demo.launch(server_name=args.host, server_port=args.port, max_file_size=args.max_file_size,
-                css=CSS, ssr_mode=False, show_error=True, app_kwargs=app_kwargs(demo))
+                css=CSS, ssr_mode=False, show_error=True,
+                app_kwargs=app_kwargs(demo, isolate=args.browser_threads == "auto"))
 
 
 if __name__ == "__main__":

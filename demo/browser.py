@@ -22,6 +22,13 @@ key of that list; nothing in it is ever joined to a path, so ``..``, absolute pa
 nowhere (404). A vendored file stored gzip-compressed (``NAME.gz``: the WebAssembly files, a quarter of
 their size) is listed as ``NAME`` and sent with ``Content-Encoding: gzip`` (decompressed for a client that
 does not accept gzip).
+
+The app also makes its pages *cross-origin isolated* (:data:`ISOLATION_HEADERS` on every response,
+:class:`CrossOriginIsolation`), which lets onnxruntime-web run on several WebAssembly threads (it needs
+``SharedArrayBuffer``): on a quiet 2-core host two threads took 0.71× the time of one per generate at
+384×256 (``python -m devtools.browser_bench``, README). A page embedded in another site's frame that is
+not isolated itself (a Space inside huggingface.co) stays on one thread; ``app_kwargs(..., isolate=False)``
+(``python app.py --browser-threads 1``) sends no such headers.
 """
 
 from __future__ import annotations
@@ -41,6 +48,8 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
@@ -283,9 +292,39 @@ def routes(model: BrowserModel, static_root: Path = STATIC_DIR) -> list[BaseRout
             Route(f"{PREFIX}/model/{{tag}}/{{name}}", graph, methods=methods)]
 
 
-def app_kwargs(model: BrowserModel) -> dict[str, Any]:
-    """What ``Blocks.launch(app_kwargs=...)`` needs: the routes, ahead of Gradio's own."""
-    return {"routes": routes(model)}
+#: What makes a page cross-origin isolated (``crossOriginIsolated``, ``SharedArrayBuffer``: several
+#: WebAssembly threads). Gradio's page loads nothing from other origins, so ``require-corp`` blocks nothing.
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
+
+
+class CrossOriginIsolation:
+    """ASGI middleware: :data:`ISOLATION_HEADERS` on every HTTP response (a header already set stays)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_isolated(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in ISOLATION_HEADERS.items():
+                    headers.setdefault(name, value)
+            await send(message)
+
+        await self.app(scope, receive, send_isolated)
+
+
+def app_kwargs(model: BrowserModel, isolate: bool = True) -> dict[str, Any]:
+    """What ``Blocks.launch(app_kwargs=...)`` needs: the routes, ahead of Gradio's own, and (``isolate``,
+    with browser inference on) the cross-origin isolation that lets the page use several threads."""
+    kwargs: dict[str, Any] = {"routes": routes(model)}
+    if isolate and model.available:
+        kwargs["middleware"] = [Middleware(CrossOriginIsolation)]
+    return kwargs
 
 
 # -- the jobs -------------------------------------------------------------------------------------

@@ -144,8 +144,9 @@ def create_app(model: str | None = None, backend: str = "auto", device: str | No
     return demo.queue(max_size=max_queue, default_concurrency_limit=concurrency or (4 if on_gpu else 1))
 
 
-def app_kwargs(demo: gr.Blocks) -> dict:
+def app_kwargs(demo: gr.Blocks, isolate: bool = True) -> dict:
     """``demo.launch(app_kwargs=...)`` for a demo of :func:`create_app`: the routes the page's in-browser
-    inference loads its script, runtime and graphs from (``/smis/...``, :mod:`demo.browser`)."""
+    inference loads its script, runtime and graphs from (``/smis/...``, :mod:`demo.browser`), and with
+    ``isolate`` the headers that let it run on several threads (:class:`demo.browser.CrossOriginIsolation`)."""
     model: BrowserModel | None = getattr(demo, "browser_model", None)
-    return browser_app_kwargs(model) if model is not None else {}
+    return browser_app_kwargs(model, isolate=isolate) if model is not None else {}

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from demo.browser import BrowserModel, find_browser_model, ort_web_version, routes
+from demo.browser import ISOLATION_HEADERS, BrowserModel, find_browser_model, ort_web_version, routes
 from demo.launch import load_pipeline
 from demo.references import DEFAULT_EXAMPLES_DIR
 from devtools.common import free_port
@@ -55,7 +55,6 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 WEBGPU_FLAGS = {"hardware": ["--enable-unsafe-webgpu", "--enable-features=Vulkan"],
                 "swiftshader": ["--enable-unsafe-webgpu", "--enable-features=Vulkan",
                                 "--use-webgpu-adapter=swiftshader"]}
-ISOLATION = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp"}
 #: A round: () -> (generate ms, re-roll ms) or (generate ms, re-roll ms, preview ms or None).
 Round = Callable[[], tuple[float, ...]]
 
@@ -72,7 +71,7 @@ def serve(model: BrowserModel) -> Iterator[str]:
     from starlette.routing import Route
 
     async def page(request):
-        headers = ISOLATION if request.url.path == "/isolated" else {}
+        headers = ISOLATION_HEADERS if request.url.path == "/isolated" else {}
         return HTMLResponse("<!doctype html><meta charset=utf-8><title>browser bench</title>", headers=headers)
 
     class Embeddable(BaseHTTPMiddleware):

@@ -346,6 +346,10 @@ def test_routes_serve_the_runtime_and_graphs_and_nothing_else(app, tiny_model_di
         assert raw_get(port, url + ".gz")[0] == 404  # one name only
     status, _, headers = raw_get(port, "/smis/static/js/page.js")
     assert status == 200 and headers["content-type"].startswith("text/javascript")
+    # every response makes the page cross-origin isolated (several WebAssembly threads): the page, the runtime
+    for path in ("/", "/smis/static/js/page.js", "/smis/model.json"):
+        headers = {k.lower(): v for k, v in raw_get(port, path)[2].items()}
+        assert {k.lower(): v for k, v in B.ISOLATION_HEADERS.items()}.items() <= headers.items(), path
     graph = app["demo"].browser_model.graphs["generator_maps"]
     status, body, headers = raw_get(port, "/smis/" + info["graphs"]["generator_maps"])
     assert status == 200 and body == graph.read_bytes() and headers["content-type"] == "application/octet-stream"
@@ -368,6 +372,27 @@ def test_routes_serve_the_runtime_and_graphs_and_nothing_else(app, tiny_model_di
     for target in (tiny_model_dir / "config.json", sibling, Path("/etc/passwd")):
         status, _, _ = raw_get(port, f"/gradio_api/file={target}")
         assert status in (403, 404), target
+
+
+def test_isolation_headers_follow_the_switch(tmp_path):
+    """COOP/COEP on every response only with browser inference on and ``isolate`` (``--browser-threads auto``)."""
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    import app as app_module
+
+    (tmp_path / "generator-maps.onnx").write_bytes(b"not read here")
+    model = B.BrowserModel(get_config("demo", tiny=True), graphs={"generator_maps": tmp_path / "generator-maps.onnx"})
+    assert model.available
+    for isolate, expected in ((True, B.ISOLATION_HEADERS), (False, {})):
+        with TestClient(Starlette(**B.app_kwargs(model, isolate=isolate))) as client:
+            for path in ("/smis/model.json", "/no-such-page"):
+                headers = client.get(path).headers
+                assert {k: headers.get(k) for k in B.ISOLATION_HEADERS} == {
+                    k: expected.get(k) for k in B.ISOLATION_HEADERS}, (isolate, path)
+    assert "middleware" not in B.app_kwargs(B.BrowserModel(get_config("demo", tiny=True)))  # browser inference off
+    assert app_module.parse_args([]).browser_threads == "auto" or "SMIS_BROWSER_THREADS" in os.environ
+    assert app_module.parse_args(["--browser-threads", "1"]).browser_threads == "1"
 
 
 def test_static_files_leave_links_out(tmp_path):
@@ -448,7 +473,13 @@ def test_browser_generates_and_rerolls_in_the_page(app):
             note = page.locator("#browser-note-text")
             assert "run in your browser" in note.text_content()
             assert note.get_attribute("data-runtime") == "wasm"
-            assert "WebAssembly, 1 thread; not WebGPU: this browser offers no WebGPU adapter" in note.text_content()
+            # the app makes the page cross-origin isolated, so the runtime may use several threads (up to 4)
+            threads = page.evaluate("crossOriginIsolated && window.smisBrowser.runtime.threads")
+            assert threads == min(4, page.evaluate("navigator.hardwareConcurrency")), threads
+            plural = "s" if threads > 1 else ""
+            assert (f"WebAssembly, {threads} thread{plural}; not WebGPU: this browser offers no WebGPU adapter"
+                    in note.text_content())
+            wasm = f"WASM, {threads} thread{plural}"
             paint_shoes(page)
             before = counter.calls
             link = page.locator("#result-file a[href]").first
@@ -460,7 +491,7 @@ def test_browser_generates_and_rerolls_in_the_page(app):
             page.click("#reroll")
             sync_api.expect(link).to_have_attribute("download", re.compile("re-roll-shoes"), timeout=60_000)
             rerolled = link.get_attribute("href")
-            sync_api.expect(page.locator("#status")).to_contain_text("re-roll in your browser (WASM, 1 thread)")
+            sync_api.expect(page.locator("#status")).to_contain_text(f"re-roll in your browser ({wasm})")
             assert counter.calls == before, "the server ran the model while the browser was on"
             assert page.evaluate("window.smisBrowser.renders") == 2
             seed_box = int(page.locator("#seed input").input_value())
@@ -614,7 +645,7 @@ def test_browser_runs_webgpu_where_the_browser_offers_it(app):
             sync_api.expect(link).to_have_attribute("download", re.compile("re-roll"), timeout=120_000)
             sync_api.expect(note).to_have_attribute("data-runtime", "wasm")
             assert "not WebGPU: WebGPU's image differed from WebAssembly's by 40 of 255" in note.text_content()
-            sync_api.expect(page.locator("#status")).to_contain_text("in your browser (WASM, 1 thread)")
+            sync_api.expect(page.locator("#status")).to_contain_text(re.compile(r"in your browser \(WASM, \d threads?\)"))
             rerolled = link.get_attribute("href")
             assert counter.calls == before, "the server ran the model while the browser was on"
         finally:

@@ -595,7 +595,7 @@ def _morph_tab(h: DemoHandlers, browser: BrowserModel | None) -> MorphTab:
 def _browser_morph(h: DemoHandlers) -> BrowserMorph:
     """Drag to morph: the page renders A -> B at the slider's position (the page script draws the canvas)."""
     cfg, k = h.config, h.files.display_scale
-    with gr.Group(elem_id="browser-morph-group"):
+    with gr.Column(variant="panel", elem_id="browser-morph-group"):  # a Group would draw its buttons as plain text
         gr.Markdown("**Drag to morph, in your browser** — load A and B, then every position of the slider is "
                     "rendered here as you drag (when the page runs the model; see the switch at the top).")
         with gr.Row(equal_height=False):

@@ -1,4 +1,4 @@
-"""In-browser vs server inference (issue 29): ms per generate and per re-roll, one machine, one run.
+"""In-browser vs server inference (issue 29): ms per generate, re-roll or morph frame, preview; one run.
 
     python -m devtools.browser_bench                     # the bundled model, 20 rounds
     python -m devtools.browser_bench --model M --rounds 50 --out runs/bench-browser
@@ -8,7 +8,8 @@ The page's own code (``demo/static/js/runtime.js``: the vendored onnxruntime-web
 headless Chromium, loaded from the demo's routes (``demo.browser.routes``) on 127.0.0.1, on the same
 fp32 graphs the server's ONNX Runtime backend runs (``generator-maps`` / ``generator-render``). A
 *generate* is a new mask (the maps graph: image + every CG-Norm's maps), a *re-roll* the same mask
-with other codes (the render graph alone) — the two calls of the demo; for a model with a local
+with other codes (the render graph alone, exactly what a drag-to-morph frame runs: the kept mask, the
+slider's codes) — the two calls of the demo; for a model with a local
 enhancer also a *preview* (``generator-preview``: the global generator's smaller image, what live
 painting draws while the brush moves; the full image follows when it rests). Rows: ONNX Runtime (CPU) at
 1 thread and at every core, the browser on a plain page (1 thread) and on a cross-origin isolated
@@ -164,12 +165,13 @@ def markdown(times: dict[str, dict[str, list[float]]], rows: dict[str, str], bas
     per browser row."""
     calls = ["generate", "reroll"] + (["preview"] if all("preview" in times[n] for n in rows) else [])
     base = {k: statistics.median(times[baseline][k]) for k in calls}
+    head = (f"| {model}, median of {repeats} rounds | runtime | generate (new mask), ms "
+            "| re-roll or morph frame (same mask), ms")
     if len(calls) == 2:
-        out = [f"| {model}, median of {repeats} rounds | runtime | generate (new mask), ms | re-roll (same mask), ms "
-               f"| × {baseline} (generate / re-roll) |", "|---|---|---:|---:|---:|"]
+        out = [f"{head} | × {baseline} (generate / re-roll) |", "|---|---|---:|---:|---:|"]
     else:
-        out = [f"| {model}, median of {repeats} rounds | runtime | generate (new mask), ms | re-roll (same mask), ms "
-               f"| preview (live painting), ms | × {baseline} (generate / re-roll / preview) | preview / generate |",
+        out = [f"{head} | preview (live painting), ms | × {baseline} (generate / re-roll / preview) "
+               "| preview / generate |",
                "|---|---|---:|---:|---:|---:|---:|"]
     for name, runtime in rows.items():
         m = {k: statistics.median(times[name][k]) for k in calls}

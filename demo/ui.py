@@ -295,6 +295,7 @@ class BrowserSwitch(NamedTuple):
     reroll_unlocked: gr.Button
     mask_edit: gr.Button
     live_run: gr.Button
+    live_keep: gr.Button
 
 
 class Shared(NamedTuple):
@@ -405,7 +406,7 @@ def _browser_switch(browser: BrowserModel | None) -> BrowserSwitch:
         live_job = gr.Textbox(visible="hidden", elem_id="browser-live-job")  # live jobs never mix with clicks' jobs
         live_rendered = gr.Textbox(visible="hidden", elem_id="browser-live-rendered")
         buttons = [gr.Button(visible="hidden", elem_id=f"browser-{name}")
-                   for name in ("generate", "reroll", "reroll-unlocked", "mask-edit", "live-run")]
+                   for name in ("generate", "reroll", "reroll-unlocked", "mask-edit", "live-run", "live-keep")]
     return BrowserSwitch(run, live, job, rendered, live_job, live_rendered, *buttons)
 
 
@@ -781,12 +782,17 @@ def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: Ca
     rendered_and_saved(b.reroll_unlocked.click(jobs.reroll_unlocked, [gen.file, reroll.locked], b.job, **PRIVATE))
     rendered_and_saved(reading_canvas(b.mask_edit.click, canvas).then(
         jobs.mask_edit, [canvas.value, gen.file], [canvas.label_map, b.job], **PRIVATE))
-    # live painting: the page clicks after a stroke, one job at a time (the newest stroke waits, none queue up)
+    # live painting: the page clicks after a stroke, one job at a time (the newest stroke waits, none queue up).
+    # The page clicks live-keep only for a job whose full image it rendered; one that drew only the preview (a
+    # newer stroke came) ends in the page: one server event per such stroke, the job
     live_done = {"js": "() => { window.smisBrowser?.liveDone(); return []; }", **PRIVATE}
     live = reading_canvas(b.live_run.click, canvas).then(
         jobs.live, [canvas.value, gen.file, gen.seed, gen.randomize], [canvas.label_map, b.live_job], **PRIVATE)
     live.failure(None, None, None, **live_done)
-    rendered_and_saved(live, b.live_job, b.live_rendered).then(None, None, None, **live_done)
+    live.success(None, b.live_job, b.live_rendered, **render).then(
+        None, b.live_rendered, None, js="(r) => { window.smisBrowser?.liveRendered(r); return []; }", **PRIVATE)
+    b.live_keep.click(jobs.finish, [b.live_rendered, *finish], s.result_outputs, **PRIVATE).then(
+        None, None, None, **live_done)
 
 
 def _wire_browser_morph(h: DemoHandlers, gen: GeneratePanel, reroll: RerollPanel, mix: MixTab, morph: MorphTab,

@@ -810,12 +810,16 @@ def test_live_painting_previews_then_renders_the_full_image(enhancer_app):
 
             # a burst: the first job previews, sees a newer stroke and stops; the newest previews, then renders
             done = page.evaluate("window.smisBrowser.lives")
+            events = []  # the page's server events: each live job is one, keeping the full image one more
+            page.on("request", lambda r: events.append(r.url) if "/gradio_api/run/" in r.url
+                    or "/gradio_api/queue/join" in r.url else None)
             page.evaluate("window.liveOrder = []; for (let i = 0; i < 5; i++) window.smisBrowser.strokeEnded()")
             page.wait_for_function(f"window.smisBrowser.lives >= {done + 2} && !window.smisBrowser.liveBusy",
                                    timeout=60_000)
             page.wait_for_timeout(500)
             assert page.evaluate("window.smisBrowser.lives") == done + 2
             assert page.evaluate("window.liveOrder") == ["preview", "preview", "run"]
+            assert len(events) == 3, events  # job (preview only) · job (preview, then the full image) · keep
             sync_api.expect(link).not_to_have_attribute("href", first, timeout=30_000)
             preview = np.asarray(page.evaluate("window.lastPreview"), np.int16)
             live = link.get_attribute("href")

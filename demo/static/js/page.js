@@ -13,8 +13,9 @@
 // so the newest stroke wins and nothing queues up. A model with a local enhancer (the preview graph)
 // keeps the brush live at its larger size: each live job first draws the preview (the global
 // generator's smaller image, scaled up over the result), and only once the brush has rested for
-// LIVE_QUIET_MS renders the full image, which the server keeps; a stroke meanwhile skips the full
-// image, and its own job (the pending one) previews next.
+// LIVE_QUIET_MS renders the full image, which the server keeps (#browser-live-keep); a stroke meanwhile
+// skips the full image, and its own job (the pending one) previews next. A job that drew only the preview
+// ends in the page: the server heard of it once, for the job.
 //
 // The runtime (runtime.js): WebGPU where the browser offers an adapter (its first run of each graph checked against
 // WebAssembly), else WebAssembly; the note names the one in use and, on WebAssembly, why not WebGPU. The page's
@@ -137,6 +138,14 @@ class BrowserInference {
     setTimeout(() => document.getElementById('browser-live-run')?.click(), 150);
     clearTimeout(this.liveTimer);
     this.liveTimer = setTimeout(() => this.liveDone(), 30000);
+  }
+
+  /** A live job's answer: the full image goes to the server to keep (#browser-live-keep, whose chain ends in
+   * liveDone); a job that drew only the preview, or fell back to the server, ends here. */
+  liveRendered(rendered) {
+    const keep = rendered && document.getElementById('browser-live-keep');
+    if (keep) keep.click();
+    else this.liveDone();
   }
 
   /** The live job's chain ended (saved, refused or failed): start the pending one, if a stroke came. */

@@ -645,7 +645,8 @@ def test_browser_runs_webgpu_where_the_browser_offers_it(app):
             sync_api.expect(link).to_have_attribute("download", re.compile("re-roll"), timeout=120_000)
             sync_api.expect(note).to_have_attribute("data-runtime", "wasm")
             assert "not WebGPU: WebGPU's image differed from WebAssembly's by 40 of 255" in note.text_content()
-            sync_api.expect(page.locator("#status")).to_contain_text(re.compile(r"in your browser \(WASM, \d threads?\)"))
+            wasm_status = re.compile(r"in your browser \(WASM, \d threads?\)")
+            sync_api.expect(page.locator("#status")).to_contain_text(wasm_status)
             rerolled = link.get_attribute("href")
             assert counter.calls == before, "the server ran the model while the browser was on"
         finally:

@@ -25,7 +25,7 @@ does not accept gzip).
 
 The app also makes its pages *cross-origin isolated* (:data:`ISOLATION_HEADERS` on every response,
 :class:`CrossOriginIsolation`), which lets onnxruntime-web run on several WebAssembly threads (it needs
-``SharedArrayBuffer``): on a quiet 2-core host two threads took 0.71× the time of one per generate at
+``SharedArrayBuffer``): on a quiet 2-core host two threads took 0.69–0.71× the time of one per generate at
 384×256 (``python -m devtools.browser_bench``, README). A page embedded in another site's frame that is
 not isolated itself (a Space inside huggingface.co) stays on one thread; ``app_kwargs(..., isolate=False)``
 (``python app.py --browser-threads 1``) sends no such headers.

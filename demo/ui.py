@@ -768,9 +768,9 @@ def _wire_browser(demo: gr.Blocks, h: DemoHandlers, b: BrowserSwitch, canvas: Ca
     render = {"js": "(job) => window.smisBrowser ? window.smisBrowser.render(job) : ''", **PRIVATE}
     finish = [reroll.strip, reroll.reroll_class, reroll.locked]
 
-    def rendered_and_saved(dependency, job=b.job, rendered=b.rendered):
-        return dependency.success(None, job, rendered, **render).success(
-            jobs.finish, [rendered, *finish], s.result_outputs, **PRIVATE)
+    def rendered_and_saved(dependency):
+        return dependency.success(None, b.job, b.rendered, **render).success(
+            jobs.finish, [b.rendered, *finish], s.result_outputs, **PRIVATE)
 
     rendered_and_saved(reading_canvas(b.generate.click, canvas).then(
         jobs.generate, [canvas.value, gen.seed, gen.randomize], [gen.seed_used, canvas.label_map, b.job],

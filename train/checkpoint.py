@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from smis import hub
 from smis.config import SMISConfig
@@ -218,12 +218,12 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
             raise TrainingStateError(f"--init-from {source}: {err}") from err
         source_config = SMISConfig.load(folder / hub.CONFIG_NAME)
         parts = [("G + E", net, weights)] + ([("EMA", ema, weights)] if ema is not None else [])
-        d_file = folder / DISCRIMINATOR_NAME
-        if d_file.is_file():  # published for fine-tuning (python -m train.publish)
-            try:
-                parts.append(("D", disc, load_file(str(d_file), device="cpu")))
-            except (SafetensorError, OSError) as err:
-                raise TrainingStateError(f"--init-from {source}: {d_file} is corrupt ({err})") from err
+        try:
+            d = load_discriminator(folder)
+        except TrainingStateError as err:
+            raise TrainingStateError(f"--init-from {source}: {err}") from err
+        if d is not None:  # published for fine-tuning (python -m train.publish)
+            parts.append(("D", disc, d))
             what = f"model {folder}: G + E (EMA weights) and D ({DISCRIMINATOR_NAME})"
         else:
             what = f"model {folder}: G + E (EMA weights); D fresh (the folder has no {DISCRIMINATOR_NAME})"
@@ -251,6 +251,26 @@ def load_init(source: str, net: torch.nn.Module, disc: torch.nn.Module,
         if changed:  # same shapes, other behaviour (e.g. label pooling): fine-tuning adapts to it
             what += "; the run's config differs from the source's in " + "; ".join(changed)
     return what
+
+
+def save_discriminator(folder: Path, tensors: dict[str, torch.Tensor], dtype: torch.dtype | None = None,
+                       metadata: dict[str, str] | None = None) -> None:
+    """``folder/discriminator.safetensors``: D beside a published model, for fine-tuning with ``--init-from``."""
+    save_file({k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
+               for k, v in tensors.items()},
+              str(Path(folder) / DISCRIMINATOR_NAME), metadata={**(metadata or {}), "role": "discriminator"})
+
+
+def load_discriminator(folder: Path) -> dict[str, torch.Tensor] | None:
+    """The D a model folder carries (:func:`save_discriminator`), or None; raises :class:`TrainingStateError`
+    for a corrupt file."""
+    path = Path(folder) / DISCRIMINATOR_NAME
+    if not path.is_file():
+        return None
+    try:
+        return load_file(str(path), device="cpu")
+    except (SafetensorError, OSError) as err:
+        raise TrainingStateError(f"{path} is corrupt ({err})") from err
 
 
 def enhancer_prefixes(config: SMISConfig) -> tuple[str, ...]:

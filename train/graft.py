@@ -25,13 +25,11 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 
 from smis import GroupDNet, hub
 from smis.config import SMISConfig
 
-from .checkpoint import DISCRIMINATOR_NAME, TrainingStateError, enhancer_prefixes, load_state
+from .checkpoint import TrainingStateError, enhancer_prefixes, load_discriminator, load_state, save_discriminator
 from .history import MODEL_LOG_DIR
 
 #: Config fields a graft may change: the size and the enhancer come from the enhancer's side.
@@ -59,12 +57,10 @@ def _read(source: str) -> tuple[SMISConfig, dict[str, torch.Tensor], dict[str, t
         weights = hub.load_state(folder)
     except hub.CheckpointError as err:
         raise GraftError(str(err)) from err
-    disc = None
-    if (folder / DISCRIMINATOR_NAME).is_file():
-        try:
-            disc = load_file(str(folder / DISCRIMINATOR_NAME), device="cpu")
-        except (SafetensorError, OSError) as err:
-            raise GraftError(f"{folder / DISCRIMINATOR_NAME} is corrupt ({err})") from err
+    try:
+        disc = load_discriminator(folder)
+    except TrainingStateError as err:
+        raise GraftError(str(err)) from err
     return SMISConfig.load(folder / hub.CONFIG_NAME), weights, disc, folder
 
 
@@ -94,8 +90,7 @@ def graft(global_source: str, enhancer_source: str, out: str | Path, dtype: torc
     out = Path(out)
     hub.save_state(out, e_config, merged, dtype=dtype)
     if e_disc is not None:
-        save_file({k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-                   for k, v in e_disc.items()}, str(out / DISCRIMINATOR_NAME), metadata={"role": "discriminator"})
+        save_discriminator(out, e_disc, dtype)
     if g_folder is not None and (g_folder / MODEL_LOG_DIR).is_dir():
         shutil.rmtree(out / MODEL_LOG_DIR, ignore_errors=True)
         shutil.copytree(g_folder / MODEL_LOG_DIR, out / MODEL_LOG_DIR)

@@ -24,13 +24,12 @@ from typing import Any
 import huggingface_hub
 import torch
 from huggingface_hub.errors import HfHubHTTPError
-from safetensors.torch import save_file
 
 from smis import GroupDNet
 from smis.hub import CheckpointError
 
 from . import history
-from .checkpoint import DISCRIMINATOR_NAME, latest_snapshot, list_checkpoints, load_state
+from .checkpoint import DISCRIMINATOR_NAME, latest_snapshot, list_checkpoints, load_state, save_discriminator
 
 logger = logging.getLogger(__name__)
 
@@ -415,9 +414,7 @@ def _write_discriminator(info: RunInfo, out: Path, dtype: Any) -> None:
     d = load_state(match[0]).get("D")
     if d is None:
         return
-    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).contiguous()
-               for k, v in d.items()}
-    save_file(tensors, str(out / DISCRIMINATOR_NAME), metadata={"step": str(info.step), "role": "discriminator"})
+    save_discriminator(out, d, dtype, metadata={"step": str(info.step)})
 
 
 def upload(folder: str | os.PathLike, repo_id: str, *, private: bool = False, revision: str | None = None,
